@@ -1,0 +1,1 @@
+"""The embedded reference IM service (see PROTOCOL.md)."""
