@@ -1,0 +1,1 @@
+"""pytest plugin for im-harness (filled in by the plugin work)."""
