@@ -1,0 +1,313 @@
+"""Start, stop, kill and restart the embedded reference service as a child process."""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import collections
+import concurrent.futures
+import json
+import os
+import queue
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from harness.errors import HarnessError
+from harness.reference.admin import AdminClient, AppHandle
+
+LOG_TAIL_LINES = 20
+STOP_TIMEOUT_S = 10.0
+
+_live: dict[int, subprocess.Popen[bytes]] = {}
+_live_lock = threading.Lock()
+_hooks_installed = False
+
+
+def _kill_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)  # the child leads its own session (start_new_session)
+    except (ProcessLookupError, PermissionError):
+        try:
+            proc.send_signal(sig)
+        except ProcessLookupError:
+            pass
+
+
+def _kill_all_live() -> None:
+    with _live_lock:
+        procs = list(_live.values())
+        _live.clear()
+    for proc in procs:
+        if proc.poll() is None:
+            _kill_group(proc, signal.SIGKILL)
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    _kill_all_live()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+def _install_hooks() -> None:
+    """Kill every live child at interpreter exit and on a SIGTERM nobody else handles."""
+    global _hooks_installed
+    if _hooks_installed:
+        return
+    _hooks_installed = True
+    atexit.register(_kill_all_live)
+    if threading.current_thread() is threading.main_thread():
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def live_pids() -> list[int]:
+    """Pids of the reference services this process started and has not stopped."""
+    with _live_lock:
+        return [pid for pid, proc in _live.items() if proc.poll() is None]
+
+
+class ReferenceService:
+    """The reference IM service in a child process on 127.0.0.1, ports chosen by the OS.
+
+    Example: ``with ReferenceService() as svc: app = svc.create_app_sync(tier="pro")``
+    """
+
+    def __init__(
+        self,
+        db_path: str | Path | None = None,
+        *,
+        defects: Iterable[str] = (),
+        keepalive_v1: float | None = None,
+        keepalive_v2: float | None = None,
+        propagation_delay: float = 0.0,
+        seed: int = 0,
+        defect_rate: float | None = None,
+        extra_args: Sequence[str] = (),
+        start_timeout: float = 15.0,
+    ) -> None:
+        self._db_arg = Path(db_path) if db_path is not None else None
+        self.defects = tuple(defects)
+        self.keepalive_v1 = keepalive_v1
+        self.keepalive_v2 = keepalive_v2
+        self.propagation_delay = propagation_delay
+        self.seed = seed
+        self.defect_rate = defect_rate
+        self.extra_args = tuple(extra_args)
+        self.start_timeout = start_timeout
+        self.admin_token = secrets.token_urlsafe(32)
+        self.ws_port: int | None = None
+        self.api_port: int | None = None
+        self.db_path: Path | None = self._db_arg
+        self._tmpdir: str | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stderr: collections.deque[str] = collections.deque(maxlen=500)
+        self._threads: list[threading.Thread] = []
+
+    def __repr__(self) -> str:
+        state = f"pid={self.pid}" if self.pid else "stopped"
+        return f"ReferenceService(ws_url={self._url('ws', self.ws_port)!r}, {state})"
+
+    @staticmethod
+    def _url(scheme: str, port: int | None) -> str:
+        return f"{scheme}://127.0.0.1:{port}" if port else ""
+
+    @property
+    def ws_url(self) -> str:
+        return self._url("ws", self.ws_port)
+
+    @property
+    def api_url(self) -> str:
+        return self._url("http", self.api_port)
+
+    @property
+    def pid(self) -> int | None:
+        proc = self._proc
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> list[str]:
+        """The last lines the child wrote on stderr."""
+        return list(self._stderr)[-lines:]
+
+    def _command(self, ws_port: int, api_port: int) -> list[str]:
+        assert self.db_path is not None
+        cmd = [sys.executable, "-m", "harness.reference", "--host", "127.0.0.1",
+               "--port", str(ws_port), "--api-port", str(api_port), "--db", str(self.db_path)]
+        for name in self.defects:
+            cmd += ["--defect", name]
+        if self.keepalive_v1 is not None:
+            cmd += ["--keepalive-v1", str(self.keepalive_v1)]
+        if self.keepalive_v2 is not None:
+            cmd += ["--keepalive-v2", str(self.keepalive_v2)]
+        cmd += ["--propagation-delay", str(self.propagation_delay), "--seed", str(self.seed)]
+        if self.defect_rate is not None:
+            cmd += ["--defect-rate", str(self.defect_rate)]
+        return cmd + list(self.extra_args)
+
+    def start(self) -> ReferenceService:
+        """Spawn the service and wait for its ready line."""
+        if self.pid is not None:
+            raise HarnessError(f"{self!r} is already running; call stop() first")
+        if self.db_path is None:
+            self._tmpdir = tempfile.mkdtemp(prefix="im-ref-")
+            self.db_path = Path(self._tmpdir) / "reference.db"
+        self._spawn(0, 0)
+        return self
+
+    def _spawn(self, ws_port: int, api_port: int) -> None:
+        _install_hooks()
+        env = dict(os.environ, IM_REF_ADMIN_TOKEN=self.admin_token, PYTHONUNBUFFERED="1")
+        self._stderr.clear()
+        proc = subprocess.Popen(
+            self._command(ws_port, api_port),
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=env, start_new_session=True,
+        )
+        with _live_lock:
+            _live[proc.pid] = proc
+        self._proc = proc
+        lines: queue.Queue[str | None] = queue.Queue()
+        self._threads = [
+            threading.Thread(target=self._pump, args=(proc.stdout, lines), daemon=True,
+                             name=f"im-ref-{proc.pid}-stdout"),
+            threading.Thread(target=self._pump, args=(proc.stderr, None), daemon=True,
+                             name=f"im-ref-{proc.pid}-stderr"),
+        ]
+        for thread in self._threads:
+            thread.start()
+        try:
+            ready = self._wait_ready(proc, lines)
+        except BaseException:
+            self._terminate(signal.SIGKILL)
+            raise
+        self.ws_port = int(ready["ws_port"])
+        self.api_port = int(ready["api_port"])
+
+    def _pump(self, stream: Any, lines: queue.Queue[str | None] | None) -> None:
+        """Drain one pipe so the child never blocks on a full pipe."""
+        for raw in iter(stream.readline, b""):
+            text = raw.decode("utf-8", "replace").rstrip("\n")
+            if lines is not None:
+                lines.put(text)
+            else:
+                self._stderr.append(text)
+        if lines is not None:
+            lines.put(None)
+
+    def _wait_ready(self, proc: subprocess.Popen[bytes], lines: queue.Queue[str | None]) -> dict:
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._fail(proc, f"no ready line within {self.start_timeout:.1f}s")
+            try:
+                line = lines.get(timeout=min(left, 0.1))
+            except queue.Empty:
+                if proc.poll() is not None:
+                    self._fail(proc, f"exited with code {proc.returncode} before it was ready")
+                continue
+            if line is None:
+                proc.wait(timeout=5)
+                self._fail(proc, f"exited with code {proc.returncode} before it was ready")
+            try:
+                ready = json.loads(line)
+            except ValueError:
+                continue  # stray output before the ready line
+            if isinstance(ready, dict) and ready.get("event") == "ready":
+                return ready
+
+    def _fail(self, proc: subprocess.Popen[bytes], why: str) -> None:
+        if proc.poll() is None:
+            _kill_group(proc, signal.SIGKILL)
+        proc.wait(timeout=5)
+        for thread in self._threads:
+            thread.join(timeout=2)  # so the log tail is complete
+        tail = "\n".join(self.log_tail()) or "(no output on stderr)"
+        raise HarnessError(
+            f"reference service failed to start: {why}; last {LOG_TAIL_LINES} lines of its "
+            f"stderr:\n{tail}"
+        )
+
+    def _terminate(self, sig: int) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            _kill_group(proc, sig)
+            try:
+                proc.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc, signal.SIGKILL)
+                proc.wait(timeout=5)
+        for thread in self._threads:
+            thread.join(timeout=2)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+        with _live_lock:
+            _live.pop(proc.pid, None)
+        self._proc = None
+
+    def stop(self) -> None:
+        """SIGTERM and wait (SIGKILL if it hangs); removes a temporary db."""
+        self._terminate(signal.SIGTERM)
+        if self._tmpdir is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
+            self.db_path = None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would; the data on disk stays for restart()."""
+        self._terminate(signal.SIGKILL)
+
+    def restart(self, *, kill: bool = False) -> None:
+        """Stop (or kill) and start again on the same db and, when free, the same ports."""
+        if self.db_path is None:
+            raise HarnessError(f"{self!r} was never started; call start() instead of restart()")
+        self._terminate(signal.SIGKILL if kill else signal.SIGTERM)
+        ws_port, api_port = self.ws_port or 0, self.api_port or 0
+        try:
+            self._spawn(ws_port, api_port)
+        except HarnessError:
+            if not (ws_port or api_port):
+                raise
+            self._spawn(0, 0)  # the old ports were taken meanwhile
+
+    def admin(self) -> AdminClient:
+        """An admin client for the current event loop."""
+        if not self.api_url:
+            raise HarnessError(f"{self!r} is not started; call start() first")
+        return AdminClient(self.api_url, self.admin_token)
+
+    def create_app_sync(self, **kw: Any) -> AppHandle:
+        """`AdminClient.create_app` from synchronous code (runs in a private event loop)."""
+
+        async def create() -> AppHandle:
+            client = self.admin()
+            try:
+                return await client.create_app(**kw)
+            finally:
+                await client.aclose()
+
+        # A worker thread, so this also works when the caller's thread runs an event loop.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, create()).result()
+
+    def __enter__(self) -> ReferenceService:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
