@@ -1,0 +1,424 @@
+"""Install a pinned Synapse into its own cached venv, then run it on loopback as a child process.
+
+Each version gets `<cache>/synapse-<version>` (cache: `$IM_HARNESS_CACHE`, else
+`~/.cache/im-harness`), installed with uv and an `--exclude-newer` date so its dependencies
+resolve as they did when that release came out (1.141.0 fails at import on a newer
+prometheus_client). A server is SQLite-backed, listens on 127.0.0.1 only, has no federation
+listener, and is stopped by PID (its own session), at `stop()` or at interpreter exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import collections
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.contract import EndpointSettings
+from harness.errors import ConfigError, HarnessError
+from harness.timing import units
+
+CACHE_ENV = "IM_HARNESS_CACHE"
+LOG_TAIL_LINES = 20
+STOP_TIMEOUT_S = 10.0
+
+# version -> the --exclude-newer date its dependencies resolve at (a day or so after release).
+KNOWN_VERSIONS: dict[str, str] = {
+    "1.141.0": "2025-10-30",
+    "1.163.2": "2026-10-25",  # released 2026-10-23
+}
+
+
+@dataclass(frozen=True)
+class RateProfile:
+    """Synapse rate limits for sending messages, as (per second, burst)."""
+
+    name: str
+    message_per_second: float
+    message_burst: int
+    relaxed_others: bool  # logins, registrations, joins, invites, room creation
+
+    def config(self) -> dict[str, Any]:
+        cfg: dict[str, Any] = {
+            "rc_message": {
+                "per_second": self.message_per_second,
+                "burst_count": self.message_burst,
+            }
+        }
+        if self.relaxed_others:
+            loose = {"per_second": 1000, "burst_count": 1000}
+            for key in (
+                "rc_registration",
+                "rc_room_creation",
+                "rc_joins_per_room",
+                "rc_admin_redaction",
+                "rc_delayed_event_mgmt",
+                "rc_reports",
+                "rc_profile",
+                "rc_user_directory",
+            ):
+                cfg[key] = loose
+            cfg["rc_login"] = {k: loose for k in ("address", "account", "failed_attempts")}
+            cfg["rc_joins"] = {"local": loose, "remote": loose}
+            cfg["rc_invites"] = {k: loose for k in ("per_room", "per_user", "per_issuer")}
+        return cfg
+
+
+PROFILES: dict[str, RateProfile] = {
+    # Tests create many users and rooms quickly; only the message rate stays finite.
+    "relaxed": RateProfile("relaxed", 1000.0, 1000, relaxed_others=True),
+    # Synapse's own defaults (0.2 msg/s, burst 10): for tests of rate limiting.
+    "default": RateProfile("default", 0.2, 10, relaxed_others=False),
+}
+
+
+def cache_root() -> Path:
+    """Where Synapse venvs live: `$IM_HARNESS_CACHE` or `~/.cache/im-harness`."""
+    raw = os.environ.get(CACHE_ENV)
+    return Path(raw).expanduser() if raw else Path.home() / ".cache" / "im-harness"
+
+
+def _find_uv() -> list[str]:
+    beside = Path(sys.executable).with_name("uv")
+    if beside.exists():
+        return [str(beside)]
+    found = shutil.which("uv")
+    if found:
+        return [found]
+    raise HarnessError(
+        "uv is needed to install Synapse and was not found next to "
+        f"{sys.executable} nor on PATH; install it with `{sys.executable} -m pip install uv`"
+    )
+
+
+def install_synapse(
+    version: str, *, cache_dir: Path | None = None, exclude_newer: str | None = None
+) -> Path:
+    """Install `matrix-synapse==version` into its cached venv (once) and return its python."""
+    if exclude_newer is None:
+        exclude_newer = KNOWN_VERSIONS.get(version)
+    root = cache_dir or cache_root()
+    venv = root / f"synapse-{version}"
+    python = venv / "bin" / "python"
+    marker = venv / ".im-harness-installed"
+    if marker.exists() and python.exists():
+        return python
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".synapse-{version}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel workers install each version once
+        if marker.exists() and python.exists():
+            return python
+        uv = _find_uv()
+        _run([*uv, "venv", "--quiet", "--clear", "--python", sys.executable, str(venv)], version)
+        cmd = [*uv, "pip", "install", "--quiet", "--python", str(python)]
+        if exclude_newer:
+            cmd += ["--exclude-newer", exclude_newer]
+        _run([*cmd, f"matrix-synapse=={version}"], version)
+        _run([str(python), "-c", "import synapse.app.homeserver"], version)
+        marker.write_text(f"{version} {exclude_newer or ''}\n")
+    return python
+
+
+def _run(cmd: list[str], version: str) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-LOG_TAIL_LINES:])
+        raise HarnessError(
+            f"installing Synapse {version} failed at `{' '.join(cmd[:3])} ...` "
+            f"(exit {proc.returncode}); pin a date in KNOWN_VERSIONS or check the network:\n{tail}"
+        )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (Synapse cannot listen on port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _signing_key() -> str:
+    seed = base64.b64encode(os.urandom(32)).decode().rstrip("=")
+    return f"ed25519 a_{secrets.token_hex(2)} {seed}\n"
+
+
+_live: dict[int, subprocess.Popen[bytes]] = {}
+_live_lock = threading.Lock()
+
+
+def _kill_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)  # the child leads its own session (start_new_session)
+    except (ProcessLookupError, PermissionError):
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+
+
+@atexit.register
+def _kill_all_live() -> None:
+    with _live_lock:
+        procs = list(_live.values())
+        _live.clear()
+    for proc in procs:
+        if proc.poll() is None:
+            _kill_group(proc, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+
+
+@dataclass
+class SynapseServer:
+    """One Synapse homeserver on loopback; `with SynapseServer("1.141.0") as hs: hs.base_url`."""
+
+    version: str = "1.141.0"
+    data_dir: Path | None = None
+    profile: str = "relaxed"
+    server_name: str = "localhost"
+    start_timeout: float | None = None  # seconds; default 30 time units
+    cache_dir: Path | None = None
+    registration_shared_secret: str = field(
+        default_factory=lambda: secrets.token_urlsafe(24), repr=False
+    )
+    port: int | None = field(default=None, init=False)
+    _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    _own_dir: bool = field(default=False, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.profile not in PROFILES:
+            raise ConfigError(
+                f"synapse profile {self.profile!r} is unknown; use one of {sorted(PROFILES)}"
+            )
+
+    @property
+    def base_url(self) -> str:
+        if self.port is None:
+            raise HarnessError("SynapseServer is not started; call start() first")
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc and self._proc.poll() is None else None
+
+    @property
+    def rate_profile(self) -> RateProfile:
+        return PROFILES[self.profile]
+
+    @property
+    def log_path(self) -> Path:
+        assert self.data_dir is not None
+        return self.data_dir / "synapse.log"
+
+    def install(self) -> Path:
+        """Install this version (cached) and return its python."""
+        return install_synapse(self.version, cache_dir=self.cache_dir)
+
+    def _write_config(self) -> Path:
+        assert self.data_dir is not None
+        assert self.port is not None
+        d = self.data_dir
+        key = d / "signing.key"
+        if not key.exists():
+            key.write_text(_signing_key())
+        log_cfg = d / "log.yaml"
+        log_cfg.write_text(
+            json.dumps(
+                {
+                    "version": 1,
+                    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s "
+                                             "%(message)s"}},
+                    "handlers": {
+                        "console": {"class": "logging.StreamHandler", "formatter": "plain"}
+                    },
+                    "root": {"level": "WARNING", "handlers": ["console"]},
+                    "disable_existing_loggers": False,
+                }
+            )
+        )
+        cfg: dict[str, Any] = {
+            "server_name": self.server_name,
+            "pid_file": str(d / "homeserver.pid"),
+            "listeners": [
+                {
+                    "port": self.port,
+                    "bind_addresses": ["127.0.0.1"],
+                    "type": "http",
+                    "tls": False,
+                    "x_forwarded": False,
+                    "resources": [{"names": ["client"], "compress": False}],
+                }
+            ],
+            "database": {"name": "sqlite3", "args": {"database": str(d / "homeserver.db")}},
+            "log_config": str(log_cfg),
+            "media_store_path": str(d / "media_store"),
+            "signing_key_path": str(key),
+            "registration_shared_secret": self.registration_shared_secret,
+            "enable_registration": True,
+            "enable_registration_without_verification": True,
+            "report_stats": False,
+            "enable_metrics": False,
+            "trusted_key_servers": [],
+            "suppress_key_server_warning": True,
+            "presence": {"enabled": False},
+            "url_preview_enabled": False,
+            "bcrypt_rounds": 4,  # registration and login cost ms, not a quarter second
+            "macaroon_secret_key": secrets.token_urlsafe(24),
+            "form_secret": secrets.token_urlsafe(24),
+            **self.rate_profile.config(),
+        }
+        path = d / "homeserver.yaml"
+        path.write_text(json.dumps(cfg, indent=1))  # JSON is YAML; no yaml dependency here
+        path.chmod(0o600)
+        return path
+
+    def start(self) -> SynapseServer:
+        """Install if needed, start Synapse, wait until the client API answers."""
+        if self.pid is not None:
+            return self
+        python = self.install()
+        if self.data_dir is None:
+            self.data_dir = Path(tempfile.mkdtemp(prefix="im-harness-synapse-"))
+            self._own_dir = True
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.port is None:
+            self.port = free_port()
+        config = self._write_config()
+        log = open(self.log_path, "ab")
+        try:
+            proc = subprocess.Popen(
+                [str(python), "-m", "synapse.app.homeserver", "-c", str(config)],
+                cwd=self.data_dir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+        with _live_lock:
+            _live[proc.pid] = proc
+        self._proc = proc
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self) -> None:
+        assert self._proc is not None
+        limit = self.start_timeout if self.start_timeout is not None else units(30)
+        deadline = time.monotonic() + limit
+        url = f"{self.base_url}/_matrix/client/versions"
+        while True:
+            if self._proc.poll() is not None:
+                code = self._proc.returncode
+                self._forget()
+                raise HarnessError(
+                    f"Synapse {self.version} exited with code {code} before answering on "
+                    f"port {self.port} (port busy or bad config?); last log lines:\n"
+                    f"{self.log_tail()}"
+                )
+            try:
+                with urllib.request.urlopen(url, timeout=1) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() >= deadline:
+                self.stop()
+                raise HarnessError(
+                    f"Synapse {self.version} did not answer {url} within {limit:.0f}s; "
+                    f"raise IM_HARNESS_TIME_SCALE on a slow machine; last log lines:\n"
+                    f"{self.log_tail()}"
+                )
+            time.sleep(0.1)
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        """The last lines of the server's log (empty when there is none)."""
+        if self.data_dir is None or not self.log_path.exists():
+            return ""
+        with open(self.log_path, errors="replace") as fh:
+            return "".join(collections.deque(fh, maxlen=lines)).rstrip()
+
+    def _forget(self) -> None:
+        if self._proc is not None:
+            with _live_lock:
+                _live.pop(self._proc.pid, None)
+
+    def stop(self) -> None:
+        """SIGTERM, wait, then SIGKILL; the data directory stays for `restart()`."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            _kill_group(proc, signal.SIGTERM)
+            try:
+                proc.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc, signal.SIGKILL)
+                proc.wait(timeout=5)
+        self._forget()
+        self._proc = None
+
+    def kill(self) -> None:
+        """SIGKILL (a crash); the database stays."""
+        proc = self._proc
+        if proc is None:
+            return
+        _kill_group(proc, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
+        self._forget()
+        self._proc = None
+
+    def restart(self, *, kill: bool = False) -> None:
+        """Stop (or kill) and start again on the same port and database."""
+        if kill:
+            self.kill()
+        else:
+            self.stop()
+        self.start()
+
+    def cleanup(self) -> None:
+        """Stop and remove the data directory when this server created it."""
+        self.stop()
+        if self._own_dir and self.data_dir is not None:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> SynapseServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+    def endpoint_settings(
+        self, name: str = "matrix", *, options: Mapping[str, Any] | None = None
+    ) -> EndpointSettings:
+        """Settings for `MatrixAdapter.open`, with the shared secret and the rate limits."""
+        prof = self.rate_profile
+        return EndpointSettings(
+            name=name,
+            adapter="matrix",
+            url=self.base_url,
+            protocol=f"synapse-{self.version}",
+            tier=prof.name,
+            secrets={"registration_shared_secret": self.registration_shared_secret},
+            options={
+                "send_rate_per_user": prof.message_per_second,
+                "send_burst": prof.message_burst,
+                **(options or {}),
+            },
+        )
