@@ -1,0 +1,459 @@
+"""Endpoint configuration: `im-harness.toml` or `[tool.im-harness]` in pyproject.toml.
+
+Every problem becomes one `ConfigError` line naming the file, the key path, the bad value and the
+fix. Secrets never appear in the file: a credential is named by the environment variable that
+holds it (`app_key_env = "OLD_APP_KEY"`) and resolved only for the endpoints a run selects.
+
+With no configuration at all, `old` is the embedded reference service speaking v1 on a free-tier
+app and `new` speaks v2 on a pro-tier app with recall and read receipts switched on.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from harness.contract import EndpointSettings, TierLimits
+from harness.errors import ConfigError
+from harness.registry import adapters
+
+CONFIG_FILE = "im-harness.toml"
+PYPROJECT_TABLE = ("tool", "im-harness")
+DEFECTS_ENV = "IM_HARNESS_DEFECTS"
+EMBEDDED_ADAPTER = "reference"
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SECRET_WORDS = ("key", "token", "password", "passwd", "secret", "credential", "credentials")
+_LIMIT_NAMES = tuple(f.name for f in fields(TierLimits))
+# Of the tier limits, only the recall window can be set per app on the embedded service.
+_EMBEDDED_LIMITS = ("recall_window_s",)
+
+
+def looks_secret(key: str) -> bool:
+    """Whether a config key names a secret that must come from the environment instead."""
+    words = re.split(r"[_\-.]", key.lower())
+    return bool(words) and words[-1] in _SECRET_WORDS
+
+
+def suggested_env_var(endpoint: str, key: str) -> str:
+    """The environment variable name we suggest for `key` of `endpoint`, e.g. OLD_APP_KEY."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", f"{endpoint}_{key}").strip("_").upper()
+
+
+def _custom(kind: str, message: str, **ctx: Any) -> PydanticCustomError:
+    return PydanticCustomError(kind, message.replace("{", "{{").replace("}", "}}"), ctx)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Timeouts(_Model):
+    """Per-endpoint timeouts in seconds; unset means the adapter's default for its protocol."""
+
+    send: float | None = Field(default=None, gt=0)
+    connect: float | None = Field(default=None, gt=0)
+
+
+class TierProfile(_Model):
+    """The tier under test: its name, optional limit overrides and the features switched on."""
+
+    name: str = ""
+    limits: dict[str, float] = Field(default_factory=dict)
+    features: dict[str, bool] = Field(default_factory=dict)
+
+    @field_validator("limits")
+    @classmethod
+    def _known_limits(cls, value: dict[str, float]) -> dict[str, float]:
+        for key, number in value.items():
+            if key not in _LIMIT_NAMES:
+                raise _custom(
+                    "unknown_limit",
+                    f"is not a tier limit; known: {', '.join(_LIMIT_NAMES)}",
+                    key=key,
+                )
+            if number < 0:
+                raise _custom("negative_limit", f"= {number!r} must be >= 0", key=key)
+        return value
+
+
+class EndpointConfig(_Model):
+    """One endpoint: which adapter, where, which app, which tier, and where its secrets live."""
+
+    adapter: str = EMBEDDED_ADAPTER
+    url: str = ""  # empty: the harness starts an embedded reference service
+    app_id: str = ""
+    protocol: str = ""
+    tier: TierProfile = Field(default_factory=TierProfile)
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    secrets_env: dict[str, str] = Field(default_factory=dict)  # secret name -> env var name
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _collect_env_refs(cls, data: Any) -> Any:
+        """Move `<secret>_env = "VAR"` keys into `secrets_env`; refuse literal secrets."""
+        if not isinstance(data, Mapping):
+            return data
+        out: dict[str, Any] = {}
+        refs: dict[str, str] = dict(data.get("secrets_env") or {})
+        for key, value in data.items():
+            if key == "secrets_env":
+                continue
+            if key.endswith("_env") and len(key) > 4:
+                if not isinstance(value, str) or not _ENV_NAME_RE.match(value):
+                    raise _custom(
+                        "bad_env_name",
+                        f"= {value!r} is not an environment variable name; "
+                        f"write e.g. {key} = \"{key[:-4].upper()}\"",
+                        key=key,
+                    )
+                refs[key[:-4]] = value
+            elif looks_secret(key):
+                raise _custom("literal_secret", "", key=key, secret=key)
+            else:
+                out[key] = value
+        options = out.get("options")
+        if isinstance(options, Mapping):
+            for key in options:
+                if looks_secret(str(key)):
+                    raise _custom("literal_secret", "", key=f"options.{key}", secret=str(key))
+        out["secrets_env"] = refs
+        return out
+
+    @field_validator("tier", mode="before")
+    @classmethod
+    def _tier_shorthand(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @property
+    def embedded(self) -> bool:
+        """Whether the harness starts this endpoint's service itself (reference, no url)."""
+        return not self.url and self.adapter == EMBEDDED_ADAPTER
+
+
+class HarnessOptions(_Model):
+    """The `[harness]` table: plugin options, each also a command-line option that wins."""
+
+    endpoints: list[str] | None = None  # endpoints to run; default: all configured
+    time_scale: float | None = Field(default=None, gt=0)
+    defects: list[str] = Field(default_factory=list)
+    defect_rate: float | None = Field(default=None, ge=0, le=1)
+    seed: int = 0
+    keepalive_v1: float | None = Field(default=None, gt=0)
+    keepalive_v2: float | None = Field(default=None, gt=0)
+    propagation_delay: float = Field(default=0.0, ge=0)
+
+    @field_validator("endpoints", "defects", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        return split_names(value) if isinstance(value, str) else value
+
+    @field_validator("defects")
+    @classmethod
+    def _known_defects(cls, value: list[str]) -> list[str]:
+        problem = defect_problem(value)
+        if problem:
+            raise _custom("unknown_defect", problem)
+        return value
+
+
+def default_endpoints() -> dict[str, EndpointConfig]:
+    """The endpoints used when nothing is configured (both embedded reference services)."""
+    return {
+        "old": EndpointConfig(protocol="v1", tier=TierProfile(name="free")),
+        "new": EndpointConfig(
+            protocol="v2",
+            tier=TierProfile(name="pro", features={"recall": True, "receipts": True}),
+        ),
+    }
+
+
+class HarnessConfig(_Model):
+    """The whole validated configuration."""
+
+    endpoints: dict[str, EndpointConfig] = Field(default_factory=default_endpoints)
+    harness: HarnessOptions = Field(default_factory=HarnessOptions)
+    _source: str = PrivateAttr(default="defaults")
+
+    @field_validator("endpoints")
+    @classmethod
+    def _names(cls, value: dict[str, EndpointConfig]) -> dict[str, EndpointConfig]:
+        if not value:
+            raise _custom("no_endpoints", "is empty; configure at least one [endpoints.NAME]")
+        for name in value:
+            if not _NAME_RE.match(name):
+                raise _custom(
+                    "bad_endpoint_name",
+                    "is not a usable endpoint name; use letters, digits, '-' and '_'",
+                    key=name,
+                )
+        return value
+
+    @property
+    def source(self) -> str:
+        """Where this configuration came from: a file label or "defaults"."""
+        return self._source
+
+    def selected(self, names: Iterable[str] | None = None) -> list[str]:
+        """The endpoint names to run: `names`, else `[harness].endpoints`, else all."""
+        chosen = list(names) if names is not None else self.harness.endpoints
+        if not chosen:
+            return list(self.endpoints)
+        for name in chosen:
+            if name not in self.endpoints:
+                raise ConfigError(
+                    f"{self.source}: endpoint {name!r} is not configured; "
+                    f"known: {', '.join(self.endpoints)}"
+                )
+        return list(dict.fromkeys(chosen))
+
+    def secrets_for(
+        self, name: str, environ: Mapping[str, str] | None = None
+    ) -> dict[str, str]:
+        """Resolve endpoint `name`'s secrets from the environment; a missing one is an error."""
+        env = os.environ if environ is None else environ
+        resolved: dict[str, str] = {}
+        for secret, var in self.endpoints[name].secrets_env.items():
+            value = env.get(var, "")
+            if not value:
+                raise ConfigError(
+                    f"{self.source}: endpoints.{name}.{secret}_env names the environment "
+                    f"variable {var}, which is not set; export {var} (the {secret}) or fix "
+                    f"{secret}_env"
+                )
+            resolved[secret] = value
+        return resolved
+
+    def settings_for(
+        self, name: str, environ: Mapping[str, str] | None = None
+    ) -> EndpointSettings:
+        """`EndpointSettings` for a configured endpoint that has a url (not embedded)."""
+        ep = self.endpoints[name]
+        return EndpointSettings(
+            name=name,
+            adapter=ep.adapter,
+            url=ep.url,
+            app_id=ep.app_id,
+            protocol=ep.protocol,
+            tier=ep.tier.name,
+            secrets=self.secrets_for(name, environ),
+            options=dict(ep.options),
+            **timeout_kwargs(ep),
+        )
+
+
+def timeout_kwargs(ep: EndpointConfig) -> dict[str, float]:
+    """The configured timeouts as `EndpointSettings` keyword arguments (unset ones left out)."""
+    out: dict[str, float] = {}
+    if ep.timeouts.send is not None:
+        out["send_timeout_s"] = ep.timeouts.send
+    if ep.timeouts.connect is not None:
+        out["connect_timeout_s"] = ep.timeouts.connect
+    return out
+
+
+def split_names(raw: str | Iterable[str] | None) -> list[str]:
+    """`"a, b"` or `["a", "b,c"]` -> `["a", "b", "c"]` (empty parts dropped)."""
+    if raw is None:
+        return []
+    parts = [raw] if isinstance(raw, str) else list(raw)
+    return [n.strip() for p in parts for n in str(p).split(",") if n.strip()]
+
+
+def defect_problem(names: Iterable[str]) -> str | None:
+    """`= 'x' is not a seeded defect; known: ...` for the first unknown name, else None."""
+    from harness.reference.defects import DEFECTS
+
+    for name in names:
+        if name not in DEFECTS:
+            return f"= {name!r} is not a seeded defect; known: {', '.join(DEFECTS)}"
+    return None
+
+
+# --- loading ------------------------------------------------------------------------------
+
+
+def find_config(rootdir: Path) -> tuple[Path, tuple[str, ...]] | None:
+    """The config file under `rootdir`: im-harness.toml, else a pyproject with the table."""
+    candidate = rootdir / CONFIG_FILE
+    if candidate.is_file():
+        return candidate, ()
+    pyproject = rootdir / "pyproject.toml"
+    if pyproject.is_file():
+        data = _read_toml(pyproject)
+        if PYPROJECT_TABLE[1] in data.get(PYPROJECT_TABLE[0], {}):
+            return pyproject, PYPROJECT_TABLE
+    return None
+
+
+def load_config(
+    path: str | Path | None = None, *, rootdir: str | Path | None = None
+) -> HarnessConfig:
+    """Load and validate the configuration from `path`, or the one found under `rootdir`."""
+    if path is not None:
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f"--im-config {str(path)!r}: no such file; pass an existing path")
+        table = PYPROJECT_TABLE if file.name == "pyproject.toml" else ()
+    else:
+        found = find_config(Path(rootdir) if rootdir is not None else Path.cwd())
+        if found is None:
+            return HarnessConfig()
+        file, table = found
+    data: Any = _read_toml(file)
+    for part in table:
+        data = data.get(part, {})
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file.name}: [{'.'.join(table)}] must be a table")
+    return parse_config(data, source=file.name, prefix=table)
+
+
+def parse_config(
+    data: Mapping[str, Any], *, source: str = CONFIG_FILE, prefix: tuple[str, ...] = ()
+) -> HarnessConfig:
+    """Validate a config mapping; errors are one line prefixed with `source` and key path."""
+    try:
+        config = HarnessConfig.model_validate(dict(data))
+    except ValidationError as exc:
+        raise ConfigError(explain(exc, source=source, prefix=prefix)) from None
+    config._source = source
+    where = ".".join(prefix) + "." if prefix else ""
+    for name, ep in config.endpoints.items():
+        if ep.adapter not in adapters:
+            raise ConfigError(
+                f"{source}: {where}endpoints.{name}.adapter = {ep.adapter!r} is not a registered "
+                f"adapter; known: {', '.join(adapters.names()) or 'none'}"
+            )
+        if not ep.url and not ep.embedded:
+            raise ConfigError(
+                f"{source}: {where}endpoints.{name}.url is required for adapter {ep.adapter!r}; "
+                f"only the {EMBEDDED_ADAPTER!r} adapter can run embedded without a url"
+            )
+        if ep.embedded:
+            extra = sorted(set(ep.tier.limits) - set(_EMBEDDED_LIMITS))
+            if extra:
+                raise ConfigError(
+                    f"{source}: {where}endpoints.{name}.tier.limits.{extra[0]} cannot be "
+                    "overridden on the embedded service, which enforces its tier's limits; "
+                    f"remove it (only {', '.join(_EMBEDDED_LIMITS)} is settable) or set a url"
+                )
+            if ep.tier.name and ep.tier.name not in _reference_tiers():
+                raise ConfigError(
+                    f"{source}: {where}endpoints.{name}.tier.name = {ep.tier.name!r} is not a "
+                    f"reference tier; known: {', '.join(_reference_tiers())}"
+                )
+    return config
+
+
+def _reference_tiers() -> list[str]:
+    from harness.reference.tiers import TIERS
+
+    return list(TIERS)
+
+
+def _read_toml(file: Path) -> dict[str, Any]:
+    try:
+        with file.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        text = str(exc)
+        m = re.search(r"\(at line (\d+), column (\d+)\)", text)
+        where = f"{file}:{m.group(1)}:{m.group(2)}" if m else str(file)
+        why = text[: m.start()].strip() if m else text
+        raise ConfigError(f"{where}: invalid TOML: {why}; fix the syntax there") from None
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read: {exc.strerror}") from None
+
+
+# --- one-line errors ----------------------------------------------------------------------
+
+
+def explain(exc: ValidationError, *, source: str, prefix: tuple[str, ...] = ()) -> str:
+    """The first validation error as one line: source, key path, value (never a secret), fix."""
+    err = exc.errors(include_url=False)[0]
+    loc = [str(p) for p in err["loc"]]
+    ctx = err.get("ctx") or {}
+    key = ctx.get("key")
+    if key is not None:
+        loc.append(str(key))
+    path = ".".join([*prefix, *loc])
+    kind = err["type"]
+    msg = str(err["msg"])
+    if kind == "extra_forbidden":
+        known = _known_keys(tuple(err["loc"][:-1]))
+        return (
+            f"{source}: {path} is not a known key; known here: {known}; remove or rename it"
+        )
+    if kind == "missing":
+        return f"{source}: {path} is required"
+    if kind == "literal_secret":
+        secret = str(ctx["secret"])
+        endpoint = loc[1] if len(loc) > 2 and loc[0] == "endpoints" else "endpoint"
+        var = suggested_env_var(endpoint, secret)
+        return (
+            f"{source}: {path} looks like a literal secret, and secrets never go in the config; "
+            f"remove it, write {secret}_env = \"{var}\" in [{'.'.join([*prefix, *loc[:2]])}] "
+            f"and export {var}"
+        )
+    if kind in { "bad_env_name", "unknown_limit", "negative_limit",
+                "unknown_defect", "no_endpoints", "bad_endpoint_name"}:
+        return f"{source}: {path} {msg}"
+    value = err.get("input")
+    shown = "<hidden>" if any(looks_secret(p) for p in loc) else _short(value)
+    msg = msg[:1].lower() + msg[1:]
+    return f"{source}: {path} = {shown}: {msg}; fix the value"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _known_keys(loc: tuple[Any, ...]) -> str:
+    """The keys allowed at the model a validation `loc` points into."""
+    ann: Any = HarnessConfig
+    for part in loc:
+        ann = _unwrap(ann)
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            field = ann.model_fields.get(str(part))
+            if field is None:
+                return "?"
+            ann = field.annotation
+        elif typing.get_origin(ann) is dict:
+            ann = typing.get_args(ann)[1]
+        else:
+            return "?"
+    ann = _unwrap(ann)
+    if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+        return "?"
+    names = [n for n in ann.model_fields if n != "secrets_env"]
+    if ann is EndpointConfig:
+        names.append("<secret>_env")
+    return ", ".join(names)
+
+
+def _unwrap(ann: Any) -> Any:
+    if typing.get_origin(ann) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(ann) if a is not type(None)]
+        return args[0] if len(args) == 1 else ann
+    return ann

@@ -1,0 +1,495 @@
+"""Session objects: endpoints opened from the configuration, and test users on them.
+
+`HarnessSession` lives for a whole test session (per xdist worker): it starts the embedded
+reference services once and knows every selected endpoint's settings. `Endpoint` and `User`
+live for one test, in that test's event loop. Nothing here imports pytest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import secrets
+import uuid
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
+
+from harness.config import EndpointConfig, HarnessConfig, timeout_kwargs
+from harness.contract import (
+    Ack,
+    Adapter,
+    Capability,
+    Credentials,
+    EndpointInfo,
+    EndpointSettings,
+    GroupInfo,
+    IMClient,
+    Target,
+)
+from harness.errors import (
+    ConfigError,
+    ConnectionLost,
+    HarnessError,
+    IMError,
+    IMTimeout,
+    Unauthorized,
+    Unsupported,
+)
+from harness.oracle import Oracle
+from harness.recorder import Recorder
+from harness.reference.admin import AdminClient, AppHandle
+from harness.reference.launcher import ReferenceService
+from harness.registry import adapters
+
+T = TypeVar("T")
+ADMIN_TOKEN = "admin_token"  # the secret name that gives the harness a reference admin client
+
+
+class EndpointUnavailable(ConfigError):
+    """An endpoint could not be opened: unreachable, or its credentials were refused."""
+
+
+def describe(info: EndpointInfo) -> str:
+    """`reference v1, tier free`: how skip reasons and the report header name an endpoint."""
+    return f"{info.adapter} {info.protocol or '?'}, tier {info.tier or '?'}"
+
+
+def _cause(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+@dataclass(eq=False)
+class Endpoint:
+    """One endpoint opened for one test: adapter, info, and admin access when the harness has it."""
+
+    name: str
+    settings: EndpointSettings
+    adapter: Adapter
+    info: EndpointInfo
+    admin: AdminClient | None = None
+    service: ReferenceService | None = None
+    app: AppHandle | None = None
+    _owns_admin: bool = field(default=False, repr=False)
+    _children: list[Endpoint] = field(default_factory=list, repr=False)
+
+    def __repr__(self) -> str:
+        return f"<Endpoint {self.name}: {describe(self.info)} at {self.settings.url}>"
+
+    def supports(self, capability: Capability | str) -> bool:
+        return self.info.supports(capability)
+
+    async def with_app(
+        self,
+        *,
+        tier: str | None = None,
+        features: Mapping[str, bool] | None = None,
+        recall_window_s: float | None = None,
+        webhook: str | None = None,
+        protocol: str | None = None,
+    ) -> Endpoint:
+        """A fresh app on the same service (closed with this endpoint); needs an admin client.
+
+        Example: ``pro = await endpoint.with_app(tier="pro", features={"recall": True})``
+        """
+        if self.admin is None:
+            raise Unsupported(
+                f"endpoint {self.name!r} ({describe(self.info)}) has no admin API, so the "
+                "harness cannot create apps on it; mark the test @pytest.mark.needs_admin"
+            )
+        tier = tier or self.settings.tier or "free"
+        app = await self.admin.create_app(
+            tier=tier, features=features, webhook=webhook, recall_window_s=recall_window_s
+        )
+        settings = replace(
+            self.settings,
+            app_id=app.app_id,
+            tier=tier,
+            protocol=protocol or self.settings.protocol,
+            secrets={**self.settings.secrets, "app_key": app.app_key},
+        )
+        child = await open_endpoint(settings, admin=self.admin, service=self.service)
+        child.app = app
+        self._children.append(child)
+        return child
+
+    async def aclose(self) -> None:
+        """Close the adapter (and every endpoint made by `with_app`), then the admin client."""
+        children, self._children = self._children, []
+        for child in children:
+            with contextlib.suppress(Exception):
+                await child.aclose()
+        try:
+            await self.adapter.aclose()
+        finally:
+            if self._owns_admin and self.admin is not None:
+                await self.admin.aclose()
+
+
+async def open_endpoint(
+    settings: EndpointSettings,
+    *,
+    admin: AdminClient | None = None,
+    service: ReferenceService | None = None,
+) -> Endpoint:
+    """Open the adapter for `settings`; failures to reach or log in are one-line errors.
+
+    An `admin_token` secret (with `options.api_url`) gives a reference endpoint an admin client;
+    it is not passed on to the adapter.
+    """
+    adapter_secrets = dict(settings.secrets)
+    admin_token = adapter_secrets.pop(ADMIN_TOKEN, None)
+    adapter_settings = replace(settings, secrets=adapter_secrets)
+    owns_admin = False
+    if admin is None and service is not None:
+        admin, owns_admin = service.admin(), True
+    elif admin is None and admin_token and settings.options.get("api_url"):
+        admin, owns_admin = AdminClient(str(settings.options["api_url"]), admin_token), True
+    factory: Any = adapters.get(settings.adapter)
+    where = f"endpoint {settings.name!r} ({settings.adapter}) at {settings.url}"
+    try:
+        adapter: Adapter = await factory.open(adapter_settings)
+    except BaseException as exc:
+        if owns_admin and admin is not None:
+            await admin.aclose()
+        if isinstance(exc, ConfigError):
+            raise
+        if isinstance(exc, Unauthorized):
+            raise EndpointUnavailable(
+                f"{where}: credentials refused ({_cause(exc)}); check app_id and the "
+                "environment variables its *_env keys name"
+            ) from None
+        if isinstance(exc, OSError | TimeoutError | HarnessError):
+            raise EndpointUnavailable(
+                f"{where} is unreachable: {_cause(exc)}; check the url and that it is running"
+            ) from None
+        raise
+    info = adapter.info
+    if admin is not None:
+        info = replace(info, capabilities=info.capabilities | {Capability.TIER_ADMIN})
+    return Endpoint(
+        name=settings.name,
+        settings=settings,
+        adapter=adapter,
+        info=info,
+        admin=admin,
+        service=service,
+        _owns_admin=owns_admin,
+    )
+
+
+def apply_profile(info: EndpointInfo, ep: EndpointConfig) -> EndpointInfo:
+    """Apply a configured tier profile to an external endpoint's info.
+
+    Limit overrides fill in what the endpoint does not report; a feature set to false removes
+    that capability (the app has it switched off).
+    """
+    limits = info.limits
+    if ep.tier.limits:
+        overrides: dict[str, Any] = dict(ep.tier.limits)
+        for key in ("max_connections", "send_burst", "max_message_bytes", "max_group_members"):
+            if key in overrides:
+                overrides[key] = int(overrides[key])
+        limits = replace(limits, **overrides)
+    off = {name for name, on in ep.tier.features.items() if not on}
+    caps = frozenset(c for c in info.capabilities if c.value not in off)
+    return replace(info, limits=limits, capabilities=caps, tier=info.tier or ep.tier.name)
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run `coro` in a private event loop on a worker thread (safe under a running loop)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+class HarnessSession:
+    """The selected endpoints of one test session; embedded services started once.
+
+    Example::
+
+        with HarnessSession(load_config(), ["old", "new"]) as hs:
+            endpoint = await hs.open("new")   # in the test's event loop
+    """
+
+    def __init__(
+        self,
+        config: HarnessConfig,
+        names: Sequence[str] | None = None,
+        *,
+        defects: Iterable[str] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.config = config
+        self.names = config.selected(names)
+        self.defects = tuple(config.harness.defects if defects is None else defects)
+        self._environ = environ
+        self.services: dict[str, ReferenceService] = {}
+        self.apps: dict[str, AppHandle] = {}
+        self.infos: dict[str, EndpointInfo] = {}
+        self._settings: dict[str, EndpointSettings] = {}
+        self._started = False
+
+    def __repr__(self) -> str:
+        return f"<HarnessSession {', '.join(self.names)} started={self._started}>"
+
+    def endpoint_config(self, name: str) -> EndpointConfig:
+        return self.config.endpoints[name]
+
+    def external(self) -> list[str]:
+        """The selected endpoints the harness does not start itself."""
+        return [n for n in self.names if not self.config.endpoints[n].embedded]
+
+    def resolve(self) -> None:
+        """Resolve the external endpoints' settings (secrets from the environment)."""
+        for name in self.external():
+            if name not in self._settings:
+                self._settings[name] = self.config.settings_for(name, self._environ)
+
+    def start(self) -> HarnessSession:
+        """Start the embedded services (in parallel), resolve settings, learn every endpoint."""
+        if self._started:
+            return self
+        self.resolve()
+        embedded = [n for n in self.names if self.config.endpoints[n].embedded]
+        try:
+            if embedded:
+                with concurrent.futures.ThreadPoolExecutor(len(embedded)) as pool:
+                    for name, result in zip(
+                        embedded, pool.map(self._start_embedded, embedded), strict=True
+                    ):
+                        self.services[name], self.apps[name], self._settings[name] = result
+            self._started = True
+            self.probe()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_embedded(
+        self, name: str
+    ) -> tuple[ReferenceService, AppHandle, EndpointSettings]:
+        ep = self.config.endpoints[name]
+        opts = self.config.harness
+        service = ReferenceService(
+            defects=self.defects,
+            keepalive_v1=opts.keepalive_v1,
+            keepalive_v2=opts.keepalive_v2,
+            propagation_delay=opts.propagation_delay,
+            seed=opts.seed,
+            defect_rate=opts.defect_rate,
+        ).start()
+        tier = ep.tier.name or "free"
+        try:
+            app = service.create_app_sync(
+                tier=tier,
+                features=dict(ep.tier.features),
+                recall_window_s=ep.tier.limits.get("recall_window_s"),
+                app_id=ep.app_id or None,
+            )
+        except BaseException:
+            service.stop()
+            raise
+        settings = EndpointSettings(
+            name=name,
+            adapter=ep.adapter,
+            url=service.ws_url,
+            app_id=app.app_id,
+            protocol=ep.protocol or "v2",
+            tier=tier,
+            secrets={"app_key": app.app_key},
+            options={**ep.options, "api_url": service.api_url},
+            **timeout_kwargs(ep),
+        )
+        return service, app, settings
+
+    def probe(self, names: Iterable[str] | None = None) -> dict[str, EndpointInfo]:
+        """Open and close each endpoint once (reachability, credentials) and keep its info."""
+        chosen = list(self.names if names is None else names)
+        self.resolve()
+
+        async def probe_all() -> None:
+            for name in chosen:
+                endpoint = await self.open(name)
+                try:
+                    self.infos[name] = endpoint.info
+                finally:
+                    await endpoint.aclose()
+
+        run_sync(probe_all())
+        return {n: self.infos[n] for n in chosen}
+
+    def settings(self, name: str) -> EndpointSettings:
+        """The settings of an endpoint that is resolved (external) or started (embedded)."""
+        try:
+            return self._settings[name]
+        except KeyError:
+            raise HarnessError(
+                f"endpoint {name!r} is not started; call HarnessSession.start() first"
+            ) from None
+
+    async def open(self, name: str) -> Endpoint:
+        """Open endpoint `name` in the running event loop (close it with `aclose`)."""
+        endpoint = await open_endpoint(self.settings(name), service=self.services.get(name))
+        if name in self.apps:
+            endpoint.app = self.apps[name]
+        else:
+            endpoint.info = apply_profile(endpoint.info, self.config.endpoints[name])
+        return endpoint
+
+    def stop(self) -> None:
+        """Stop every embedded service this session started."""
+        services, self.services = self.services, {}
+        for service in services.values():
+            service.stop()
+        self._started = False
+
+    def __enter__(self) -> HarnessSession:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def unique_id(name: str) -> str:
+    """`alice` -> `alice-1f3a9c07`: unique per test, readable in transcripts."""
+    return f"{name}-{secrets.token_hex(4)}"
+
+
+def _gets_recall_events(endpoint: Endpoint, protocol: str) -> bool:
+    if not endpoint.info.supports(Capability.RECALL):
+        return False
+    # The reference protocol v1 never carries recall events, whatever the endpoint's default.
+    return not (endpoint.info.adapter == "reference" and protocol == "v1")
+
+
+class User:
+    """A provisioned test user on an endpoint, with a client whose events feed the oracle."""
+
+    def __init__(self, endpoint: Endpoint, credentials: Credentials, oracle: Oracle) -> None:
+        self.endpoint = endpoint
+        self.credentials = credentials
+        self.oracle = oracle
+        self._client: IMClient | None = None
+        self._recorder: Recorder | None = None
+
+    def __repr__(self) -> str:
+        state = "connected" if self._client is not None else "not connected"
+        return f"<User {self.id} on {self.endpoint.name}, {state}>"
+
+    @property
+    def id(self) -> str:
+        return self.credentials.user_id
+
+    @property
+    def client(self) -> IMClient:
+        if self._client is None:
+            raise HarnessError(f"user {self.id!r} is not connected; call `await user.connect()`")
+        return self._client
+
+    @property
+    def recorder(self) -> Recorder:
+        if self._recorder is None:
+            raise HarnessError(f"user {self.id!r} is not connected; call `await user.connect()`")
+        return self._recorder
+
+    async def connect(self, protocol: str | None = None) -> User:
+        """Log in (optionally with another protocol version) and start recording events."""
+        if self._client is not None:
+            raise HarnessError(f"user {self.id!r} is already connected; use reconnect()")
+        client = await self.endpoint.adapter.connect(self.credentials, protocol=protocol)
+        if not _gets_recall_events(self.endpoint, client.protocol):
+            self.oracle.no_recall_events(self.id)
+        self._client = client
+        self._recorder = Recorder(self.id, client, self.oracle)
+        self._recorder.start()
+        return self
+
+    async def _target(self, to: User | GroupInfo | str) -> tuple[Target, set[str]]:
+        if isinstance(to, User):
+            return Target.to_user(to.id), {to.id}
+        if isinstance(to, GroupInfo):
+            try:
+                members = set((await self.client.group_info(to.group_id)).members)
+            except IMError:
+                members = set(to.members)  # e.g. the sender is not a member (any more)
+            return Target.to_group(to.group_id), members - {self.id}
+        return Target.to_user(to), {to}
+
+    async def send(self, to: User | GroupInfo | str, body: str = "", **kw: Any) -> Ack:
+        """Send to a user (1:1) or a group and record the ack with the oracle.
+
+        Example: ``ack = await alice.send(bob, "hi")``
+        """
+        target, recipients = await self._target(to)
+        client_id = kw.pop("client_id", None) or f"c-{uuid.uuid4().hex}"
+        try:
+            ack = await self.client.send(target, body, client_id=client_id, **kw)
+        except (ConnectionLost, IMTimeout):
+            self.oracle.sent_unacked(self.id, client_id)
+            raise
+        self.oracle.sent(
+            self.id, ack, recipients=recipients, body=None if kw.get("custom") else body
+        )
+        return ack
+
+    async def recall(self, message: Ack | str, conversation: str | None = None) -> None:
+        """Recall a message (an ack, or a message id with its conversation) and tell the oracle."""
+        if isinstance(message, Ack):
+            message_id, conversation = message.message_id, message.conversation
+        else:
+            message_id = message
+        if conversation is None:
+            raise HarnessError("recall(message_id) needs conversation=; or pass the Ack")
+        await self.client.recall(conversation, message_id)
+        self.oracle.recalled(conversation, message_id, self.id)
+
+    async def reconnect(self) -> None:
+        """Connect again (after drop/close) and resume from the client's cursor."""
+        await self.client.reconnect()
+        if self._recorder is not None and not self._recorder.running:
+            self._recorder.start()
+
+    async def drop(self) -> None:
+        """Vanish abruptly, as a phone losing signal would."""
+        await self.client.drop()
+
+    async def close(self) -> None:
+        """Log out, then stop recording (what was recorded stays readable)."""
+        if self._client is None:
+            return
+        try:
+            await self._client.close()
+        finally:
+            if self._recorder is not None:
+                await self._recorder.stop()
+
+
+async def new_user(
+    endpoint: Endpoint,
+    oracle: Oracle,
+    name: str = "user",
+    *,
+    protocol: str | None = None,
+    connect: bool = True,
+) -> User:
+    """Provision `{name}-{8 hex}` on `endpoint` and (by default) connect it."""
+    credentials = await endpoint.adapter.provision_user(unique_id(name))
+    user = User(endpoint, credentials, oracle)
+    if connect:
+        await user.connect(protocol)
+    return user
+
+
+__all__ = [
+    "Endpoint",
+    "EndpointUnavailable",
+    "HarnessSession",
+    "User",
+    "apply_profile",
+    "describe",
+    "new_user",
+    "open_endpoint",
+    "unique_id",
+]
