@@ -1,0 +1,73 @@
+"""Per-user HMAC tokens: `base64url(json claims) . base64url(HMAC-SHA256(app_key, payload))`."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from typing import Any
+
+
+class TokenError(Exception):
+    """A token is malformed, badly signed, or expired; the message is safe to show."""
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _sign(app_key: str, payload: str) -> str:
+    return _b64(hmac.new(app_key.encode(), payload.encode("ascii"), hashlib.sha256).digest())
+
+
+def mint(
+    app_id: str, app_key: str, user_id: str, *, ttl_s: float = 3600.0, now: float | None = None
+) -> str:
+    """A token for `user_id` of `app_id`, valid for `ttl_s` seconds from `now`."""
+    exp = (time.time() if now is None else now) + ttl_s
+    claims = {"app": app_id, "sub": user_id, "exp": round(exp, 3)}
+    payload = _b64(json.dumps(claims, separators=(",", ":")).encode())
+    return f"{payload}.{_sign(app_key, payload)}"
+
+
+def claims(token: str) -> dict[str, Any]:
+    """The token's claims, NOT verified (to find which app's key verifies it)."""
+    if not isinstance(token, str) or token.count(".") != 1:
+        raise TokenError("malformed token")
+    payload = token.split(".", 1)[0]
+    try:
+        data = json.loads(_unb64(payload))
+    except (ValueError, UnicodeDecodeError):
+        raise TokenError("malformed token") from None
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("app"), str)
+        or not isinstance(data.get("sub"), str)
+        or not isinstance(data.get("exp"), int | float)
+    ):
+        raise TokenError("malformed token")
+    return data
+
+
+def signed_by(token: str, app_key: str) -> bool:
+    """Whether `app_key` produced the token's signature."""
+    payload, _, sig = token.partition(".")
+    return hmac.compare_digest(_sign(app_key, payload), sig)
+
+
+def verify(token: str, app_id: str, app_key: str, *, now: float | None = None) -> str:
+    """The user id of a valid, unexpired token of `app_id`; `TokenError` otherwise."""
+    data = claims(token)
+    if not signed_by(token, app_key):
+        raise TokenError("invalid token signature")
+    if data["app"] != app_id:
+        raise TokenError("token was minted for another app")
+    if data["exp"] <= (time.time() if now is None else now):
+        raise TokenError("token expired")
+    return str(data["sub"])
