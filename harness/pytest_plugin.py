@@ -1,1 +1,312 @@
-"""pytest plugin for im-harness (filled in by the plugin work)."""
+"""pytest plugin for im-harness: options, markers, report header and the endpoint fixtures.
+
+Loaded through the `pytest11` entry point. Every test that uses `endpoint` (or `im_user`) runs
+once per selected endpoint, ids `old` / `new`. Options come from the command line or the
+config's `[harness]` table (the command line wins); bad configuration stops pytest with one
+usage-error line (exit code 4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import pytest_asyncio
+
+from harness.config import DEFECTS_ENV, HarnessConfig, defect_problem, load_config, split_names
+from harness.contract import Capability, EndpointInfo, GroupInfo
+from harness.errors import ConfigError
+from harness.timing import ENV_VAR as TIME_SCALE_ENV
+from harness.timing import units as _units
+from harness.timing import until as _until
+
+if TYPE_CHECKING:
+    from harness.oracle import Oracle
+    from harness.push import PushReceiver
+    from harness.session import Endpoint, HarnessSession, User
+
+CONFIG_KEY = pytest.StashKey[HarnessConfig]()
+SESSION_KEY = pytest.StashKey["HarnessSession"]()
+_SAVED_SCALE_KEY = pytest.StashKey["str | None"]()
+
+MARKERS = (
+    "capability(*names): skip on an endpoint that does not offer every named capability",
+    "smoke: a quick check that an endpoint works at all",
+    "endpoints(*names): run this test only on the named endpoints",
+    "needs_admin: skip on an endpoint the harness cannot administer (tiers, features)",
+)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("im-harness", "im-harness: IM endpoints under test")
+    group.addoption(
+        "--im-config", metavar="PATH", default=None,
+        help="endpoint configuration (default: im-harness.toml or [tool.im-harness] in "
+        "pyproject.toml under the rootdir; none: embedded reference services)",
+    )
+    group.addoption(
+        "--im-endpoints", metavar="NAMES", default=None,
+        help="comma-separated endpoints to run, e.g. old,new (default: [harness].endpoints, "
+        "else all configured)",
+    )
+    group.addoption(
+        "--im-defect", metavar="NAME", action="append", default=None,
+        help=f"start the embedded services with this seeded defect (repeatable; also env "
+        f"{DEFECTS_ENV}=a,b or [harness].defects)",
+    )
+    group.addoption(
+        "--im-time-scale", metavar="FACTOR", default=None,
+        help=f"multiply every harness timeout (sets {TIME_SCALE_ENV}; also [harness].time_scale)",
+    )
+
+
+def _defects(config: pytest.Config, hc: HarnessConfig) -> list[str]:
+    cli = config.getoption("im_defect")
+    if cli:
+        names, where = split_names(cli), "--im-defect"
+    elif os.environ.get(DEFECTS_ENV, "").strip():
+        names, where = split_names(os.environ[DEFECTS_ENV]), DEFECTS_ENV
+    else:
+        return list(hc.harness.defects)
+    problem = defect_problem(names)
+    if problem:
+        raise ConfigError(f"{where} {problem}")
+    return names
+
+
+def _time_scale(config: pytest.Config, hc: HarnessConfig) -> float | None:
+    raw = config.getoption("im_time_scale")
+    if raw is None:
+        return hc.harness.time_scale
+    try:
+        scale = float(raw)
+    except ValueError:
+        scale = -1.0
+    if not scale > 0:
+        raise ConfigError(f"--im-time-scale {raw!r} must be a number > 0, e.g. 1 or 2.5")
+    return scale
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for line in MARKERS:
+        config.addinivalue_line("markers", line)
+    from harness.session import HarnessSession
+
+    try:
+        hc = load_config(config.getoption("im_config"), rootdir=config.rootpath)
+        wanted = config.getoption("im_endpoints")
+        names = hc.selected(split_names(wanted) if wanted is not None else None)
+        session = HarnessSession(hc, names, defects=_defects(config, hc))
+        session.resolve()  # a missing credential variable is a usage error, now
+        scale = _time_scale(config, hc)
+    except ConfigError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config.stash[CONFIG_KEY] = hc
+    config.stash[SESSION_KEY] = session
+    config.stash[_SAVED_SCALE_KEY] = os.environ.get(TIME_SCALE_ENV)
+    if scale is not None:
+        os.environ[TIME_SCALE_ENV] = repr(scale)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    session = config.stash.get(SESSION_KEY, None)
+    if session is not None:
+        session.stop()
+    if _SAVED_SCALE_KEY in config.stash:
+        saved = config.stash[_SAVED_SCALE_KEY]
+        if saved is None:
+            os.environ.pop(TIME_SCALE_ENV, None)
+        else:
+            os.environ[TIME_SCALE_ENV] = saved
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Check external endpoints (reachable, credentials accepted) before anything runs."""
+    hs = session.config.stash.get(SESSION_KEY, None)
+    if hs is None or not hs.external():
+        return
+    try:
+        hs.probe(hs.external())
+    except ConfigError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    hs = config.stash.get(SESSION_KEY, None)
+    if hs is None:
+        return []
+    defects = ", ".join(hs.defects) or "none"
+    lines = [
+        f"im-harness: config {hs.config.source}; endpoints {', '.join(hs.names)}; "
+        f"time unit {_units(1):g}s; defects {defects}"
+    ]
+    lines += [f"  {name}: {hs.summary(name)}" for name in hs.names]
+    return lines
+
+
+def _marker_names(item: pytest.Item, marker: str) -> list[str]:
+    return [str(a) for m in item.iter_markers(marker) for a in m.args]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse markers that name unknown capabilities or endpoints (a typo would skip silently)."""
+    hs = config.stash.get(SESSION_KEY, None)
+    known_caps = [c.value for c in Capability]
+    for item in items:
+        for name in _marker_names(item, "capability"):
+            if name not in known_caps:
+                raise pytest.UsageError(
+                    f"{item.nodeid}: @pytest.mark.capability({name!r}) is not a capability; "
+                    f"known: {', '.join(known_caps)}"
+                )
+        if hs is not None:
+            for name in _marker_names(item, "endpoints"):
+                if name not in hs.config.endpoints:
+                    raise pytest.UsageError(
+                        f"{item.nodeid}: @pytest.mark.endpoints({name!r}) is not a configured "
+                        f"endpoint; known: {', '.join(hs.config.endpoints)}"
+                    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "endpoint" not in metafunc.fixturenames:
+        return
+    hs = metafunc.config.stash.get(SESSION_KEY, None)
+    if hs is None:
+        return
+    names = list(hs.names)
+    limit = [n for m in metafunc.definition.iter_markers("endpoints") for n in m.args]
+    if limit:
+        names = [n for n in names if n in limit]
+    metafunc.parametrize("endpoint", names, indirect=True, ids=names)
+
+
+def _skip_reason(item: pytest.Item, name: str, info: EndpointInfo) -> str | None:
+    from harness.session import describe
+
+    for cap in _marker_names(item, "capability"):
+        if not info.supports(cap):
+            return f"endpoint {name!r} ({describe(info)}) does not offer capability {cap!r}"
+    if item.get_closest_marker("needs_admin") and Capability.TIER_ADMIN not in info.capabilities:
+        return f"endpoint {name!r} ({describe(info)}) has no admin API (needs_admin)"
+    return None
+
+
+# --- fixtures -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def im_config(pytestconfig: pytest.Config) -> HarnessConfig:
+    """The validated im-harness configuration."""
+    return pytestconfig.stash[CONFIG_KEY]
+
+
+@pytest.fixture(scope="session")
+def im_session(pytestconfig: pytest.Config) -> Iterator[HarnessSession]:
+    """The selected endpoints, embedded services started once per session (per xdist worker)."""
+    hs = pytestconfig.stash[SESSION_KEY]
+    try:
+        hs.start()
+    except ConfigError as exc:
+        pytest.exit(str(exc), returncode=pytest.ExitCode.USAGE_ERROR)
+    yield hs
+    hs.stop()
+
+
+@pytest_asyncio.fixture
+async def endpoint(request: pytest.FixtureRequest, im_session: HarnessSession) -> AsyncIterator[
+    Endpoint
+]:
+    """The endpoint under test, opened in the test's event loop; one test per endpoint.
+
+    Example::
+
+        @pytest.mark.capability("recall")
+        async def test_recall(endpoint, im_user): ...
+    """
+    name = getattr(request, "param", None) or im_session.names[0]
+    reason = _skip_reason(request.node, name, im_session.infos[name])
+    if reason:
+        pytest.skip(reason)
+    opened = await im_session.open(name)
+    try:
+        yield opened
+    finally:
+        await opened.aclose()
+
+
+@pytest.fixture
+def oracle() -> Oracle:
+    """A fresh oracle; `im_user` feeds it every user's sends and events."""
+    from harness.oracle import Oracle
+
+    return Oracle()
+
+
+UserFactory = Callable[..., Awaitable["User"]]
+
+
+@pytest_asyncio.fixture
+async def im_user(endpoint: Endpoint, oracle: Oracle) -> AsyncIterator[UserFactory]:
+    """Factory of connected users with unique ids `{name}-{8 hex}`, closed at teardown.
+
+    Example: ``alice = await im_user("alice"); bob = await im_user("bob", protocol="v1")``
+    """
+    from harness.session import new_user
+
+    users: list[User] = []
+
+    async def make(
+        name: str = "user",
+        protocol: str | None = None,
+        endpoint: Endpoint | None = None,
+        connect: bool = True,
+    ) -> User:
+        user = await new_user(
+            endpoint or default, oracle, name, protocol=protocol, connect=connect
+        )
+        users.append(user)
+        return user
+
+    default = endpoint
+    yield make
+    for user in reversed(users):
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(user.close(), _units(5))
+
+
+@pytest.fixture
+def im_group() -> Callable[..., Awaitable[GroupInfo]]:
+    """Factory: ``group = await im_group(owner, [bob, carol], name=None)``."""
+    from harness.session import unique_id
+
+    async def make(owner: User, members: Sequence[User] = (), name: str | None = None) -> GroupInfo:
+        return await owner.client.create_group(name or unique_id("group"), [m.id for m in members])
+
+    return make
+
+
+@pytest_asyncio.fixture
+async def push_receiver() -> AsyncIterator[PushReceiver]:
+    """A real HTTP server on 127.0.0.1 collecting push POSTs: `.url`, `.received`, `.wait_for`."""
+    from harness.push import PushReceiver
+
+    async with PushReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture
+def until() -> Callable[..., Awaitable[Any]]:
+    """`harness.timing.until`: ``await until(lambda: cond, timeout=units(5), what="...")``."""
+    return _until
+
+
+@pytest.fixture
+def units() -> Callable[[float], float]:
+    """`harness.timing.units`: ``units(5)`` is five time units in seconds."""
+    return _units

@@ -45,6 +45,8 @@ from harness.registry import adapters
 
 T = TypeVar("T")
 ADMIN_TOKEN = "admin_token"  # the secret name that gives the harness a reference admin client
+EMBEDDED_PROTOCOL = "v2"  # what an embedded endpoint speaks and runs on when not configured
+EMBEDDED_TIER = "free"
 
 
 class EndpointUnavailable(ConfigError):
@@ -162,8 +164,9 @@ async def open_endpoint(
                 "environment variables its *_env keys name"
             ) from None
         if isinstance(exc, OSError | TimeoutError | HarnessError):
+            cause = _cause(exc).removesuffix("; is the service running?")
             raise EndpointUnavailable(
-                f"{where} is unreachable: {_cause(exc)}; check the url and that it is running"
+                f"{where} is unreachable: {cause}; check the url and that the endpoint is up"
             ) from None
         raise
     info = adapter.info
@@ -280,7 +283,7 @@ class HarnessSession:
             seed=opts.seed,
             defect_rate=opts.defect_rate,
         ).start()
-        tier = ep.tier.name or "free"
+        tier = ep.tier.name or EMBEDDED_TIER
         try:
             app = service.create_app_sync(
                 tier=tier,
@@ -296,7 +299,7 @@ class HarnessSession:
             adapter=ep.adapter,
             url=service.ws_url,
             app_id=app.app_id,
-            protocol=ep.protocol or "v2",
+            protocol=ep.protocol or EMBEDDED_PROTOCOL,
             tier=tier,
             secrets={"app_key": app.app_key},
             options={**ep.options, "api_url": service.api_url},
@@ -319,6 +322,25 @@ class HarnessSession:
 
         run_sync(probe_all())
         return {n: self.infos[n] for n in chosen}
+
+    def summary(self, name: str) -> str:
+        """`adapter X, url U, protocol P, tier T` for the report header (never a secret)."""
+        info = self.infos.get(name)
+        if info is not None:
+            return (
+                f"adapter {info.adapter}, url {info.url}, protocol {info.protocol or '?'}, "
+                f"tier {info.tier or '?'}"
+            )
+        ep = self.config.endpoints[name]
+        if ep.embedded:
+            return (
+                f"adapter {ep.adapter}, url embedded (started on first use), protocol "
+                f"{ep.protocol or EMBEDDED_PROTOCOL}, tier {ep.tier.name or EMBEDDED_TIER}"
+            )
+        return (
+            f"adapter {ep.adapter}, url {ep.url}, protocol {ep.protocol or '?'}, "
+            f"tier {ep.tier.name or '?'}"
+        )
 
     def settings(self, name: str) -> EndpointSettings:
         """The settings of an endpoint that is resolved (external) or started (embedded)."""
