@@ -160,6 +160,8 @@ class Oracle:
         self._senders: set[str] = set()
         self._info: dict[str, tuple[str, int, str]] = {}  # id -> (conversation, seq, sender)
         self._receivers: dict[str, list[str]] = {}  # id -> participants who saw it, in order
+        # conversation -> (sorted seqs, seq -> id) of acked messages
+        self._acked: dict[str, tuple[list[int], dict[int, str]]] = {}
         self._recalls: dict[str, _Recall] = {}
         self._found: list[Violation] = []  # violations detected as events arrive
 
@@ -214,6 +216,13 @@ class Oracle:
             )
             self._info.setdefault(ack.message_id, (ack.conversation, ack.seq, sender))
             sender_part.add_view(ack.conversation, ack.seq, ack.message_id)
+            seqs, ids = self._acked.setdefault(ack.conversation, ([], {}))
+            if ack.seq not in ids:
+                ids[ack.seq] = ack.message_id
+                if not seqs or seqs[-1] < ack.seq:
+                    seqs.append(ack.seq)
+                else:
+                    bisect.insort(seqs, ack.seq)
         for name in wanted - record.recipients:
             part = self._part(name)
             if part.observed and ack.message_id not in part.seen:
@@ -419,6 +428,7 @@ class Oracle:
             )
         if after is not None and seqs:
             ranges.append((after + 1, lo - 1, f"after seq {after}"))
+        acked_seqs, acked_ids = self._acked.get(conv, ([], {}))
         missing_seen: set[int] = set()
         for a, b, label in ranges:
             for i in range(bisect.bisect_left(view, a), bisect.bisect_right(view, b)):
@@ -430,6 +440,17 @@ class Oracle:
                 found.append(
                     f"{where} lacks {self.describe(mid)} {label}, which {participant} "
                     f"{self._got(part, mid)}; history must show exactly what was delivered."
+                )
+            for i in range(bisect.bisect_left(acked_seqs, a), bisect.bisect_right(acked_seqs, b)):
+                s = acked_seqs[i]
+                record = self._sent[acked_ids[s]]
+                if s in page_ids or s in missing_seen or participant not in record.recipients:
+                    continue
+                missing_seen.add(s)
+                found.append(
+                    f"{where} lacks {self.describe(record.message_id)} {label}, though "
+                    f"{record.sender}'s send was acked with {participant} as a recipient; an "
+                    "acked message is durable and must show in history."
                 )
         last = part.pages.get(conv)
         if last is not None and seqs and before is None and after is None:

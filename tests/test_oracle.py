@@ -1,0 +1,741 @@
+"""The oracle judged on hand-built scenarios: every violation kind both ways, plus properties.
+
+The oracle's input is the contract's dataclasses, so these tests feed them directly.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import time
+from dataclasses import dataclass, field, replace
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from harness.contract import (
+    Ack,
+    Event,
+    HistoryPage,
+    Message,
+    MessageRecalled,
+    MessageReceived,
+    ReceiptUpdated,
+)
+from harness.errors import HarnessError
+from harness.oracle import KINDS, Oracle, OracleViolation, Violation
+from harness.timing import units
+
+A, B, C, D = "alice", "bob", "carol", "dave"
+GROUP = "g:g1"
+
+
+def dm(x: str, y: str) -> str:
+    return "d:" + ":".join(sorted((x, y)))
+
+
+@dataclass
+class World:
+    """Builds acks and messages the way a well-behaved service numbers them."""
+
+    oracle: Oracle = field(default_factory=Oracle)
+    seqs: dict[str, int] = field(default_factory=dict)
+    ids: itertools.count = field(default_factory=lambda: itertools.count(1))
+
+    def make(self, sender: str, conv: str) -> tuple[Ack, Message]:
+        n = next(self.ids)
+        seq = self.seqs[conv] = self.seqs.get(conv, 0) + 1
+        ack = Ack(f"c{n}", f"m{n}", conv, seq, 1000.0 + n)
+        group = conv[2:] if conv.startswith("g:") else None
+        msg = Message(f"m{n}", conv, seq, sender, f"c{n}", "text", f"hello {n}", 1000.0 + n, group)
+        return ack, msg
+
+    def send(self, sender: str, conv: str, recipients: set[str]) -> Message:
+        ack, msg = self.make(sender, conv)
+        self.oracle.sent(sender, ack, recipients=recipients, body=msg.body)
+        return msg
+
+    def deliver(self, who: str, *msgs: Message, offline: bool = False) -> None:
+        for msg in msgs:
+            self.oracle.observe(who, MessageReceived(msg, offline=offline))
+
+
+def kinds(oracle: Oracle, *, complete: bool = True) -> list[str]:
+    return [v.kind for v in oracle.violations(complete=complete)]
+
+
+def only(oracle: Oracle, kind: str, *, complete: bool = True) -> Violation:
+    found = [v for v in oracle.violations(complete=complete) if v.kind == kind]
+    assert len(found) == 1, oracle.violations(complete=complete)
+    return found[0]
+
+
+def page(conv: str, *msgs: Message, has_more: bool = False) -> HistoryPage:
+    return HistoryPage(conv, tuple(msgs), has_more)
+
+
+# -- a clean scenario ----------------------------------------------------------------------
+
+
+def test_clean_scenario_has_no_violations() -> None:
+    w = World()
+    o = w.oracle
+    m1 = w.send(A, dm(A, B), {B})
+    m2 = w.send(B, dm(A, B), {A})
+    g1 = w.send(A, GROUP, {B, C})
+    g2 = w.send(C, GROUP, {A, B})
+    w.deliver(B, m1)
+    w.deliver(A, m2, g2)
+    w.deliver(B, g1, offline=True)
+    w.deliver(B, g2)
+    w.deliver(C, g1)
+    o.recalled(GROUP, g1.message_id, by=A)
+    for who in (B, C):
+        o.observe(who, MessageRecalled(GROUP, g1.message_id, A))
+    o.observe(A, ReceiptUpdated(dm(A, B), B, 1))
+    o.observe(A, ReceiptUpdated(dm(A, B), B, 1))
+    o.observe(A, ReceiptUpdated(dm(A, B), B, 2))
+    o.observe_history(B, page(dm(A, B), m1, m2))
+    o.observe_history(C, page(GROUP, replace(g1, recalled=True, body=""), g2))
+
+    assert o.violations() == []
+    assert o.missing() == {}
+    o.assert_ok()
+
+
+def test_missing_lists_what_is_still_in_flight() -> None:
+    w = World()
+    m1 = w.send(A, dm(A, B), {B})
+    m2 = w.send(A, GROUP, {B, C})
+    w.deliver(B, m1)
+    assert w.oracle.missing() == {B: [m2.message_id], C: [m2.message_id]}
+    assert w.oracle.violations(complete=False) == []
+
+
+def test_a_message_seen_before_its_ack_is_not_missing() -> None:
+    w = World()
+    ack, msg = w.make(A, dm(A, B))
+    w.deliver(B, msg)
+    w.oracle.sent(A, ack, recipients={B})
+    assert w.oracle.missing() == {}
+    w.oracle.assert_ok()
+
+
+# -- loss ----------------------------------------------------------------------------------
+
+
+def test_loss_names_recipient_and_message_only_when_complete() -> None:
+    w = World()
+    m1 = w.send(A, dm(A, B), {B})
+    m2 = w.send(A, dm(A, B), {B})
+    w.deliver(B, m1)
+    assert kinds(w.oracle, complete=False) == []
+    v = only(w.oracle, "loss")
+    assert (v.participant, v.conversation) == (B, dm(A, B))
+    assert f"bob never received {m2.message_id} (seq 2 in d:alice:bob, sent by alice)" in str(v)
+
+
+def test_loss_mentions_history_that_shows_the_message() -> None:
+    w = World()
+    m1 = w.send(A, dm(A, B), {B})
+    w.oracle.observe_history(B, page(dm(A, B), m1))
+    v = only(w.oracle, "loss")
+    assert "history does show it" in v.explanation
+
+
+def test_no_loss_for_participants_declared_not_observed() -> None:
+    w = World()
+    w.oracle.not_observed(B)
+    w.send(A, dm(A, B), {B})
+    w.oracle.assert_ok()
+    assert w.oracle.missing() == {}
+
+
+# -- duplicates ----------------------------------------------------------------------------
+
+
+def test_duplicate_paragraph_names_both_sightings() -> None:
+    w = World()
+    for _ in range(16):
+        w.make(A, dm(A, B))
+    msgs = [w.send(A, dm(A, B), {B}) for _ in range(5)]
+    w.deliver(B, msgs[0], msgs[1])
+    w.deliver(B, msgs[4])
+    w.deliver(B, msgs[2], msgs[3], offline=True)
+    w.deliver(B, msgs[4], offline=True)
+    v = only(w.oracle, "duplicate")
+    assert v.explanation == (
+        "bob saw message m21 (seq 21 in d:alice:bob, sent by alice) twice: at event #3 (live) "
+        "and at event #6 (offline catch-up)."
+    )
+
+
+def test_unacked_send_may_be_missing_or_arrive_once() -> None:
+    w = World()
+    _, lost = w.make(A, dm(A, B))
+    _, arrived = w.make(A, dm(A, B))
+    w.oracle.sent_unacked(A, lost.client_id, dm(A, B))
+    w.oracle.sent_unacked(A, arrived.client_id, dm(A, B))
+    w.deliver(B, arrived)
+    w.oracle.assert_ok()
+
+
+def test_unacked_send_stored_twice_is_a_duplicate() -> None:
+    w = World()
+    _, first = w.make(A, dm(A, B))
+    _, again = w.make(A, dm(A, B))
+    again = replace(again, client_id=first.client_id)
+    w.oracle.sent_unacked(A, first.client_id, dm(A, B))
+    w.deliver(B, first, again)
+    v = only(w.oracle, "duplicate")
+    assert first.message_id in v.explanation
+    assert again.message_id in v.explanation
+    assert "outcome was unknown" in v.explanation
+
+
+def test_resend_acked_as_a_new_message_is_a_duplicate() -> None:
+    w = World()
+    ack, _ = w.make(A, dm(A, B))
+    w.oracle.sent(A, ack, recipients={B})
+    w.oracle.sent(A, replace(ack, duplicate=True), recipients={B})  # the original: fine
+    assert kinds(w.oracle, complete=False) == []
+    w.oracle.sent(A, replace(ack, message_id="m99", seq=7), recipients={B})
+    v = only(w.oracle, "duplicate", complete=False)
+    assert "m1" in v.explanation
+    assert "m99" in v.explanation
+
+
+# -- order ---------------------------------------------------------------------------------
+
+
+def test_one_senders_messages_out_of_ack_order() -> None:
+    w = World()
+    m1 = w.send(A, dm(A, B), {B})
+    m2 = w.send(A, dm(A, B), {B})
+    w.deliver(B, m2, m1)
+    v = only(w.oracle, "order")
+    assert v.explanation.startswith(f"bob saw {m1.message_id} (seq 1")
+    assert f"after {m2.message_id} (seq 2" in v.explanation
+    assert "alice's messages" in v.explanation
+
+
+def test_conversation_out_of_seq_order_only_when_strict() -> None:
+    for strict in (True, False):
+        w = World(Oracle(strict_order=strict))
+        g1 = w.send(A, GROUP, {B, C})
+        g2 = w.send(C, GROUP, {A, B})
+        w.deliver(B, g2, g1)
+        if strict:
+            v = only(w.oracle, "order", complete=False)
+            assert "must arrive in seq order" in v.explanation
+            assert g1.message_id in v.explanation
+            assert g2.message_id in v.explanation
+        else:
+            w.oracle.assert_ok(complete=False)
+
+
+def test_group_members_disagreeing_on_order() -> None:
+    w = World(Oracle(strict_order=False))
+    g1 = w.send(A, GROUP, {B, C, D})
+    g2 = w.send(B, GROUP, {A, C, D})
+    w.deliver(C, g1, g2)
+    w.deliver(D, g2, g1)
+    w.deliver(A, g2)
+    v = only(w.oracle, "group_order")
+    assert v.conversation == GROUP
+    assert {C, D} <= set(v.explanation.replace(",", " ").split())
+    assert g1.message_id in v.explanation
+    assert g2.message_id in v.explanation
+
+
+def test_members_agreeing_on_order_pass() -> None:
+    w = World(Oracle(strict_order=False))
+    g1 = w.send(A, GROUP, {B, C, D})
+    g2 = w.send(B, GROUP, {A, C, D})
+    w.deliver(C, g2, g1)
+    w.deliver(D, g2, g1)
+    w.deliver(A, g2)
+    w.deliver(B, g1)
+    w.oracle.assert_ok()
+
+
+# -- recall --------------------------------------------------------------------------------
+
+
+def test_recall_must_reach_every_receiver_but_the_recaller() -> None:
+    w = World()
+    g1 = w.send(A, GROUP, {B, C, D})
+    w.deliver(B, g1)
+    w.deliver(C, g1)
+    w.deliver(D, g1)
+    w.oracle.recalled(GROUP, g1.message_id, by=B)  # an admin; gets no recall event itself
+    w.oracle.observe(C, MessageRecalled(GROUP, g1.message_id, B, offline=True))
+    assert kinds(w.oracle, complete=False) == []
+    v = only(w.oracle, "recall")
+    assert v.participant == D
+    assert f"dave received {g1.message_id}" in v.explanation
+    assert "bob recalled it" in v.explanation
+
+
+def test_recall_seen_by_one_participant_binds_the_others() -> None:
+    w = World()
+    g1 = w.send(A, GROUP, {B, C})
+    w.deliver(B, g1)
+    w.deliver(C, g1)
+    w.oracle.observe(B, MessageRecalled(GROUP, g1.message_id, A))
+    v = only(w.oracle, "recall")
+    assert v.participant == C
+    assert "bob got a recall by alice at event #2 (live)" in v.explanation
+
+
+def test_history_showing_a_recalled_message_unrecalled() -> None:
+    w = World()
+    m1 = w.send(A, dm(A, B), {B})
+    w.deliver(B, m1)
+    w.oracle.observe_history(B, page(dm(A, B), m1))  # before the recall: fine
+    w.oracle.recalled(dm(A, B), m1.message_id, by=A)
+    w.oracle.observe(B, MessageRecalled(dm(A, B), m1.message_id, A))
+    w.oracle.assert_ok()
+    w.oracle.observe_history(B, page(dm(A, B), m1))
+    v = only(w.oracle, "recall", complete=False)
+    assert f"shows {m1.message_id} (seq 1 in d:alice:bob, sent by alice) not recalled" in str(v)
+
+
+def test_v1_participants_are_judged_by_history_only() -> None:
+    w = World()
+    w.oracle.no_recall_events(C)
+    g1 = w.send(A, GROUP, {B, C})
+    w.deliver(B, g1)
+    w.deliver(C, g1)
+    w.oracle.recalled(GROUP, g1.message_id, by=A)
+    w.oracle.observe(B, MessageRecalled(GROUP, g1.message_id, A))
+    w.oracle.assert_ok()  # carol got no event and read no history: nothing to judge
+    w.oracle.observe_history(C, page(GROUP, replace(g1, recalled=True, body="")))
+    w.oracle.assert_ok()
+    w.oracle.observe_history(C, page(GROUP, g1))
+    assert only(w.oracle, "recall").participant == C
+
+
+def test_history_recalled_flag_counts_as_the_recall() -> None:
+    w = World()
+    g1 = w.send(A, GROUP, {B, C})
+    w.deliver(B, g1)
+    w.deliver(C, g1)
+    w.oracle.observe_history(B, page(GROUP, replace(g1, recalled=True, body="")))
+    v = only(w.oracle, "recall")  # bob is satisfied by his history; carol got nothing
+    assert v.participant == C
+
+
+# -- receipts ------------------------------------------------------------------------------
+
+
+def test_receipt_moving_back() -> None:
+    w = World()
+    o = w.oracle
+    o.observe(A, ReceiptUpdated(dm(A, B), B, 3))
+    o.observe(A, ReceiptUpdated(GROUP, C, 1))
+    o.observe(A, ReceiptUpdated(GROUP, B, 9))  # another key: independent
+    o.assert_ok()
+    o.observe(A, ReceiptUpdated(dm(A, B), B, 2, offline=True))
+    v = only(o, "receipt", complete=False)
+    assert v.explanation == (
+        "alice saw bob's read receipt in d:alice:bob move back from seq 3 (event #1) to seq 2 "
+        "at event #4 (offline catch-up); a read cursor must never move back."
+    )
+
+
+# -- history -------------------------------------------------------------------------------
+
+
+def _dm_scenario(n: int) -> tuple[World, list[Message]]:
+    w = World()
+    msgs = [w.send(A if i % 3 else B, dm(A, B), {B} if i % 3 else {A}) for i in range(n)]
+    for m in msgs:
+        w.deliver(A if m.sender == B else B, m)
+    return w, msgs
+
+
+def test_history_paging_clean() -> None:
+    w, msgs = _dm_scenario(10)
+    w.oracle.observe_history(B, page(dm(A, B), *msgs[6:], has_more=True))
+    w.oracle.observe_history(B, page(dm(A, B), *msgs[2:6], has_more=True), before=7)
+    w.oracle.observe_history(B, page(dm(A, B), *msgs[:2]), before=3)
+    w.oracle.observe_history(A, page(dm(A, B), *msgs[:5], has_more=True), after=0)
+    w.oracle.observe_history(A, page(dm(A, B), *msgs[5:]), after=5)
+    w.oracle.observe_history(A, page(dm(A, B), *msgs[3:8], has_more=True))  # random access
+    w.oracle.assert_ok()
+
+
+def test_history_lacking_a_delivered_message() -> None:
+    w, msgs = _dm_scenario(5)
+    w.oracle.observe_history(B, page(dm(A, B), msgs[0], msgs[1], msgs[3], msgs[4]))
+    v = only(w.oracle, "history")
+    assert v.participant == B
+    assert f"lacks {msgs[2].message_id} (seq 3" in v.explanation
+
+
+def test_history_lacking_an_acked_message_that_was_never_delivered() -> None:
+    w = World()
+    m1 = w.send(A, dm(A, B), {B})
+    w.send(A, dm(A, B), {B})  # acked, so durable, but the service lost it
+    m3 = w.send(A, dm(A, B), {B})
+    w.deliver(B, m1, m3)
+    w.oracle.observe_history(A, page(dm(A, B), m1, m3))
+    v = only(w.oracle, "history", complete=False)
+    assert "lacks m2 (seq 2" in v.explanation
+
+
+def test_history_showing_another_message_at_a_delivered_seq() -> None:
+    w, msgs = _dm_scenario(3)
+    impostor = replace(msgs[1], message_id="m77")
+    w.oracle.observe_history(B, page(dm(A, B), msgs[0], impostor, msgs[2]))
+    found = [v for v in w.oracle.violations() if v.kind == "history"]
+    assert found
+    assert all("m77" in v.explanation for v in found)
+
+
+def test_history_pages_overlapping_at_the_boundary() -> None:
+    w, msgs = _dm_scenario(10)
+    w.oracle.observe_history(B, page(dm(A, B), *msgs[5:], has_more=True))
+    w.oracle.observe_history(B, page(dm(A, B), *msgs[1:6], has_more=True))
+    v = only(w.oracle, "history")
+    assert "overlaps the previous page #1 (seq 6..10)" in v.explanation
+    assert f"{msgs[5].message_id} (seq 6)" in v.explanation
+
+
+def test_history_page_beyond_its_before_bound() -> None:
+    w, msgs = _dm_scenario(10)
+    w.oracle.observe_history(B, page(dm(A, B), *msgs[5:], has_more=True))
+    w.oracle.observe_history(B, page(dm(A, B), *msgs[1:6], has_more=True), before=6)
+    v = only(w.oracle, "history")
+    assert "asked for messages before seq 6 but contains" in v.explanation
+
+
+def test_history_page_skipping_messages_below_its_before_bound() -> None:
+    w, msgs = _dm_scenario(10)
+    w.oracle.observe_history(B, page(dm(A, B), *msgs[5:], has_more=True))
+    w.oracle.observe_history(B, page(dm(A, B), *msgs[1:4], has_more=True), before=6)
+    found = [v for v in w.oracle.violations() if v.kind == "history"]
+    assert [m.seq for m in msgs[4:5]] == [5]
+    assert len(found) == 1
+    assert f"lacks {msgs[4].message_id} (seq 5" in found[0].explanation
+
+
+def test_history_without_more_must_reach_the_oldest() -> None:
+    w, msgs = _dm_scenario(6)
+    w.oracle.observe_history(B, page(dm(A, B), *msgs[3:], has_more=False), before=10)
+    found = [v for v in w.oracle.violations() if v.kind == "history"]
+    text = " ".join(map(str, found))
+    assert all(f"lacks {m.message_id} (seq {m.seq}" in text for m in msgs[:3])
+    assert len(found) == 3
+
+
+def test_late_joiner_history_may_show_earlier_messages() -> None:
+    w = World()
+    g1 = w.send(A, GROUP, {B})
+    g2 = w.send(A, GROUP, {B, D})  # dave joined after g1
+    w.deliver(B, g1, g2)
+    w.deliver(D, g2)
+    w.oracle.observe_history(D, page(GROUP, g1, g2))
+    w.oracle.assert_ok()
+
+
+# -- unexpected ----------------------------------------------------------------------------
+
+
+def test_non_member_receiving_a_group_message() -> None:
+    w = World()
+    g1 = w.send(A, GROUP, {B})
+    w.deliver(B, g1)
+    w.deliver(D, g1)
+    v = only(w.oracle, "unexpected", complete=False)
+    assert v.participant == D
+    assert f"dave received {g1.message_id}" in v.explanation
+    assert "not one of its recipients (bob)" in v.explanation
+
+
+def test_message_nobody_sent() -> None:
+    w = World()
+    w.send(A, dm(A, B), {B})
+    _, ghost = w.make(A, dm(A, B))  # from alice, a tracked sender, but never acked
+    w.deliver(B, ghost)
+    assert kinds(w.oracle, complete=False) == []  # its ack may still come
+    v = only(w.oracle, "unexpected")
+    assert "nobody sent it" in v.explanation
+    assert ghost.message_id in v.explanation
+
+
+def test_untracked_senders_are_ignored_unless_asked() -> None:
+    for report in (False, True):
+        w = World(Oracle(report_untracked=report))
+        _, stray = w.make(C, dm(C, B))
+        w.deliver(B, stray)
+        assert kinds(w.oracle) == (["unexpected"] if report else [])
+
+
+def test_message_delivered_with_another_seq_than_acked() -> None:
+    w = World()
+    m1 = w.send(A, dm(A, B), {B})
+    w.deliver(B, replace(m1, seq=4))
+    v = only(w.oracle, "unexpected")
+    assert "as seq 4 in d:alice:bob" in v.explanation
+    assert "ack said seq 1" in v.explanation
+
+
+# -- reporting -----------------------------------------------------------------------------
+
+
+def test_assert_ok_raises_one_paragraph_per_violation() -> None:
+    w = World()
+    m1 = w.send(A, dm(A, B), {B})
+    w.send(A, dm(A, B), {B})
+    w.deliver(B, m1, m1)
+    with pytest.raises(OracleViolation) as info:
+        w.oracle.assert_ok()
+    err = info.value
+    assert isinstance(err, HarnessError)
+    assert isinstance(err, AssertionError)
+    assert sorted(v.kind for v in err.violations) == ["duplicate", "loss"]
+    paragraphs = str(err).split("\n\n")
+    assert paragraphs[0] == "2 IM guarantee violation(s) observed:"
+    assert paragraphs[1].startswith("[duplicate] bob saw message m1")
+    assert paragraphs[2].startswith("[loss] bob never received m2")
+    assert all(v.kind in KINDS for v in err.violations)
+
+
+def test_assert_ok_caps_paragraphs_per_kind() -> None:
+    w = World()
+    for _ in range(40):
+        w.send(A, dm(A, B), {B})
+    with pytest.raises(OracleViolation) as info:
+        w.oracle.assert_ok()
+    assert len(info.value.violations) == 40
+    assert "... and 15 more loss violations." in str(info.value)
+
+
+def test_transcript_is_a_per_participant_timeline() -> None:
+    w = World()
+    m1 = w.send(A, dm(A, B), {B})
+    w.deliver(B, m1, offline=True)
+    w.oracle.observe(A, ReceiptUpdated(dm(A, B), B, 1))
+    w.oracle.observe_history(B, page(dm(A, B), m1))
+    text = w.oracle.transcript()
+    assert "== alice: 1 events ==" in text
+    assert "sent      m1 seq 1 in d:alice:bob [client c1] to bob" in text
+    assert "#1    offline message m1 seq 1 in d:alice:bob from alice: 'hello 1'" in text
+    assert "receipt bob read d:alice:bob up to seq 1" in text
+    assert "history   page #1 of d:alice:bob: 1 messages, seq 1..1" in text
+
+
+def test_large_run_is_fed_in_linear_time() -> None:
+    w = World()
+    members = {B, C, D}
+    started = time.monotonic()
+    for i in range(100_000):
+        sender = (A, B, C, D)[i % 4]
+        msg = w.send(sender, GROUP, (members | {A}) - {sender})
+        for who in (A, B, C, D):
+            if who != sender:
+                w.deliver(who, msg)
+    assert w.oracle.violations() == []
+    # a quadratic observe() would need hours here; linear takes seconds
+    assert time.monotonic() - started < units(60)
+
+
+# -- properties ----------------------------------------------------------------------------
+
+PEOPLE = (A, B, C, D)
+MEMBERS = (A, B, C)  # dave is not in the group
+CONVS = [*(dm(x, y) for x, y in itertools.combinations(PEOPLE, 2)), GROUP]
+
+
+def _participants(conv: str) -> tuple[str, ...]:
+    return MEMBERS if conv == GROUP else tuple(conv[2:].split(":"))
+
+
+@dataclass
+class Run:
+    """A correct run: each participant's stream, and the oracle calls interleaved."""
+
+    world: World
+    streams: dict[str, list[Event]]
+    acks: list[tuple[str, Ack, set[str]]]
+    recalls: list[Message]
+    messages: dict[str, Message]
+    pages: dict[str, int]  # participant -> history page size (0: no history read)
+
+
+@st.composite
+def runs(draw: st.DrawFn) -> Run:
+    rnd = draw(st.randoms(use_true_random=False))
+    world = World()
+    n = draw(st.integers(1, 25))
+    streams: dict[str, list[Event]] = {p: [] for p in PEOPLE}
+    queues: dict[tuple[str, str], list[Message]] = {}
+    acks: list[tuple[str, Ack, set[str]]] = []
+    sent: list[Message] = []
+    for _ in range(n):
+        conv = rnd.choice(CONVS)
+        sender = rnd.choice(_participants(conv))
+        ack, msg = world.make(sender, conv)
+        recipients = set(_participants(conv)) - {sender}
+        acks.append((sender, ack, recipients))
+        sent.append(msg)
+        for who in recipients:
+            queues.setdefault((who, conv), []).append(msg)
+    # each participant merges its per-conversation queues in a random interleaving
+    for who in PEOPLE:
+        mine = [list(q) for (p, _), q in queues.items() if p == who]
+        while any(mine):
+            q = rnd.choice([q for q in mine if q])
+            streams[who].append(MessageReceived(q.pop(0), offline=rnd.random() < 0.3))
+    # read receipts only move forward
+    for who in PEOPLE:
+        for reader in PEOPLE:
+            if reader == who:
+                continue
+            seq = 0
+            spots = sorted(rnd.randrange(len(streams[who]) + 1) for _ in range(rnd.randrange(3)))
+            for k, pos in enumerate(spots):
+                seq += rnd.randrange(2)
+                streams[who].insert(pos + k, ReceiptUpdated(dm(who, reader), reader, seq))
+    recalls = [m for m in sent if rnd.random() < 0.2]
+    for m in recalls:
+        for who in set(_participants(m.conversation)) - {m.sender}:
+            streams[who].append(MessageRecalled(m.conversation, m.message_id, m.sender))
+    pages = {who: rnd.choice((0, 1, 2, 5)) for who in PEOPLE}
+    messages = {m.message_id: m for m in sent}
+    return Run(world, streams, acks, recalls, messages, pages)
+
+
+def play(run: Run, rnd: random.Random) -> Oracle:
+    """Feed a run to its oracle: acks interleaved at random with the participants' events."""
+    oracle = run.world.oracle
+    ops: list[tuple[str, object]] = [("ack", a) for a in run.acks]
+    for who, events in run.streams.items():
+        cursor = iter(events)
+        ops.extend(("event", (who, cursor)) for _ in events)
+    rnd.shuffle(ops)
+    for op, arg in ops:
+        if op == "ack":
+            sender, ack, recipients = arg  # type: ignore[misc]
+            oracle.sent(sender, ack, recipients=recipients)
+        else:
+            who, cursor = arg  # type: ignore[misc]
+            oracle.observe(who, next(cursor))
+    for m in run.recalls:
+        oracle.recalled(m.conversation, m.message_id, by=m.sender)
+    recalled = {m.message_id for m in run.recalls}
+    for who, size in run.pages.items():
+        if not size:
+            continue
+        for conv in CONVS:
+            if who not in _participants(conv):
+                continue
+            msgs = [
+                replace(m, recalled=True, body="") if m.message_id in recalled else m
+                for _, ack, _ in run.acks
+                if ack.conversation == conv
+                for m in [run.messages[ack.message_id]]
+            ]
+            before: int | None = None
+            while True:
+                older = [m for m in msgs if before is None or m.seq < before]
+                chunk = older[-size:]
+                has_more = len(older) > len(chunk)
+                oracle.observe_history(
+                    who, HistoryPage(conv, tuple(chunk), has_more), before=before
+                )
+                if not has_more:
+                    break
+                before = chunk[0].seq
+    return oracle
+
+
+PROPS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@PROPS
+@given(runs(), st.randoms(use_true_random=False))
+def test_correct_runs_are_never_reported(run: Run, rnd: random.Random) -> None:
+    oracle = play(run, rnd)
+    assert oracle.violations() == [], oracle.transcript()
+    assert oracle.missing() == {}
+
+
+def _message_positions(run: Run) -> list[tuple[str, int]]:
+    return [
+        (who, i)
+        for who, events in run.streams.items()
+        for i, e in enumerate(events)
+        if isinstance(e, MessageReceived)
+    ]
+
+
+@PROPS
+@given(runs(), st.randoms(use_true_random=False))
+def test_an_injected_duplicate_is_reported(run: Run, rnd: random.Random) -> None:
+    who, i = rnd.choice(_message_positions(run))
+    event = run.streams[who][i]
+    assert isinstance(event, MessageReceived)
+    later = rnd.randrange(i + 1, len(run.streams[who]) + 1)
+    run.streams[who].insert(later, MessageReceived(event.message, offline=True))
+    found = play(run, rnd).violations()
+    assert any(
+        v.kind == "duplicate" and v.participant == who and event.message.message_id in str(v)
+        for v in found
+    ), found
+
+
+@PROPS
+@given(runs(), st.randoms(use_true_random=False))
+def test_an_injected_drop_is_reported(run: Run, rnd: random.Random) -> None:
+    who, i = rnd.choice(_message_positions(run))
+    event = run.streams[who].pop(i)
+    assert isinstance(event, MessageReceived)
+    oracle = play(run, rnd)
+    assert oracle.missing()[who] == [event.message.message_id]
+    found = oracle.violations()
+    assert any(
+        v.kind == "loss" and v.participant == who and event.message.message_id in str(v)
+        for v in found
+    ), found
+
+
+@PROPS
+@given(runs(), st.randoms(use_true_random=False))
+def test_an_injected_swap_is_reported(run: Run, rnd: random.Random) -> None:
+    pairs = [
+        (who, i, j)
+        for who, events in run.streams.items()
+        for i, j in itertools.combinations(range(len(events)), 2)
+        if isinstance(a := events[i], MessageReceived)
+        and isinstance(b := events[j], MessageReceived)
+        and a.message.conversation == b.message.conversation
+    ]
+    if not pairs:
+        return  # no participant got two messages of one conversation: nothing to swap
+    who, i, j = rnd.choice(pairs)
+    events = run.streams[who]
+    events[i], events[j] = events[j], events[i]
+    moved = events[j]
+    assert isinstance(moved, MessageReceived)
+    found = play(run, rnd).violations()
+    assert any(v.kind == "order" and v.participant == who for v in found), found
+
+
+@PROPS
+@given(runs(), st.randoms(use_true_random=False))
+def test_an_injected_receipt_regression_is_reported(run: Run, rnd: random.Random) -> None:
+    who = rnd.choice(PEOPLE)
+    reader = rnd.choice([p for p in PEOPLE if p != who])
+    events = run.streams[who]
+    i = rnd.randrange(len(events) + 1)
+    events.insert(i, ReceiptUpdated(dm(who, reader), reader, 5))
+    events.insert(rnd.randrange(i + 1, len(events) + 1), ReceiptUpdated(dm(who, reader), reader, 4))
+    found = play(run, rnd).violations()
+    assert any(
+        v.kind == "receipt" and v.participant == who and f"{reader}'s read receipt" in str(v)
+        for v in found
+    ), found
