@@ -184,8 +184,18 @@ class ReferenceClient:
         return self._protocol
 
     @property
+    def credentials(self) -> Credentials:
+        return self._credentials
+
+    @property
     def state(self) -> str:
+        """new, connected, reconnecting (automatically), dropped, closed or failed."""
         return self._state
+
+    @property
+    def unacked(self) -> list[str]:
+        """Client ids of the sends still waiting for their ack (resent after a reconnect)."""
+        return [p.frame["client_id"] for p in self._sends.values() if not p.future.done()]
 
     # -- connection lifecycle -------------------------------------------------------------
 
