@@ -351,6 +351,23 @@ async def test_blackhole_hangs_requests_but_keeps_the_socket_open(echo_port: int
         writer.close()
 
 
+async def test_blackhole_holds_a_bounded_amount_and_pushes_back(sink: tuple[Sink, int]) -> None:
+    server, port = sink
+    size = 8 << 20
+    async with FaultLink("127.0.0.1", port) as link:
+        reader, writer = await asyncio.open_connection(link.host, link.port)
+        with link.blackhole():
+            writer.write(b"z" * size)
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(writer.drain(), units(0.5))
+            (conn,) = link.connections
+            assert 0 < conn.held("up") <= (1 << 20) + 65536
+            assert server.received == b""
+        await until(lambda: len(server.received) == size, timeout=units(10), what="all bytes")
+        assert conn.held("up") == 0
+        writer.close()
+
+
 async def test_blackhole_is_detected_by_websocket_keepalive(ws_url: str) -> None:
     ws_port = int(ws_url.rsplit(":", 1)[1].split("/")[0])
     async with FaultLink("127.0.0.1", ws_port) as link:

@@ -40,7 +40,7 @@ log = logging.getLogger("harness.faults")
 Direction = Literal["up", "down"]
 DIRECTIONS = ("both", "up", "down")
 _CHUNK = 65536
-_QUEUE_CHUNKS = 16
+_MAX_HELD = 1 << 20  # bytes a direction may hold (delayed or blackholed) before it stops reading
 _PACE_SLICES_PER_S = 50  # bandwidth pacing granularity: pieces of rate/50 bytes
 _DEFAULT_PORTS = {"ws": 80, "http": 80, "wss": 443, "https": 443}
 
@@ -290,6 +290,8 @@ class LinkConnection:
         self._upstream = upstream
         self._last_deliver = {"up": 0.0, "down": 0.0}
         self._eof_done: set[str] = set()
+        self._held = {"up": 0, "down": 0}
+        self._drained = {"up": asyncio.Event(), "down": asyncio.Event()}
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
@@ -298,7 +300,7 @@ class LinkConnection:
             ("down", self._upstream[0], self._client[1]),
         )
         for direction, src, dst in pipes:
-            queue: asyncio.Queue[tuple[float, bytes | None]] = asyncio.Queue(_QUEUE_CHUNKS)
+            queue: asyncio.Queue[tuple[float, bytes | None]] = asyncio.Queue()
             self._tasks.append(asyncio.create_task(self._read(direction, src, queue)))
             self._tasks.append(asyncio.create_task(self._write(direction, dst, queue)))
 
@@ -319,7 +321,11 @@ class LinkConnection:
                 # Order-preserving: a chunk is never delivered before the previous one.
                 deliver = max(time.monotonic() + delay, self._last_deliver[direction])
                 self._last_deliver[direction] = deliver
-                await queue.put((deliver, data or None))
+                queue.put_nowait((deliver, data or None))
+                self._held[direction] += len(data)
+                while self._held[direction] > _MAX_HELD:
+                    self._drained[direction].clear()
+                    await self._drained[direction].wait()
                 if not data:
                     return
         except (ConnectionError, OSError) as exc:
@@ -365,12 +371,22 @@ class LinkConnection:
                     if cut is not None:
                         self._cut(cut, direction)
                         return
+                    self._release(direction, len(piece))
         except (ConnectionError, OSError) as exc:
             side = "upstream" if direction == "up" else "client"
             self.reset(f"{side} reset ({type(exc).__name__})")
         except Exception:
             log.exception("%s: #%s failed writing %s", self.link.name, self.id, direction)
             self.reset("link error")
+
+    def held(self, direction: Direction) -> int:
+        """Bytes read from one side and not yet delivered to the other (delayed or held)."""
+        return self._held[direction]
+
+    def _release(self, direction: Direction, n: int) -> None:
+        self._held[direction] -= n
+        if self._held[direction] <= _MAX_HELD:
+            self._drained[direction].set()
 
     def _count(self, direction: Direction, n: int) -> None:
         if direction == "up":
