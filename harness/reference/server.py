@@ -66,7 +66,8 @@ class Config:
 class Conn:
     """One WebSocket connection; frames go out in order through `push`."""
 
-    __slots__ = ("ws", "protocol", "app", "user", "out", "sender", "keepalive", "closing")
+    __slots__ = ("ws", "protocol", "app", "user", "out", "sender", "keepalive", "closing",
+                 "ending")
 
     def __init__(self, ws: ServerConnection, protocol: str) -> None:
         self.ws = ws
@@ -76,7 +77,8 @@ class Conn:
         self.out: list[str] = []
         self.sender: asyncio.Task[None] | None = None
         self.keepalive: asyncio.Task[None] | None = None
-        self.closing = False
+        self.closing = False  # aborted: drop further frames
+        self.ending = False  # logged out: send what is queued, then close
 
     def push(self, frame: str) -> None:
         """Queue a frame; one short-lived task drains the queue in order."""
@@ -290,7 +292,7 @@ class Service:
         try:
             async for raw in ws:
                 self._on_frame(conn, raw)
-                if conn.closing:
+                if conn.ending:
                     break
         except ConnectionClosed:
             pass
@@ -298,7 +300,7 @@ class Service:
             conn.keepalive.cancel()
             self._unregister(conn)
             self.conns.discard(conn)
-        if conn.closing:
+        if conn.ending:
             await conn.flush()
             await ws.close()
 
@@ -361,7 +363,10 @@ class Service:
                 conn.push(_error(rid, OpError("unauthorized", "log in first (op 'login')")))
                 return
             if op == "logout":
-                conn.closing = True
+                self._unregister(conn)
+                conn.push(compact({"re": rid, "ok": True}))
+                conn.ending = True
+                return
             task = asyncio.ensure_future(self._run(conn, rid, handler, msg))
         self._bg.add(task)
         task.add_done_callback(self._bg.discard)
@@ -453,7 +458,7 @@ class Service:
         return {"ts": time.time()}
 
     async def op_logout(self, conn: Conn, msg: dict[str, Any]) -> dict[str, Any]:
-        self._unregister(conn)
+        self._unregister(conn)  # normally answered in `_on_frame`, which then closes
         return {}
 
     async def op_send(self, conn: Conn, msg: dict[str, Any]) -> dict[str, Any]:
