@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import struct
 import time
 from collections.abc import AsyncIterator
 
@@ -349,6 +350,32 @@ async def test_blackhole_hangs_requests_but_keeps_the_socket_open(echo_port: int
         # Held, not dropped: the request completes once the blackhole ends.
         assert await asyncio.wait_for(reader.readexactly(4), units(5)) == b"ping"
         writer.close()
+
+
+async def test_blackhole_holds_a_peer_reset_until_it_ends() -> None:
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def keep(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    server = await asyncio.start_server(keep, "127.0.0.1", 0)
+    try:
+        async with FaultLink("127.0.0.1", server.sockets[0].getsockname()[1]) as link:
+            reader, writer = await asyncio.open_connection(link.host, link.port)
+            await until(lambda: accepted, timeout=units(5), what="upstream accepted")
+            with link.blackhole(direction="down"):
+                sock = accepted[0].get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                accepted[0].transport.abort()  # the server crashes: it sends a RST
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(reader.read(), units(0.3))
+                assert len(link.connections) == 1
+            with pytest.raises(ConnectionResetError):
+                await asyncio.wait_for(reader.read(), units(5))
+            writer.close()
+    finally:
+        server.close()
+    assert "upstream reset" in link.timeline.events[-1].details["reason"]
 
 
 async def test_blackhole_holds_a_bounded_amount_and_pushes_back(sink: tuple[Sink, int]) -> None:

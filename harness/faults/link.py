@@ -12,7 +12,8 @@ bytes both ways ("up" client->server, "down" server->client). Faults read like s
 
 A fault starts when its method is called and ends when its `with` block ends, when `stop()` is
 called, or after `duration_s`. Held bytes are never dropped: a blackholed or partitioned
-connection keeps its data and delivers it once the fault ends, as TCP retransmission would.
+connection keeps its data (and any FIN or RST behind it) and delivers it once the fault ends,
+as TCP retransmission would. A link lives in one event loop.
 """
 
 from __future__ import annotations
@@ -329,6 +330,8 @@ class LinkConnection:
                 if not data:
                     return
         except (ConnectionError, OSError) as exc:
+            # A reset is a packet too: a blackhole or partition holds it like the bytes.
+            await self.link._wait_open(direction)
             side = "client" if direction == "up" else "upstream"
             self.reset(f"{side} reset ({type(exc).__name__})")
         except Exception:
