@@ -276,20 +276,26 @@ class MatrixClient:
             if failures and self._caught_up.is_set():
                 self._events.put_nowait(Reconnected(attempts=failures))
             failures = 0
-            await self._process(data, offline=catching_up)
+            joined = await self._process(data, offline=catching_up)
             self._state.since = data["next_batch"]
-            catching_up = False
-            self._caught_up.set()
+            # Rooms joined from invites during catch-up bring their backlog in the next batch.
+            catching_up = catching_up and joined
+            if not catching_up:
+                self._caught_up.set()
 
-    async def _process(self, data: Mapping[str, Any], *, offline: bool) -> None:
+    async def _process(self, data: Mapping[str, Any], *, offline: bool) -> bool:
+        """Apply one sync batch; True when it accepted invites."""
         rooms = data.get("rooms") or {}
+        joined = False
         for room_id in rooms.get("invite") or {}:
             with contextlib.suppress(IMError):  # a room that vanished meanwhile
                 await self._call("POST", f"/join/{quote(room_id)}", {})
+                joined = True
         for room_id, joined in (rooms.get("join") or {}).items():
             await self._process_room(room_id, joined, offline=offline)
         for room_id, left in (rooms.get("leave") or {}).items():
             await self._process_room(room_id, left, offline=offline)
+        return joined
 
     async def _process_room(self, room_id: str, data: Mapping[str, Any], *, offline: bool) -> None:
         timeline = data.get("timeline") or {}

@@ -1,0 +1,315 @@
+"""The matrix adapter against real Synapse homeservers on loopback (old 1.141.0, new 1.163.2).
+
+Synapse is installed once per version into the harness cache (see harness/matrix/launcher.py);
+the module is skipped, with the reason, only when that install is impossible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import pytest
+
+from harness.adapters.matrix import MatrixAdapter, MatrixClient, map_error
+from harness.contract import (
+    Credentials,
+    Disconnected,
+    Event,
+    MembershipChanged,
+    MessageRecalled,
+    MessageReceived,
+    MuteChanged,
+    ReceiptUpdated,
+    Reconnected,
+    Target,
+)
+from harness.errors import (
+    Forbidden,
+    HarnessError,
+    NotFound,
+    RateLimited,
+    TooLarge,
+    Unauthorized,
+    Unsupported,
+)
+from harness.matrix.launcher import SynapseServer, install_synapse
+from harness.timing import units, until
+
+VERSIONS = os.environ.get("IM_HARNESS_SYNAPSE_VERSIONS", "1.141.0,1.163.2").split(",")
+
+
+@pytest.fixture(scope="module", params=VERSIONS)
+def synapse(request: pytest.FixtureRequest) -> Iterator[SynapseServer]:
+    try:
+        install_synapse(request.param)
+    except HarnessError as exc:
+        pytest.skip(f"Synapse {request.param} cannot be installed here: {str(exc).splitlines()[0]}")
+    with SynapseServer(request.param) as server:
+        yield server
+
+
+@pytest.fixture
+async def adapter(synapse: SynapseServer) -> AsyncIterator[MatrixAdapter]:
+    adapter = await MatrixAdapter.open(synapse.endpoint_settings("matrix"))
+    yield adapter
+    await adapter.aclose()
+
+
+class Inbox:
+    """Everything one client receives, pumped by a task (a small stand-in for the Recorder)."""
+
+    def __init__(self, client: MatrixClient) -> None:
+        self.client = client
+        self.events: list[Event] = []
+        self._task = asyncio.create_task(self._pump())
+
+    async def _pump(self) -> None:
+        async for event in self.client.events():
+            self.events.append(event)
+
+    def messages(self) -> list[MessageReceived]:
+        return [e for e in self.events if isinstance(e, MessageReceived)]
+
+    async def wait(self, predicate: Callable[[Event], bool], what: str, count: int = 1) -> list:
+        found: list[Event] = []
+
+        def enough() -> bool:
+            found[:] = [e for e in self.events if predicate(e)]
+            return len(found) >= count
+
+        await until(enough, timeout=units(10), what=f"{self.client.user_id}: {what}")
+        return found
+
+    async def wait_bodies(self, *bodies: str) -> list[MessageReceived]:
+        want = set(bodies)
+        got = await self.wait(
+            lambda e: isinstance(e, MessageReceived) and e.message.body in want,
+            f"messages {sorted(want)}", count=len(want),
+        )
+        return got
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+@pytest.fixture
+async def users(adapter: MatrixAdapter) -> AsyncIterator[Callable]:
+    inboxes: list[Inbox] = []
+
+    async def make(name: str) -> tuple[Credentials, MatrixClient, Inbox]:
+        creds = await adapter.provision_user(f"{name}-{secrets.token_hex(4)}")
+        client = await adapter.connect(creds)
+        inbox = Inbox(client)
+        inboxes.append(inbox)
+        return creds, client, inbox
+
+    yield make
+    for inbox in inboxes:
+        await inbox.stop()
+
+
+async def test_direct_messages_both_ways(users: Callable) -> None:
+    alice, ca, ia = await users("alice")
+    bob, cb, ib = await users("bob")
+    ack1 = await ca.send(Target.to_user(bob.user_id), "hi bob")
+    (got1,) = await ib.wait_bodies("hi bob")
+    ack2 = await cb.send(Target.to_user(alice.user_id), "hi alice")
+    (got2,) = await ia.wait_bodies("hi alice")
+    assert ack1.conversation == ack2.conversation  # one direct room per pair
+    assert (ack1.seq, ack2.seq) == (1, 2)
+    assert got1.message.message_id == ack1.message_id
+    assert (got1.message.sender, got1.message.seq, got1.message.client_id) == (
+        alice.user_id, 1, ack1.client_id)
+    assert got1.message.group is None
+    assert not got1.offline
+    assert (got2.message.sender, got2.message.seq) == (bob.user_id, 2)
+    assert [m.message.body for m in ia.messages()] == ["hi alice"]  # no echo of one's own
+
+
+async def test_group_fan_out_and_roles(users: Callable) -> None:
+    owner, co, io = await users("owner")
+    b, cb, ib = await users("bee")
+    c, cc, ic = await users("cee")
+    group = await co.create_group("team", [b.user_id, c.user_id])
+    assert group.members == {owner.user_id: "owner", b.user_id: "member", c.user_id: "member"}
+    ack = await co.send(Target.to_group(group.group_id), "to all")
+    for inbox in (ib, ic):
+        (got,) = await inbox.wait_bodies("to all")
+        assert (got.message.group, got.message.seq) == (group.group_id, ack.seq)
+    with pytest.raises(Forbidden):  # a plain member cannot recall someone else's message
+        await cb.recall(group.group_id, ack.message_id)
+    await cc.send(Target.to_group(group.group_id), "from cee")
+    await io.wait_bodies("from cee")
+    await ib.wait_bodies("from cee")
+    await co.set_role(group.group_id, b.user_id, "admin")
+    await ic.wait(lambda e: isinstance(e, MembershipChanged) and e.change == "role"
+                  and e.user == b.user_id and e.role == "admin", "b promoted")
+    assert (await cc.group_info(group.group_id)).members[b.user_id] == "admin"
+
+
+async def test_recall_is_seen_by_the_peer_and_in_history(users: Callable) -> None:
+    alice, ca, _ = await users("alice")
+    bob, cb, ib = await users("bob")
+    ack = await ca.send(Target.to_user(bob.user_id), "oops")
+    await ib.wait_bodies("oops")
+    await ca.recall(ack.conversation, ack.message_id)
+    (recalled,) = await ib.wait(lambda e: isinstance(e, MessageRecalled), "the recall")
+    assert (recalled.message_id, recalled.by) == (ack.message_id, alice.user_id)
+    page = await cb.history(ack.conversation)
+    assert [(m.message_id, m.recalled, m.body) for m in page.messages] == [
+        (ack.message_id, True, "")]
+    with pytest.raises(NotFound):
+        await ca.recall(ack.conversation, "$no-such-event")
+
+
+async def test_read_receipt_is_seen_by_the_sender(users: Callable) -> None:
+    alice, ca, ia = await users("alice")
+    bob, cb, ib = await users("bob")
+    await ca.send(Target.to_user(bob.user_id), "one")
+    ack = await ca.send(Target.to_user(bob.user_id), "two")
+    await ib.wait_bodies("one", "two")
+    await cb.mark_read(ack.conversation, ack.seq)
+    (receipt,) = await ia.wait(lambda e: isinstance(e, ReceiptUpdated), "bob's receipt")
+    assert (receipt.conversation, receipt.reader, receipt.up_to_seq) == (
+        ack.conversation, bob.user_id, 2)
+    with pytest.raises(NotFound):
+        await cb.mark_read(ack.conversation, 99)
+
+
+async def test_offline_catch_up_after_drop(users: Callable) -> None:
+    alice, ca, _ = await users("alice")
+    bob, cb, ib = await users("bob")
+    await ca.send(Target.to_user(bob.user_id), "before")
+    await ib.wait_bodies("before")
+    await cb.drop()
+    for body in ("m1", "m2", "m3"):
+        await ca.send(Target.to_user(bob.user_id), body)
+    await cb.reconnect()
+    caught = await ib.wait_bodies("m1", "m2", "m3")
+    assert [(m.message.body, m.offline) for m in caught] == [
+        ("m1", True), ("m2", True), ("m3", True)]
+    assert [m.message.seq for m in caught] == [2, 3, 4]
+    kinds = [type(e) for e in ib.events]
+    assert kinds.index(Disconnected) < kinds.index(Reconnected)
+    await ca.send(Target.to_user(bob.user_id), "live again")
+    (live,) = await ib.wait_bodies("live again")
+    assert not live.offline
+    assert len(ib.messages()) == 5  # nothing delivered twice
+
+
+async def test_first_connect_catches_up_what_was_sent_before(
+    adapter: MatrixAdapter, users: Callable
+) -> None:
+    alice, ca, _ = await users("alice")
+    late = await adapter.provision_user(f"late-{secrets.token_hex(4)}")
+    await ca.send(Target.to_user(late.user_id), "while you were away")
+    inbox = Inbox(await adapter.connect(late))
+    try:
+        (got,) = await inbox.wait_bodies("while you were away")
+        assert got.offline
+    finally:
+        await inbox.stop()
+
+
+async def test_history_pages_by_seq(users: Callable) -> None:
+    alice, ca, _ = await users("alice")
+    bob, cb, ib = await users("bob")
+    acks = [await ca.send(Target.to_user(bob.user_id), f"h{i}") for i in range(1, 6)]
+    assert [a.seq for a in acks] == [1, 2, 3, 4, 5]
+    conv = acks[0].conversation
+    newest = await ca.history(conv, limit=2)
+    assert ([m.body for m in newest.messages], newest.has_more) == (["h4", "h5"], True)
+    older = await ca.history(conv, before=4, limit=2)
+    assert ([m.seq for m in older.messages], older.has_more) == ([2, 3], True)
+    oldest = await ca.history(conv, before=2, limit=2)
+    assert ([m.seq for m in oldest.messages], oldest.has_more) == ([1], False)
+    newer = await ca.history(conv, after=3, limit=10)
+    assert ([m.seq for m in newer.messages], newer.has_more) == ([4, 5], False)
+    await ib.wait_bodies("h5")
+    assert [m.message_id for m in (await cb.history(conv)).messages] == [
+        a.message_id for a in acks]  # the peer numbers the room the same way
+
+
+async def test_errors_are_mapped(adapter: MatrixAdapter, users: Callable) -> None:
+    owner, co, _ = await users("owner")
+    outsider, cx, _ = await users("outsider")
+    group = await co.create_group("closed", [])
+    with pytest.raises(Forbidden):
+        await cx.send(Target.to_group(group.group_id), "let me in")
+    with pytest.raises(Forbidden):
+        await cx.history(group.group_id)
+    with pytest.raises(TooLarge):
+        await co.send(Target.to_group(group.group_id), "x" * 70_000)
+    with pytest.raises(Unauthorized):
+        await adapter.connect(Credentials(owner.user_id, "wrong password"))
+    with pytest.raises(Unsupported):
+        await adapter.connect(owner, protocol="v1")
+    limited = map_error(429, {"errcode": "M_LIMIT_EXCEEDED", "retry_after_ms": 1500}, "send")
+    assert isinstance(limited, RateLimited)
+    assert limited.retry_after == 1.5
+
+
+async def test_idempotent_resend_creates_no_second_event(users: Callable) -> None:
+    alice, ca, _ = await users("alice")
+    bob, cb, ib = await users("bob")
+    to_bob = Target.to_user(bob.user_id)
+    first = await ca.send(to_bob, "once", client_id="cid-1")
+    again = await ca.send(to_bob, "once", client_id="cid-1")
+    assert (again.message_id, again.seq, again.duplicate) == (first.message_id, first.seq, True)
+    assert not first.duplicate
+    await ca.drop()
+    await ca.reconnect()  # same device: Synapse still knows the transaction
+    after_drop = await ca.send(to_bob, "once", client_id="cid-1")
+    assert after_drop.message_id == first.message_id
+    await ca.send(to_bob, "marker")
+    await ib.wait_bodies("marker")
+    assert [m.message.body for m in ib.messages()] == ["once", "marker"]
+
+
+async def test_mute_member_and_mute_all(users: Callable) -> None:
+    owner, co, _ = await users("owner")
+    b, cb, ib = await users("bee")
+    c, cc, ic = await users("cee")
+    group = await co.create_group("quiet", [b.user_id, c.user_id])
+    to_group = Target.to_group(group.group_id)
+    await co.send(to_group, "hello")
+    await ib.wait_bodies("hello")
+    await ic.wait_bodies("hello")
+    await co.mute(group.group_id, b.user_id)
+    await ic.wait(lambda e: isinstance(e, MuteChanged) and e.user == b.user_id and e.muted,
+                  "bee muted")
+    with pytest.raises(Forbidden):
+        await cb.send(to_group, "can I speak?")
+    assert (await co.group_info(group.group_id)).muted == frozenset({b.user_id})
+    await co.mute(group.group_id, b.user_id, muted=False)
+    await co.set_role(group.group_id, c.user_id, "admin")
+    await co.mute_all(group.group_id)
+    await ib.wait(lambda e: isinstance(e, MuteChanged) and e.user is None and e.muted,
+                  "everyone muted")
+    with pytest.raises(Forbidden):
+        await cb.send(to_group, "still muted")
+    await cc.send(to_group, "admins may speak")
+    assert (await co.group_info(group.group_id)).muted_all
+
+
+def test_failed_start_raises_with_the_log(synapse: SynapseServer) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        server = SynapseServer(synapse.version)
+        server.port = busy.getsockname()[1]
+        try:
+            with pytest.raises(HarnessError, match="last log lines") as info:
+                server.start()
+        finally:
+            server.cleanup()
+    assert "Address already in use" in str(info.value) or "in use" in str(info.value).lower()
+    assert server.pid is None
+    assert synapse.registration_shared_secret not in str(info.value)
