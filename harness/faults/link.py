@@ -30,7 +30,7 @@ import struct
 import time
 from collections.abc import Iterable
 from types import TracebackType
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Self
 from urllib.parse import urlsplit, urlunsplit
 
 from harness.errors import ConfigError
@@ -120,11 +120,12 @@ class Fault:
     ) -> None:
         self.link = link
         self.directions = directions
+        loop = asyncio.get_running_loop()
         self.record: FaultRecord = link.timeline.begin(self.kind, params, link=link.name)
         self._timer: asyncio.TimerHandle | None = None
         link._activate(self)
         if duration_s is not None:
-            self._timer = asyncio.get_running_loop().call_later(duration_s, self.stop)
+            self._timer = loop.call_later(duration_s, self.stop)
 
     @property
     def active(self) -> bool:
@@ -144,13 +145,13 @@ class Fault:
             self.link.timeline.end(self.record)
             self.link._deactivate(self)
 
-    def __enter__(self) -> Fault:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    async def __aenter__(self) -> Fault:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(
@@ -430,10 +431,6 @@ class LinkConnection:
 
     def close(self, reason: str) -> None:
         """Close both sides with a FIN and stop forwarding."""
-        if self.closed:
-            return
-        self._client[1].close()
-        self._upstream[1].close()
         self._finish("close", reason)
 
     def _finish(self, outcome: str, reason: str) -> None:
