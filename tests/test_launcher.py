@@ -194,6 +194,8 @@ def test_children_die_with_the_parent(ending: str) -> None:
         if parent.poll() is None:
             parent.kill()
             parent.wait()
+        if parent.stdout is not None:
+            parent.stdout.close()
     deadline = time.monotonic() + units(5)
     while _alive(child) and time.monotonic() < deadline:
         time.sleep(0.02)  # the child is not ours to wait for: poll /proc until it is reaped

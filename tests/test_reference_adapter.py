@@ -27,7 +27,7 @@ from harness.contract import (
     Reconnected,
     Target,
 )
-from harness.errors import IMTimeout, RateLimited, Unsupported
+from harness.errors import FeatureDisabled, IMTimeout, RateLimited, Unsupported
 from harness.reference.admin import AppHandle
 from harness.reference.launcher import ReferenceService
 from harness.timing import units, until
@@ -136,6 +136,20 @@ async def test_info_reflects_protocol_tier_and_features(
         assert Capability.TIER_ADMIN not in new.info.capabilities
     async with opened(service, pro_app, "v1", send_timeout_s=2.5) as tuned:
         assert tuned.info.send_timeout_s == 2.5
+        assert Capability.RECALL not in tuned.info.capabilities, "v1 has no recall"
+
+
+async def test_features_switched_off_are_not_capabilities(service: ReferenceService) -> None:
+    plain = await asyncio.to_thread(service.create_app_sync, tier="pro")
+    async with opened(service, plain, "v2") as adapter:
+        assert Capability.RECALL not in adapter.info.capabilities
+        assert Capability.RECEIPTS not in adapter.info.capabilities
+        assert Capability.GROUPS in adapter.info.capabilities
+        alice, _ = await user(adapter, "alice")
+        bob, _ = await user(adapter, "bob")
+        ack = await alice.send(Target.to_user(bob.user_id), "hi")
+        with pytest.raises(FeatureDisabled):
+            await alice.recall(ack.conversation, ack.message_id)
 
 
 # -- messaging ------------------------------------------------------------------------------

@@ -64,26 +64,19 @@ SEND_TIMEOUT_S = {"v1": 10.0, "v2": 5.0}
 _SETTINGS_SEND_TIMEOUT_DEFAULT = next(
     f.default for f in fields(EndpointSettings) if f.name == "send_timeout_s"
 )
-# What the reference service offers on every app, whatever its tier.
-_BASE_CAPABILITIES = frozenset({
-    Capability.CHAT, Capability.CUSTOM, Capability.GROUPS, Capability.ROLES, Capability.MUTE,
-    Capability.OFFLINE, Capability.HISTORY, Capability.PUSH, Capability.IDEMPOTENT_SEND,
-})
 _V2_ONLY = frozenset({Capability.RECALL, Capability.RECEIPTS, Capability.GROUP_RECEIPTS})
 _LIMIT_FIELDS = frozenset(f.name for f in fields(TierLimits))
 _END = object()
 
 
 def capabilities_from(features: Sequence[str], protocol: str) -> frozenset[Capability]:
-    """Capabilities from a login answer's enabled features and the protocol version."""
-    caps = set(_BASE_CAPABILITIES)
+    """Capabilities from a login answer's enabled features, less what the protocol lacks."""
+    caps = set()
     for name in features:
         try:
             caps.add(Capability(name))
         except ValueError:
             continue  # a service feature the contract has no name for
-    if Capability.RECEIPTS in caps and Capability.GROUPS in caps:
-        caps.add(Capability.GROUP_RECEIPTS)  # group receipts ride on the receipts feature
     caps.discard(Capability.TIER_ADMIN)  # the harness adds it when it holds an admin client
     if protocol != "v2":
         caps -= _V2_ONLY
@@ -141,7 +134,7 @@ def _event(frame: Mapping[str, Any]) -> Event | None:
 @dataclass
 class _PendingSend:
     frame: dict[str, Any]
-    future: asyncio.Future[Ack]
+    future: asyncio.Future[dict[str, Any]]  # the answer frame
     request_ids: list[int] = field(default_factory=list)
 
 

@@ -66,8 +66,7 @@ async def request_json(
         raise HarnessError(
             f"{what}: the service's admin API is disabled; start it with IM_REF_ADMIN_TOKEN set"
         )
-    exc = error_from_wire(code, f"{what}: HTTP {status}: {message}".rstrip(": "))
-    raise exc
+    raise error_from_wire(code, f"{what}: HTTP {status}: {message}".rstrip(": "))
 
 
 async def mint_credentials(

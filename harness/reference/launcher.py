@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 from harness.errors import HarnessError
 from harness.reference.admin import AdminClient, AppHandle
@@ -229,7 +229,7 @@ class ReferenceService:
             if isinstance(ready, dict) and ready.get("event") == "ready":
                 return ready
 
-    def _fail(self, proc: subprocess.Popen[bytes], why: str) -> None:
+    def _fail(self, proc: subprocess.Popen[bytes], why: str) -> NoReturn:
         if proc.poll() is None:
             _kill_group(proc, signal.SIGKILL)
         proc.wait(timeout=5)
