@@ -78,6 +78,7 @@ async def test_history_pages_have_no_gap_or_overlap(endpoint, im_user, oracle, u
     backwards, before, pages = [], None, 0
     while True:
         page = await bob.client.history(conv, before=before, limit=page_size)
+        oracle.observe_history(bob.id, page, before=before)
         pages += 1
         assert len(page.messages) <= page_size
         seqs = [m.seq for m in page.messages]
@@ -91,6 +92,7 @@ async def test_history_pages_have_no_gap_or_overlap(endpoint, im_user, oracle, u
     forwards, after, pages = [], 0, 0
     while True:
         page = await bob.client.history(conv, after=after, limit=page_size)
+        oracle.observe_history(bob.id, page, after=after)
         pages += 1
         forwards += page.messages
         if not page.has_more:
