@@ -39,7 +39,7 @@ async def _fresh_app_with_small_limit(endpoint, field: str, small: int):
     declared = getattr(endpoint.info.limits, field)
     if declared is not None and declared <= SMALL_ENOUGH:
         return await endpoint.with_app(), declared
-    pytest.skip(f"endpoint {endpoint.name!r}: {field}={declared} is too large for a suite; {reason}")
+    pytest.skip(f"endpoint {endpoint.name!r}: {field}={declared} is too big for a suite; {reason}")
 
 
 @pytest.mark.needs_admin
@@ -127,7 +127,7 @@ async def test_recall_and_receipts_on_free_tier_are_feature_disabled(endpoint, i
 
 @pytest.mark.needs_admin
 async def test_feature_switch_takes_effect_after_propagation_delay(endpoint, im_user, until, units):
-    """Receipts switched on for a pro app are refused until the activation delay passes, then work."""
+    """Receipts switched on for a pro app are refused until the activation delay passes."""
     app = await endpoint.with_app(tier="pro", features={"receipts": False}, protocol="v2")
     alice = await im_user("alice", endpoint=app)
     bob = await im_user("bob", endpoint=app)
