@@ -27,7 +27,7 @@ from harness.contract import (
     Reconnected,
     Target,
 )
-from harness.errors import FeatureDisabled, IMTimeout, RateLimited, Unsupported
+from harness.errors import FeatureDisabled, IMTimeout, RateLimited, Unauthorized, Unsupported
 from harness.reference.admin import AppHandle
 from harness.reference.launcher import ReferenceService
 from harness.timing import units, until
@@ -150,6 +150,15 @@ async def test_features_switched_off_are_not_capabilities(service: ReferenceServ
         ack = await alice.send(Target.to_user(bob.user_id), "hi")
         with pytest.raises(FeatureDisabled):
             await alice.recall(ack.conversation, ack.message_id)
+
+
+async def test_token_of_another_app_is_refused(
+    service: ReferenceService, pro_app: AppHandle, free_app: AppHandle
+) -> None:
+    async with opened(service, pro_app) as mine, opened(service, free_app) as theirs:
+        foreign = await theirs.provision_user(uid("mallory"))
+        with pytest.raises(Unauthorized):
+            await mine.connect(foreign)
 
 
 # -- messaging ------------------------------------------------------------------------------

@@ -207,8 +207,9 @@ class ReferenceClient:
         early: list[dict[str, Any]] = []
         try:
             rid = next(self._ids)
-            await ws.send(json.dumps({"id": rid, "op": "login", "token": self._credentials.token,
-                                      "cursor": self.cursor}))
+            login = {"id": rid, "op": "login", "token": self._credentials.token,
+                     "cursor": self.cursor, "app": settings.app_id}
+            await ws.send(json.dumps(login))
             async with asyncio.timeout(settings.connect_timeout_s):
                 while True:
                     frame = json.loads(await ws.recv())
