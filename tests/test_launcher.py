@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import BadRequest, HarnessError, Unauthorized
+from harness.errors import BadRequest, ConfigError, HarnessError, Unauthorized
 from harness.reference.admin import AdminClient
 from harness.reference.launcher import ReferenceService, live_pids
 from harness.timing import units
@@ -200,3 +200,10 @@ def test_children_die_with_the_parent(ending: str) -> None:
     while _alive(child) and time.monotonic() < deadline:
         time.sleep(0.02)  # the child is not ours to wait for: poll /proc until it is reaped
     assert not _alive(child), f"reference service {child} outlived its parent ({ending})"
+
+
+@pytest.mark.parametrize(("kw", "names"), [({"start_timeout": 0}, "start_timeout=0"),
+                                           ({"defect_rate": 1.5}, "defect_rate=1.5")])
+def test_bad_arguments_are_refused_before_spawning(kw: dict, names: str) -> None:
+    with pytest.raises(ConfigError, match=names):
+        ReferenceService(**kw)

@@ -424,6 +424,20 @@ async def test_auto_reconnect_after_a_crash_delivers_exactly_once(
         assert bob.reconnect_attempts
 
 
+async def test_auto_reconnect_after_a_graceful_restart(own_service: ReferenceService) -> None:
+    svc = own_service
+    app = await asyncio.to_thread(svc.create_app_sync, tier="free")
+    async with opened(svc, app, "v1", **FAST) as adapter:
+        alice, _ = await user(adapter, "alice")
+        bob, b_in = await user(adapter, "bob")
+        await asyncio.to_thread(svc.restart)
+        await until(lambda: alice.state == bob.state == "connected" and b_in.of(Reconnected),
+                    timeout=units(5), what="both clients back after the restart")
+        await alice.send(Target.to_user(bob.user_id), "after restart")
+        assert [m.message.body for m in await b_in.wait(1)] == ["after restart"]
+        assert b_in.of(Disconnected)
+
+
 async def test_backoff_grows_with_full_jitter(own_service: ReferenceService) -> None:
     svc = own_service
     app = await asyncio.to_thread(svc.create_app_sync, tier="pro")

@@ -22,7 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
 
-from harness.errors import HarnessError
+from harness.errors import ConfigError, HarnessError
 from harness.reference.admin import AdminClient, AppHandle
 
 LOG_TAIL_LINES = 20
@@ -99,6 +99,10 @@ class ReferenceService:
         extra_args: Sequence[str] = (),
         start_timeout: float = 15.0,
     ) -> None:
+        if not start_timeout > 0:
+            raise ConfigError(f"start_timeout={start_timeout!r} must be > 0 seconds, e.g. 15")
+        if defect_rate is not None and not 0 <= defect_rate <= 1:
+            raise ConfigError(f"defect_rate={defect_rate!r} must be between 0 and 1, e.g. 0.2")
         self._db_arg = Path(db_path) if db_path is not None else None
         self.defects = tuple(defects)
         self.keepalive_v1 = keepalive_v1
