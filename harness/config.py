@@ -38,6 +38,7 @@ from harness.registry import adapters
 CONFIG_FILE = "im-harness.toml"
 PYPROJECT_TABLE = ("tool", "im-harness")
 DEFECTS_ENV = "IM_HARNESS_DEFECTS"
+DEFECT_RATE_ENV = "IM_HARNESS_DEFECT_RATE"
 EMBEDDED_ADAPTER = "reference"
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
@@ -378,8 +379,14 @@ def _read_toml(file: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         text = str(exc)
         m = re.search(r"\(at line (\d+), column (\d+)\)", text)
-        where = f"{file}:{m.group(1)}:{m.group(2)}" if m else str(file)
-        why = text[: m.start()].strip() if m else text
+        if m:
+            where, why = f"{file}:{m.group(1)}:{m.group(2)}", text[: m.start()].strip()
+        elif "(at end of document)" in text:
+            lines = file.read_text(encoding="utf-8", errors="replace").split("\n")
+            where = f"{file}:{len(lines)}:{len(lines[-1]) + 1}"
+            why = text.replace("(at end of document)", "at the end of the file").strip()
+        else:
+            where, why = str(file), text
         raise ConfigError(f"{where}: invalid TOML: {why}; fix the syntax there") from None
     except OSError as exc:
         raise ConfigError(f"{file}: cannot read: {exc.strerror}") from None

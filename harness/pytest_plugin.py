@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import pytest_asyncio
 
-from harness.config import DEFECTS_ENV, HarnessConfig, defect_problem, load_config, split_names
+from harness.config import (
+    DEFECT_RATE_ENV,
+    DEFECTS_ENV,
+    HarnessConfig,
+    defect_problem,
+    load_config,
+    split_names,
+)
 from harness.contract import Capability, EndpointInfo, GroupInfo
 from harness.errors import ConfigError
 from harness.timing import ENV_VAR as TIME_SCALE_ENV
@@ -78,6 +85,19 @@ def _defects(config: pytest.Config, hc: HarnessConfig) -> list[str]:
     return names
 
 
+def _defect_rate(hc: HarnessConfig) -> float | None:
+    raw = os.environ.get(DEFECT_RATE_ENV, "").strip()
+    if not raw:
+        return hc.harness.defect_rate
+    try:
+        rate = float(raw)
+    except ValueError:
+        rate = -1.0
+    if not 0 <= rate <= 1:
+        raise ConfigError(f"{DEFECT_RATE_ENV}={raw!r} must be a number from 0 to 1, e.g. 0.05")
+    return rate
+
+
 def _time_scale(config: pytest.Config, hc: HarnessConfig) -> float | None:
     raw = config.getoption("im_time_scale")
     if raw is None:
@@ -100,7 +120,9 @@ def pytest_configure(config: pytest.Config) -> None:
         hc = load_config(config.getoption("im_config"), rootdir=config.rootpath)
         wanted = config.getoption("im_endpoints")
         names = hc.selected(split_names(wanted) if wanted is not None else None)
-        session = HarnessSession(hc, names, defects=_defects(config, hc))
+        session = HarnessSession(
+            hc, names, defects=_defects(config, hc), defect_rate=_defect_rate(hc)
+        )
         session.resolve()  # a missing credential variable is a usage error, now
         scale = _time_scale(config, hc)
     except ConfigError as exc:
@@ -179,11 +201,18 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     hs = metafunc.config.stash.get(SESSION_KEY, None)
     if hs is None:
         return
-    names = list(hs.names)
-    limit = [n for m in metafunc.definition.iter_markers("endpoints") for n in m.args]
-    if limit:
-        names = [n for n in names if n in limit]
+    names = _names_for(metafunc.definition, hs)
+    if "endpoints" in metafunc.fixturenames and names:
+        # A test over all endpoints at once runs once; `endpoint` (im_user's default) is the first.
+        metafunc.parametrize("endpoint", names[:1], indirect=True, ids=["+".join(names)])
+        return
     metafunc.parametrize("endpoint", names, indirect=True, ids=names)
+
+
+def _names_for(item: pytest.Item, hs: HarnessSession) -> list[str]:
+    """The selected endpoints, narrowed by the item's `endpoints` marker."""
+    limit = _marker_names(item, "endpoints")
+    return [n for n in hs.names if n in limit] if limit else list(hs.names)
 
 
 def _skip_reason(item: pytest.Item, name: str, info: EndpointInfo) -> str | None:
@@ -238,6 +267,30 @@ async def endpoint(request: pytest.FixtureRequest, im_session: HarnessSession) -
         yield opened
     finally:
         await opened.aclose()
+
+
+@pytest_asyncio.fixture
+async def endpoints(
+    request: pytest.FixtureRequest, im_session: HarnessSession
+) -> AsyncIterator[dict[str, Endpoint]]:
+    """Every selected endpoint at once (not parametrized), for tests that compare them.
+
+    Example: ``old, new = endpoints["old"], endpoints["new"]``
+    """
+    names = _names_for(request.node, im_session)
+    for name in names:
+        reason = _skip_reason(request.node, name, im_session.infos[name])
+        if reason:
+            pytest.skip(reason)
+    opened: dict[str, Endpoint] = {}
+    try:
+        for name in names:
+            opened[name] = await im_session.open(name)
+        yield opened
+    finally:
+        for ep in opened.values():
+            with contextlib.suppress(Exception):
+                await ep.aclose()
 
 
 @pytest.fixture

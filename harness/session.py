@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import inspect
 import secrets
 import uuid
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
@@ -91,8 +92,12 @@ class Endpoint:
         recall_window_s: float | None = None,
         webhook: str | None = None,
         protocol: str | None = None,
+        limits: Mapping[str, float] | None = None,
     ) -> Endpoint:
         """A fresh app on the same service (closed with this endpoint); needs an admin client.
+
+        `limits` (per-app overrides of tier limits) raises `Unsupported` unless the service's
+        admin API takes them.
 
         Example: ``pro = await endpoint.with_app(tier="pro", features={"recall": True})``
         """
@@ -102,8 +107,17 @@ class Endpoint:
                 "harness cannot create apps on it; mark the test @pytest.mark.needs_admin"
             )
         tier = tier or self.settings.tier or "free"
+        extra: dict[str, Any] = {}
+        if limits:
+            if "limits" not in inspect.signature(self.admin.create_app).parameters:
+                raise Unsupported(
+                    f"endpoint {self.name!r} ({describe(self.info)}) cannot override tier limits "
+                    f"per app ({', '.join(limits)}); use the tier's own limits"
+                )
+            extra["limits"] = dict(limits)
         app = await self.admin.create_app(
-            tier=tier, features=features, webhook=webhook, recall_window_s=recall_window_s
+            tier=tier, features=features, webhook=webhook, recall_window_s=recall_window_s,
+            **extra,
         )
         settings = replace(
             self.settings,
@@ -222,11 +236,13 @@ class HarnessSession:
         names: Sequence[str] | None = None,
         *,
         defects: Iterable[str] | None = None,
+        defect_rate: float | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> None:
         self.config = config
         self.names = config.selected(names)
         self.defects = tuple(config.harness.defects if defects is None else defects)
+        self.defect_rate = config.harness.defect_rate if defect_rate is None else defect_rate
         self._environ = environ
         self.services: dict[str, ReferenceService] = {}
         self.apps: dict[str, AppHandle] = {}
@@ -281,7 +297,7 @@ class HarnessSession:
             keepalive_v2=opts.keepalive_v2,
             propagation_delay=opts.propagation_delay,
             seed=opts.seed,
-            defect_rate=opts.defect_rate,
+            defect_rate=self.defect_rate,
         ).start()
         tier = ep.tier.name or EMBEDDED_TIER
         try:
@@ -468,7 +484,10 @@ class User:
         self.oracle.recalled(conversation, message_id, self.id)
 
     async def reconnect(self) -> None:
-        """Connect again (after drop/close) and resume from the client's cursor."""
+        """Connect again (after drop/close) and resume; connects a never-connected user."""
+        if self._client is None:
+            await self.connect()
+            return
         await self.client.reconnect()
         if self._recorder is not None and not self._recorder.running:
             self._recorder.start()

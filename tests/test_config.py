@@ -264,3 +264,13 @@ def test_example_config_is_valid() -> None:
     example = Path(__file__).parent.parent / "examples" / "im-harness.toml"
     config = load_config(example)
     assert set(config.endpoints) >= {"old", "new"}
+
+
+def test_invalid_toml_at_end_of_file(tmp_path: Path) -> None:
+    path = tmp_path / "im-harness.toml"
+    path.write_text('[endpoints.new]\nurl = "ws://x"\nadapter =')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == (
+        f"{path}:3:10: invalid TOML: Invalid value at the end of the file; fix the syntax there"
+    )
