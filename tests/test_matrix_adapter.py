@@ -29,6 +29,7 @@ from harness.contract import (
     Target,
 )
 from harness.errors import (
+    ConfigError,
     Forbidden,
     HarnessError,
     NotFound,
@@ -152,6 +153,31 @@ async def test_group_fan_out_and_roles(users: Callable) -> None:
     await ic.wait(lambda e: isinstance(e, MembershipChanged) and e.change == "role"
                   and e.user == b.user_id and e.role == "admin", "b promoted")
     assert (await cc.group_info(group.group_id)).members[b.user_id] == "admin"
+
+
+async def test_membership_changes(users: Callable) -> None:
+    owner, co, io = await users("owner")
+    b, cb, ib = await users("bee")
+    c, cc, ic = await users("cee")
+    d, _, _ = await users("dee")
+    group = await co.create_group("club", [b.user_id])
+    to_group = Target.to_group(group.group_id)
+    await co.add_member(group.group_id, c.user_id)
+    await ib.wait(lambda e: isinstance(e, MembershipChanged) and e.change == "added"
+                  and e.user == c.user_id and e.by == owner.user_id, "cee added")
+    await co.send(to_group, "welcome")
+    await ic.wait_bodies("welcome")
+    with pytest.raises(Forbidden):  # members may not add others (invite level 50)
+        await cc.add_member(group.group_id, d.user_id)
+    await co.remove_member(group.group_id, c.user_id)
+    await ib.wait(lambda e: isinstance(e, MembershipChanged) and e.change == "removed"
+                  and e.user == c.user_id, "cee removed")
+    with pytest.raises(Forbidden):
+        await cc.send(to_group, "still here?")
+    await cb.leave(group.group_id)
+    await io.wait(lambda e: isinstance(e, MembershipChanged) and e.change == "left"
+                  and e.user == b.user_id, "bee left")
+    assert set((await co.group_info(group.group_id)).members) == {owner.user_id}
 
 
 async def test_recall_is_seen_by_the_peer_and_in_history(users: Callable) -> None:
@@ -313,3 +339,13 @@ def test_failed_start_raises_with_the_log(synapse: SynapseServer) -> None:
     assert "Address already in use" in str(info.value) or "in use" in str(info.value).lower()
     assert server.pid is None
     assert synapse.registration_shared_secret not in str(info.value)
+
+
+def test_bad_launcher_options_name_the_key_and_the_fix() -> None:
+    with pytest.raises(ConfigError, match=r"options\.synapse_version = None .* e\.g\. one of"):
+        SynapseServer.from_options({}, endpoint="old")
+    with pytest.raises(ConfigError, match=r"options\.rate_profile = 'loose' is unknown; use one"):
+        SynapseServer.from_options({"synapse_version": "1.141.0", "rate_profile": "loose"})
+    server = SynapseServer.from_options({"synapse_version": "1.163.2"})
+    assert (server.version, server.profile) == ("1.163.2", "relaxed")
+    assert server.registration_shared_secret not in repr(server)

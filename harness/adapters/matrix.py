@@ -328,15 +328,16 @@ class MatrixClient:
 
     async def _fill_gap(self, room_id: str, room: _Room, token: str) -> list[dict[str, Any]]:
         missed: list[dict[str, Any]] = []
-        while token:
-            params = {"dir": "b", "limit": str(PAGE), "from": token}
+        next_token: str | None = token
+        while next_token:
+            params = {"dir": "b", "limit": str(PAGE), "from": next_token}
             page = await self._call("GET", f"/rooms/{quote(room_id)}/messages", params=params)
             chunk = page.get("chunk") or []
             for event in chunk:
                 if event.get("event_id") in room.seen:
                     return list(reversed(missed))
                 missed.append(event)
-            token = page.get("end") if chunk else None
+            next_token = page.get("end") if chunk else None
         return list(reversed(missed))
 
     def _emit(self, event: Event) -> None:
@@ -393,8 +394,10 @@ class MatrixClient:
         if new == "invite" or (new == "join" and old not in ("invite", None)):
             self._emit(MembershipChanged(room_id, local, "added", by))
         elif new in ("leave", "ban") and old in ("join", "invite"):
-            change = "left" if user == sender else "removed"
-            self._emit(MembershipChanged(room_id, local, change, by))
+            if user == sender:
+                self._emit(MembershipChanged(room_id, local, "left", by))
+            else:
+                self._emit(MembershipChanged(room_id, local, "removed", by))
 
     def _power_changed(self, room_id: str, room: _Room, new: Mapping[str, Any], by: str) -> None:
         old, room.power = room.power, dict(new)
@@ -545,7 +548,8 @@ class MatrixClient:
         creators: frozenset[str] = frozenset()
         name = ""
         members: list[str] = []
-        for ev in state if isinstance(state, list) else []:
+        events: list[dict[str, Any]] = state if isinstance(state, list) else []
+        for ev in events:
             kind, content = ev.get("type"), ev.get("content") or {}
             if kind == "m.room.power_levels":
                 power = content

@@ -206,6 +206,24 @@ class SynapseServer:
                 f"synapse profile {self.profile!r} is unknown; use one of {sorted(PROFILES)}"
             )
 
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any], *, endpoint: str = "matrix") -> SynapseServer:
+        """A server for a url-less matrix endpoint: `synapse_version`, `rate_profile` options."""
+        version = options.get("synapse_version")
+        if not isinstance(version, str) or not version:
+            known = ", ".join(KNOWN_VERSIONS)
+            raise ConfigError(
+                f"endpoints.{endpoint}.options.synapse_version = {version!r} is missing or not a "
+                f"string; set it to the Synapse release to start, e.g. one of {known}"
+            )
+        profile = options.get("rate_profile", "relaxed")
+        if profile not in PROFILES:
+            raise ConfigError(
+                f"endpoints.{endpoint}.options.rate_profile = {profile!r} is unknown; "
+                f"use one of {', '.join(sorted(PROFILES))}"
+            )
+        return cls(version, profile=profile)
+
     @property
     def base_url(self) -> str:
         if self.port is None:
