@@ -45,8 +45,6 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SECRET_WORDS = ("key", "token", "password", "passwd", "secret", "credential", "credentials")
 _LIMIT_NAMES = tuple(f.name for f in fields(TierLimits))
-# Of the tier limits, only the recall window can be set per app on the embedded service.
-_EMBEDDED_LIMITS = ("recall_window_s",)
 
 
 def looks_secret(key: str) -> bool:
@@ -351,13 +349,6 @@ def parse_config(
                 f"only the {EMBEDDED_ADAPTER!r} adapter can run embedded without a url"
             )
         if ep.embedded:
-            extra = sorted(set(ep.tier.limits) - set(_EMBEDDED_LIMITS))
-            if extra:
-                raise ConfigError(
-                    f"{source}: {where}endpoints.{name}.tier.limits.{extra[0]} cannot be "
-                    "overridden on the embedded service, which enforces its tier's limits; "
-                    f"remove it (only {', '.join(_EMBEDDED_LIMITS)} is settable) or set a url"
-                )
             if ep.tier.name and ep.tier.name not in _reference_tiers():
                 raise ConfigError(
                     f"{source}: {where}endpoints.{name}.tier.name = {ep.tier.name!r} is not a "

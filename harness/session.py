@@ -306,6 +306,7 @@ class HarnessSession:
                 features=dict(ep.tier.features),
                 recall_window_s=ep.tier.limits.get("recall_window_s"),
                 app_id=ep.app_id or None,
+                **({"limits": dict(ep.tier.limits)} if ep.tier.limits else {}),
             )
         except BaseException:
             service.stop()

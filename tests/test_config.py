@@ -163,13 +163,6 @@ def test_missing_explicit_file(tmp_path: Path) -> None:
             "im-harness.toml: endpoints.new.app_key_env = 'my key' is not an environment "
             'variable name; write e.g. app_key_env = "APP_KEY"',
         ),
-        (
-            {"endpoints": {"new": {"adapter": "reference", "url": "", "tier": {"limits": {
-                "max_connections": 3}}}}},
-            "im-harness.toml: endpoints.new.tier.limits.max_connections cannot be overridden on "
-            "the embedded service, which enforces its tier's limits; remove it (only "
-            "recall_window_s is settable) or set a url",
-        ),
     ],
 )
 def test_one_line_errors(data: dict, expected: str) -> None:

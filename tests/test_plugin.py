@@ -166,15 +166,34 @@ def test_defects_from_environment(
     assert message.startswith("IM_HARNESS_DEFECTS = 'nope' is not a seeded defect; known: ")
 
 
-def test_harness_table_options(project: pytest.Pytester) -> None:
-    project.makefile(".toml", **{"im-harness": '[harness]\nendpoints = "old"\ntime_scale = 3\n'})
-    result = project.runpytest_subprocess("-k", "send", timeout=60)
-    assert outcomes(result) == {"passed": 1, "deselected": 4}
+def test_harness_table_options_and_embedded_limits(project: pytest.Pytester) -> None:
+    project.makefile(".toml", **{"im-harness": """
+[harness]
+endpoints = "old"
+time_scale = 3
+
+[endpoints.old]
+protocol = "v1"
+tier = { name = "free", limits = { max_connections = 5, recall_window_s = 2 } }
+
+[endpoints.new]
+"""})
+    project.makepyfile(
+        test_limits="""
+        def test_limits(endpoint):
+            assert endpoint.name == "old"
+            assert endpoint.info.limits.max_connections == 5
+            assert endpoint.info.limits.recall_window_s == 2
+        """
+    )
+    result = project.runpytest_subprocess("test_limits.py", timeout=60)
+    assert outcomes(result) == {"passed": 1}, result.stdout.str()
     result.stdout.fnmatch_lines([
         "im-harness: config im-harness.toml; endpoints old; time unit 3s*"
     ])
     # The command line wins over the table.
-    result = project.runpytest_subprocess("-k", "send", "--im-time-scale", "1", timeout=60)
+    result = project.runpytest_subprocess("test_limits.py", "--im-time-scale", "1", timeout=60)
+    assert outcomes(result) == {"passed": 1}, result.stdout.str()
     result.stdout.fnmatch_lines(["*endpoints old; time unit 1s*"])
 
 
