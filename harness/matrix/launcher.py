@@ -196,6 +196,9 @@ class SynapseServer:
     registration_shared_secret: str = field(
         default_factory=lambda: secrets.token_urlsafe(24), repr=False
     )
+    # Kept across restarts (and an in-place upgrade) so tokens and sessions stay valid.
+    _macaroon_key: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
+    _form_secret: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
     port: int | None = field(default=None, init=False)
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _own_dir: bool = field(default=False, init=False, repr=False)
@@ -296,8 +299,8 @@ class SynapseServer:
             "presence": {"enabled": False},
             "url_preview_enabled": False,
             "bcrypt_rounds": 4,  # registration and login cost ms, not a quarter second
-            "macaroon_secret_key": secrets.token_urlsafe(24),
-            "form_secret": secrets.token_urlsafe(24),
+            "macaroon_secret_key": self._macaroon_key,
+            "form_secret": self._form_secret,
             **self.rate_profile.config(),
         }
         path = d / "homeserver.yaml"
