@@ -309,6 +309,7 @@ def load_config(
     path: str | Path | None = None, *, rootdir: str | Path | None = None
 ) -> HarnessConfig:
     """Load and validate the configuration from `path`, or the one found under `rootdir`."""
+    table: tuple[str, ...]
     if path is not None:
         file = Path(path)
         if not file.is_file():
