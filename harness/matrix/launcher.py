@@ -197,8 +197,12 @@ class SynapseServer:
         default_factory=lambda: secrets.token_urlsafe(24), repr=False
     )
     # Kept across restarts (and an in-place upgrade) so tokens and sessions stay valid.
-    _macaroon_key: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
-    _form_secret: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
+    _macaroon_key: str = field(
+        default_factory=lambda: secrets.token_urlsafe(24), init=False, repr=False
+    )
+    _form_secret: str = field(
+        default_factory=lambda: secrets.token_urlsafe(24), init=False, repr=False
+    )
     port: int | None = field(default=None, init=False)
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _own_dir: bool = field(default=False, init=False, repr=False)
