@@ -3,34 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
 import time
 import uuid
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
 from harness.contract import MessageReceived, Target
 from harness.errors import ConnectionLost, IMTimeout, TooLarge
-from harness.registry import adapters
+from suites import burst_size, client_through_link
 
 pytestmark = pytest.mark.capability("chat")
-
-LOOPBACK = {"127.0.0.1", "::1", "localhost"}
-
 
 def _max_bytes(endpoint) -> int:
     limit = endpoint.info.limits.max_message_bytes
     if limit is None:
         pytest.skip(f"endpoint {endpoint.name!r} declares no max_message_bytes")
     return limit
-
-
-def _burst(endpoint, wanted: int = 20) -> int:
-    """A burst size the tier's send burst admits without rate limiting."""
-    burst = endpoint.info.limits.send_burst
-    return wanted if burst is None else max(1, min(wanted, burst))
 
 
 async def test_one_to_one_both_directions(endpoint, im_user, oracle, units):
@@ -102,7 +90,7 @@ async def test_burst_arrives_in_order(endpoint, im_user, oracle, units):
     """A burst of messages arrives complete and in the order it was sent."""
     alice = await im_user("alice")
     bob = await im_user("bob")
-    n = _burst(endpoint)
+    n = burst_size(endpoint)
     acks = [await alice.send(bob, f"burst {i}") for i in range(n)]
     assert [a.seq for a in acks] == sorted({a.seq for a in acks}), "acked seqs strictly increase"
     got = await bob.recorder.wait_messages(n, conversation=acks[0].conversation, timeout=units(5))
@@ -173,98 +161,23 @@ async def test_idempotent_resend_creates_no_duplicate(endpoint, im_user, oracle,
     oracle.assert_ok()
 
 
-# --- send timeout: a real TCP relay on 127.0.0.1 that can freeze or cut the link -------------
+# --- send timeouts, through a loopback fault link ------------------------------------------
 
 
-class Relay:
-    """A loopback TCP relay in front of the endpoint; `freeze()` stops all bytes, `cut()` resets."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self._target = (host, port)
-        self._thawed = asyncio.Event()
-        self._thawed.set()
-        self._server: asyncio.Server | None = None
-        self._writers: list[asyncio.StreamWriter] = []
-        self._tasks: set[asyncio.Task[None]] = set()
-        self.port = 0
-
-    async def start(self) -> Relay:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    def freeze(self) -> None:
-        self._thawed.clear()
-
-    async def cut(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for w in self._writers:
-            w.transport.abort()
-        for t in list(self._tasks):
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self._target)
-        self._writers += [writer, up_writer]
-        for src, dst in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.ensure_future(self._pump(src, dst))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-            while data := await src.read(65536):
-                await self._thawed.wait()
-                dst.write(data)
-                await dst.drain()
-        dst.close()
-
-
-@contextlib.asynccontextmanager
-async def _client_through_relay(endpoint, **options):
-    """A fresh user logged in to `endpoint` through a relay; yields (relay, client, info).
-
-    `options` are added to the adapter's options (e.g. `send_timeout_s`).
-    """
-    parts = urlsplit(endpoint.settings.url)
-    if parts.hostname not in LOOPBACK or parts.port is None:
-        pytest.skip(f"endpoint {endpoint.name!r} is not on loopback; the relay serves 127.0.0.1")
-    relay = await Relay("127.0.0.1", parts.port).start()
-    settings = dataclasses.replace(
-        endpoint.settings,
-        url=urlunsplit(parts._replace(netloc=f"127.0.0.1:{relay.port}")),
-        options={**endpoint.settings.options, **options},
-    )
-    adapter = await adapters.get(endpoint.settings.adapter).open(settings)
-    client = None
-    try:
-        creds = await adapter.provision_user(f"relayed-{uuid.uuid4().hex[:8]}")
-        client = await adapter.connect(creds)
-        yield relay, client, adapter.info
-    finally:
-        await relay.cut()
-        if client is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.drop(), 5)
-        await adapter.aclose()
-
-
-async def test_send_over_frozen_link_times_out_within_budget(endpoint, im_user, units):
+async def test_send_over_silent_link_times_out_within_budget(endpoint, im_user, units):
     """A send whose server never answers fails with IMTimeout/ConnectionLost within its timeout."""
     bob = await im_user("bob", connect=False)
-    async with _client_through_relay(endpoint) as (relay, client, _info):
-        await client.send(Target.to_user(bob.id), "through the relay")  # the link works
-        relay.freeze()
-        budget = units(0.5)
-        start = time.monotonic()
-        with pytest.raises((IMTimeout, ConnectionLost)):
-            await asyncio.wait_for(
-                client.send(Target.to_user(bob.id), "into the void", timeout=budget),
-                budget + units(3),  # a hang must fail the test, not the suite
-            )
-        elapsed = time.monotonic() - start
+    async with client_through_link(endpoint) as (link, client, _info):
+        await client.send(Target.to_user(bob.id), "through the link")  # the link works
+        with link.blackhole():
+            budget = units(0.5)
+            start = time.monotonic()
+            with pytest.raises((IMTimeout, ConnectionLost)):
+                await asyncio.wait_for(
+                    client.send(Target.to_user(bob.id), "into the void", timeout=budget),
+                    budget + units(3),  # a hang must fail the test, not the suite
+                )
+            elapsed = time.monotonic() - start
         assert elapsed <= budget + units(1), f"took {elapsed:.2f}s for a {budget:.2f}s timeout"
 
 
@@ -276,15 +189,15 @@ async def test_send_default_timeout_is_the_declared_one(endpoint, im_user, units
     # The protocol defaults (5-10 s) are too long for a suite, so a short one is configured and
     # the test checks that the declared value is the one the send honours.
     configured = units(1)
-    async with _client_through_relay(endpoint, send_timeout_s=configured) as (relay, client, info):
+    async with client_through_link(endpoint, send_timeout_s=configured) as (link, client, info):
         assert info.send_timeout_s == configured, "info.send_timeout_s is not the one configured"
-        relay.freeze()
-        start = time.monotonic()
-        with pytest.raises((IMTimeout, ConnectionLost)):
-            await asyncio.wait_for(
-                client.send(Target.to_user(bob.id), "into the void"), configured + units(3)
-            )
-        elapsed = time.monotonic() - start
+        with link.blackhole():
+            start = time.monotonic()
+            with pytest.raises((IMTimeout, ConnectionLost)):
+                await asyncio.wait_for(
+                    client.send(Target.to_user(bob.id), "into the void"), configured + units(3)
+                )
+            elapsed = time.monotonic() - start
         assert configured * 0.8 <= elapsed <= configured + units(1), (
             f"the send gave up after {elapsed:.2f}s; the declared send timeout is {configured}s"
         )
@@ -293,15 +206,15 @@ async def test_send_default_timeout_is_the_declared_one(endpoint, im_user, units
 async def test_send_on_cut_link_fails_within_timeout_not_hangs(endpoint, im_user, units):
     """A send whose connection is reset for good fails within its timeout; it never hangs."""
     bob = await im_user("bob", connect=False)
-    async with _client_through_relay(endpoint) as (relay, client, _info):
-        relay.freeze()
+    async with client_through_link(endpoint) as (link, client, _info):
         budget = units(1)
-        start = time.monotonic()
-        pending = asyncio.ensure_future(
-            client.send(Target.to_user(bob.id), "cut mid-flight", timeout=budget)
-        )
-        await asyncio.sleep(0)  # let the send go out before the reset
-        await relay.cut()
+        with link.blackhole():
+            start = time.monotonic()
+            pending = asyncio.ensure_future(
+                client.send(Target.to_user(bob.id), "cut mid-flight", timeout=budget)
+            )
+            await asyncio.sleep(0)  # let the send go out before the cut
+            await link.stop()  # RST/FIN to both sides, and nothing listens any more
         with pytest.raises((ConnectionLost, IMTimeout)):
             await asyncio.wait_for(pending, budget + units(3))
         assert time.monotonic() - start <= budget + units(1)

@@ -6,8 +6,9 @@ import asyncio
 
 import pytest
 
-from harness.contract import MembershipChanged, MessageReceived, MuteChanged, Target
+from harness.contract import MembershipChanged, MuteChanged, Target
 from harness.errors import Forbidden, LimitReached, NotFound, Unsupported
+from suites import burst_size, sentinel
 
 pytestmark = pytest.mark.capability("groups")
 
@@ -15,9 +16,6 @@ pytestmark = pytest.mark.capability("groups")
 SMALL_ENOUGH = 128
 
 
-def _burst(endpoint, wanted: int = 20) -> int:
-    burst = endpoint.info.limits.send_burst
-    return wanted if burst is None else max(1, min(wanted, burst))
 
 
 async def _wait_event(who, cls, units, /, **fields):
@@ -32,14 +30,6 @@ async def _wait_event(who, cls, units, /, **fields):
     return event
 
 
-async def _sentinel(sender, receiver, units) -> None:
-    """Send a 1:1 sentinel and wait for it: a user's inbox is ordered, so earlier entries are in."""
-    ack = await sender.send(receiver, "sentinel")
-    await receiver.recorder.wait_for(
-        lambda e: isinstance(e, MessageReceived) and e.message.message_id == ack.message_id,
-        timeout=units(5),
-        what=f"the sentinel at {receiver.id}",
-    )
 
 
 async def test_create_add_remove_leave(endpoint, im_user, im_group, units):
@@ -83,7 +73,7 @@ async def test_fanout_once_to_every_member_never_to_outsiders(
         assert sorted(m.body for m in got) == sorted(
             f"{s.id} #{i}" for s in (alice, bob, carol) if s is not member for i in range(2)
         )
-    await _sentinel(alice, dave, units)
+    await sentinel(alice, dave)
     assert dave.recorder.messages(conv) == [], "a non-member received group messages"
     oracle.assert_ok()
 
@@ -94,7 +84,7 @@ async def test_group_burst_arrives_in_order_at_every_member(
     """A burst to a group reaches each member complete and in the order it was sent."""
     alice, bob, carol = [await im_user(n) for n in ("alice", "bob", "carol")]
     group = await im_group(alice, [bob, carol])
-    n = _burst(endpoint)
+    n = burst_size(endpoint)
     acks = [await alice.send(group, f"g{i}") for i in range(n)]
     for member in (bob, carol):
         got = await member.recorder.wait_messages(n, conversation=acks[0].conversation,
@@ -114,7 +104,7 @@ async def test_removed_member_gets_nothing_more(endpoint, im_user, im_group, ora
     await _wait_event(carol, MembershipChanged, units, user=carol.id, change="removed")
     await alice.send(await alice.client.group_info(group.group_id), "after removal")
     await bob.recorder.wait_messages(2, conversation=before.conversation, timeout=units(5))
-    await _sentinel(alice, carol, units)
+    await sentinel(alice, carol)
     assert [m.body for m in carol.recorder.messages(before.conversation)] == ["before removal"]
     with pytest.raises(Forbidden):
         await carol.client.history(before.conversation)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.contract import MessageReceived, ReceiptUpdated
+from harness.contract import ReceiptUpdated
+from suites import sentinel
 
 pytestmark = pytest.mark.capability("chat", "receipts")
 
@@ -32,14 +33,6 @@ def _receipts(user, conversation: str, reader: str) -> list[int]:
     ]
 
 
-async def _sentinel(sender, receiver, units) -> None:
-    """A 1:1 sentinel; a user's inbox is ordered, so once it is in, earlier events are too."""
-    ack = await sender.send(receiver, "sentinel")
-    await receiver.recorder.wait_for(
-        lambda e: isinstance(e, MessageReceived) and e.message.message_id == ack.message_id,
-        timeout=units(5),
-        what=f"the sentinel at {receiver.id}",
-    )
 
 
 async def test_one_to_one_read_cursor_reaches_sender_and_never_goes_back(
@@ -86,7 +79,7 @@ async def test_group_read_cursors_reach_every_other_member(
     await bob.client.mark_read(conv, s1)  # backwards: no effect
     await carol.client.mark_read(conv, s2)
     await _wait_receipt(alice, conv, carol.id, s2, units)
-    await _sentinel(bob, alice, units)
+    await sentinel(bob, alice)
     assert _receipts(alice, conv, bob.id) == [s2]
     assert _receipts(alice, conv, carol.id) == [s1, s2]
     oracle.assert_ok()
