@@ -1,0 +1,416 @@
+"""The load engine: scenario units on an opened `Endpoint`, open-model schedules, metrics, oracle.
+
+Everything here runs in one asyncio loop (no gevent, no locust): the locust user only starts and
+cancels units through the bridge. Sends fire on a fixed schedule without waiting for earlier
+acks, and every latency is timed from the intended send time. Peers of a unit live in the same
+process, so one monotonic clock times send -> delivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from harness.contract import Credentials, IMClient, MessageReceived, Target
+from harness.errors import ConnectionLost, IMError, IMTimeout, LimitReached
+from harness.load.metrics import LoadMetrics
+from harness.load.scenarios import ScenarioPlan
+from harness.oracle import Oracle
+from harness.session import Endpoint, describe, unique_id
+from harness.timing import WaitTimeout, until
+
+# emit(name, response_time_ms, exception or None): what the locust layer turns into request events
+Emit = Callable[[str, float, BaseException | None], None]
+BEHIND_SLACK_S = 0.05  # an operation started this much after its intended time is behind schedule
+SETUP_RETRY_S = 1.0
+VIOLATION_EXAMPLES = 3  # explanations per kind kept for the summary
+_KIND_COUNTER = {"loss": "loss", "duplicate": "duplicates", "order": "reordered",
+                 "group_order": "reordered"}
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000.0, 3)
+
+
+class LoadRun:
+    """One process's load: units, their clients, metrics and the oracle that judges delivery."""
+
+    def __init__(self, endpoint: Endpoint, plan: ScenarioPlan, *, emit: Emit | None = None,
+                 slack_s: float = BEHIND_SLACK_S) -> None:
+        self.endpoint = endpoint
+        self.plan = plan
+        self.metrics = LoadMetrics()
+        self.metrics.sources = 1
+        self.oracle = Oracle()
+        self.emit: Emit = emit or (lambda name, ms, exc: None)
+        self.slack_s = slack_s
+        self.sending = True
+        self.intended: dict[str, tuple[float, str]] = {}  # client id -> (intended time, sender)
+        self.clients: list[IMClient] = []
+        self.cohorts = {"v1": 0, "v2": 0}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._pumps: set[asyncio.Task[None]] = set()
+        self._units = itertools.count()
+        self._canary = itertools.count()
+
+    def __repr__(self) -> str:
+        return f"<LoadRun {self.plan.label} on {self.endpoint.name}: {self.metrics!r}>"
+
+    # -- building blocks ---------------------------------------------------------------------
+
+    def _background(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _behind(self, intended: float) -> None:
+        if time.monotonic() - intended > self.slack_s:
+            self.metrics.count("behind_schedule")
+
+    async def provision(self, name: str) -> Credentials:
+        return await self.endpoint.adapter.provision_user(unique_id(name))
+
+    async def connect(self, creds: Credentials, *, protocol: str | None = None,
+                      intended: float | None = None) -> IMClient:
+        """Log in, time it (from `intended` when given), and pump its events into the oracle."""
+        start = time.monotonic() if intended is None else intended
+        try:
+            client = await self.endpoint.adapter.connect(creds, protocol=protocol)
+        except IMError as exc:
+            self._connect_failed(exc, start)
+            raise
+        elapsed = time.monotonic() - start
+        self.metrics.count("connects")
+        self.metrics.record("connect", elapsed)
+        self.emit("connect", _ms(elapsed), None)
+        self.clients.append(client)
+        self.watch(creds.user_id, client)
+        return client
+
+    def _connect_failed(self, exc: IMError, start: float) -> None:
+        self.metrics.count("connect_failures")
+        self.metrics.error(exc)
+        if isinstance(exc, LimitReached):
+            self.metrics.count("limit_reached")
+            cap = self.endpoint.info.limits.max_connections
+            self.metrics.note(
+                f"endpoint {self.endpoint.name!r} ({describe(self.endpoint.info)}) refused "
+                f"connections at its tier's connection cap (LimitReached, max_connections="
+                f"{cap if cap is not None else '?'}): those connect failures are the cap, "
+                "not noise"
+            )
+        self.emit("connect", _ms(time.monotonic() - start), exc)
+
+    def watch(self, user_id: str, client: IMClient) -> None:
+        """Pump a client's events: oracle first, then delivery latency for our own sends."""
+        task = asyncio.ensure_future(self._pump(user_id, client))
+        self._pumps.add(task)
+        task.add_done_callback(self._pumps.discard)
+
+    async def _pump(self, user_id: str, client: IMClient) -> None:
+        observe = self.oracle.observe
+        async for event in client.events():
+            observe(user_id, event)
+            if not isinstance(event, MessageReceived):
+                continue
+            self.metrics.count("deliveries")
+            if event.offline:
+                self.metrics.count("offline_deliveries")
+                continue  # its latency includes the time the receiver was away
+            entry = self.intended.get(event.message.client_id)
+            if entry is not None:
+                latency = time.monotonic() - entry[0]
+                self.metrics.record("delivery", latency)
+                self.emit("delivery", _ms(latency), None)
+
+    def send(self, sender: str, client: IMClient, target: Target, recipients: Sequence[str],
+             intended: float, seq: int) -> None:
+        """Fire one scheduled send without waiting for it (open model)."""
+        self._behind(intended)
+        self.metrics.count("sends")
+        client_id = f"{sender}:{seq}"
+        self.intended[client_id] = (intended, sender)
+        self._background(self._send(sender, client, target, recipients, intended, client_id))
+
+    async def _send(self, sender: str, client: IMClient, target: Target,
+                    recipients: Sequence[str], intended: float, client_id: str) -> None:
+        try:
+            ack = await client.send(target, str(client_id), client_id=client_id)
+        except (ConnectionLost, IMTimeout) as exc:
+            self.oracle.sent_unacked(sender, client_id)
+            self._send_failed(exc, intended)
+            return
+        except IMError as exc:
+            self.intended.pop(client_id, None)
+            self._send_failed(exc, intended)
+            return
+        elapsed = time.monotonic() - intended
+        self.oracle.sent(sender, ack, recipients=recipients)
+        self.metrics.count("acks")
+        self.metrics.record("send_ack", elapsed)
+        self.emit("send_ack", _ms(elapsed), None)
+
+    def _send_failed(self, exc: IMError, intended: float) -> None:
+        self.metrics.count("send_errors")
+        self.metrics.error(exc)
+        self.emit("send_ack", _ms(time.monotonic() - intended), exc)
+
+    async def schedule(self, rate: float, op: Callable[[float, int], Any]) -> None:
+        """Call `op(intended, n)` at `rate` per second on a fixed schedule until stopped."""
+        if rate <= 0:
+            await asyncio.Event().wait()  # nothing scheduled: wait to be cancelled
+        interval = 1.0 / rate
+        start = time.monotonic()
+        for n in itertools.count():
+            if not self.sending:
+                return
+            intended = start + n * interval
+            delay = intended - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if not self.sending:
+                return
+            result = op(intended, n)
+            if asyncio.iscoroutine(result):
+                await result
+
+    async def _setup(self, make: Callable[[], Awaitable[Any]]) -> Any:
+        """Run a unit's setup, retrying on endpoint errors (counted) until it works or we stop."""
+        while self.sending:
+            try:
+                return await make()
+            except IMError:
+                await asyncio.sleep(SETUP_RETRY_S)
+        return None
+
+    # -- scenario units ----------------------------------------------------------------------
+
+    async def unit(self, scenario: str) -> None:
+        """Run one unit of `scenario` until cancelled or stopped."""
+        params = self.plan.params[scenario]
+        runner = getattr(self, f"_unit_{scenario}")
+        await runner(params, next(self._units))
+
+    async def _pair(self, name: str, protocols: tuple[str | None, str | None] = (None, None)
+                    ) -> tuple[tuple[str, IMClient], tuple[str, IMClient]]:
+        a, b = await asyncio.gather(self.provision(f"{name}-a"), self.provision(f"{name}-b"))
+        ca = await self.connect(a, protocol=protocols[0])
+        try:
+            cb = await self.connect(b, protocol=protocols[1])
+        except IMError:
+            await self._close(ca)
+            raise
+        return (a.user_id, ca), (b.user_id, cb)
+
+    async def _chat(self, rate: float, ends: tuple[tuple[str, IMClient], tuple[str, IMClient]]
+                    ) -> None:
+        (a, ca), (b, cb) = ends
+        to_a, to_b = Target.to_user(a), Target.to_user(b)
+
+        def op(intended: float, n: int) -> None:
+            self.send(a, ca, to_b, (b,), intended, n)
+            self.send(b, cb, to_a, (a,), intended, n)
+
+        await self.schedule(rate, op)
+
+    async def _unit_chat(self, params: dict[str, float], index: int) -> None:
+        ends = await self._setup(lambda: self._pair("chat"))
+        if ends is not None:
+            await self._chat(params["rate"], ends)
+
+    async def _unit_canary(self, params: dict[str, float], index: int) -> None:
+        cohort = params["cohort"]
+
+        def proto() -> str:
+            i = next(self._canary)  # exactly cohort % of clients, spread evenly, are on v2
+            on_v2 = int((i + 1) * cohort // 100) > int(i * cohort // 100)
+            self.cohorts["v2" if on_v2 else "v1"] += 1
+            return "v2" if on_v2 else "v1"
+
+        ends = await self._setup(lambda: self._pair("canary", (proto(), proto())))
+        if ends is not None:
+            await self._chat(params["rate"], ends)
+
+    async def _unit_group(self, params: dict[str, float], index: int) -> None:
+        size = max(2, int(params["group_size"]))
+
+        async def make() -> tuple[str, IMClient, str, list[str]]:
+            creds = await asyncio.gather(*(self.provision("group") for _ in range(size)))
+            clients: list[IMClient] = []
+            try:
+                for c in creds:
+                    clients.append(await self.connect(c))
+                members = [c.user_id for c in creds[1:]]
+                info = await clients[0].create_group(f"load-{index}", members)
+            except IMError:
+                await asyncio.gather(*(self._close(c) for c in clients))
+                raise
+            return creds[0].user_id, clients[0], info.group_id, members
+
+        made = await self._setup(make)
+        if made is None:
+            return
+        owner, client, group, members = made
+        target = Target.to_group(group)
+        await self.schedule(params["rate"],
+                            lambda intended, n: self.send(owner, client, target, members,
+                                                          intended, n))
+
+    async def _unit_churn(self, params: dict[str, float], index: int) -> None:
+        creds = await self._setup(lambda: self.provision("churn"))
+        if creds is None:
+            return
+        hold = params["hold_s"]
+
+        async def cycle(intended: float, n: int) -> None:
+            self._behind(intended)
+            with contextlib.suppress(IMError):
+                client = await self.connect(creds, intended=intended)
+                self._background(self._hold_and_close(client, hold))
+
+        await self.schedule(params["rate"], cycle)
+
+    async def _hold_and_close(self, client: IMClient, hold: float) -> None:
+        await asyncio.sleep(hold)
+        await self._close(client)
+
+    async def _unit_history(self, params: dict[str, float], index: int) -> None:
+        ends = await self._setup(lambda: self._pair("history"))
+        if ends is None:
+            return
+        (a, ca), (b, cb) = ends
+        conversation = ""
+        for n in range(int(params["prefill"])):
+            try:
+                ack = await ca.send(Target.to_user(b), f"prefill {n}", client_id=f"{a}:p{n}")
+            except IMError as exc:
+                self.metrics.error(exc)
+                continue
+            self.oracle.sent(a, ack, recipients=(b,))
+            conversation = ack.conversation
+        if not conversation:
+            return
+        page = max(1, min(100, int(params["page"])))
+        cursor: list[int | None] = [None]
+
+        async def fetch(intended: float, n: int) -> None:
+            self._behind(intended)
+            try:
+                result = await cb.history(conversation, before=cursor[0], limit=page)
+            except IMError as exc:
+                self.metrics.count("history_errors")
+                self.metrics.error(exc)
+                self.emit("history", _ms(time.monotonic() - intended), exc)
+                return
+            elapsed = time.monotonic() - intended
+            self.metrics.count("history_pages")
+            self.metrics.record("history", elapsed)
+            self.emit("history", _ms(elapsed), None)
+            self.oracle.observe_history(b, result)
+            more = result.has_more and result.messages
+            cursor[0] = result.messages[0].seq if more else None
+
+        await self.schedule(params["rate"], fetch)
+
+    async def _unit_storm(self, params: dict[str, float], index: int) -> None:
+        count = max(1, int(params["receivers"]))
+
+        async def make() -> tuple[str, IMClient, list[tuple[str, IMClient]]]:
+            creds = await asyncio.gather(*(self.provision("storm") for _ in range(count + 1)))
+            clients: list[IMClient] = []
+            try:
+                for c in creds:
+                    clients.append(await self.connect(c))
+            except IMError:
+                await asyncio.gather(*(self._close(c) for c in clients))
+                raise
+            receivers = [(c.user_id, cl) for c, cl in zip(creds[1:], clients[1:], strict=True)]
+            return creds[0].user_id, clients[0], receivers
+
+        made = await self._setup(make)
+        if made is None:
+            return
+        sender, client, receivers = made
+        targets = [(Target.to_user(uid), (uid,)) for uid, _ in receivers]
+
+        def op(intended: float, n: int) -> None:
+            target, recipients = targets[n % len(targets)]
+            self.send(sender, client, target, recipients, intended, n)
+
+        async def storms() -> None:
+            every, offline = params["every_s"], params["offline_s"]
+            while self.sending:
+                await asyncio.sleep(every)
+                await asyncio.gather(*(cl.drop() for _, cl in receivers),
+                                     return_exceptions=True)
+                await asyncio.sleep(offline)
+                intended = time.monotonic()
+                await asyncio.gather(*(self._reconnect(cl, intended) for _, cl in receivers))
+
+        storm = asyncio.ensure_future(storms())
+        try:
+            await self.schedule(params["rate"], op)
+        finally:
+            storm.cancel()
+
+    async def _reconnect(self, client: IMClient, intended: float) -> None:
+        try:
+            await client.reconnect()
+        except IMError as exc:
+            self._connect_failed(exc, intended)
+            return
+        elapsed = time.monotonic() - intended
+        self.metrics.count("connects")
+        self.metrics.record("connect", elapsed)
+        self.emit("connect", _ms(elapsed), None)
+
+    async def _unit_idle(self, params: dict[str, float], index: int) -> None:
+        for _ in range(int(params["sessions"])):
+            with contextlib.suppress(IMError):
+                await self.connect(await self.provision("idle"))
+        await asyncio.Event().wait()
+
+    # -- the end -----------------------------------------------------------------------------
+
+    async def _close(self, client: IMClient) -> None:
+        with contextlib.suppress(Exception):
+            await client.close()
+
+    async def finish(self, drain_s: float) -> dict[str, Any]:
+        """Stop sending, wait up to `drain_s` for acks and deliveries, judge, close, encode."""
+        self.sending = False
+        deadline = time.monotonic() + drain_s
+        while self._tasks and time.monotonic() < deadline:
+            await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - time.monotonic()))
+        for task in list(self._tasks):
+            task.cancel()
+        with contextlib.suppress(WaitTimeout):
+            await until(lambda: not self.oracle.missing(),
+                        timeout=max(0.0, deadline - time.monotonic()), interval=0.05,
+                        what="in-flight deliveries")
+        self.judge()
+        clients, self.clients = self.clients, []
+        closing = asyncio.gather(*(self._close(c) for c in clients))
+        try:
+            await asyncio.wait_for(closing, timeout=max(1.0, drain_s))
+        except TimeoutError:
+            pass
+        for pump in list(self._pumps):
+            pump.cancel()
+        payload = self.metrics.encode()
+        payload["cohorts"] = dict(self.cohorts)
+        return payload
+
+    def judge(self) -> None:
+        """Fold the oracle's verdict into the counters (with a few explanations as notes)."""
+        shown: dict[str, int] = {}
+        for violation in self.oracle.violations(complete=True):
+            counter = _KIND_COUNTER.get(violation.kind, "other_violations")
+            self.metrics.count(counter)
+            shown[violation.kind] = shown.get(violation.kind, 0) + 1
+            if shown[violation.kind] <= VIOLATION_EXAMPLES:
+                self.metrics.note(f"[{violation.kind}] {violation.explanation}")
