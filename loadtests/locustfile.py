@@ -81,6 +81,8 @@ def _options(parser: Any) -> None:
     group.add_argument("--im-config", default="", help="im-harness.toml (default: found in cwd)")
     group.add_argument("--im-defect", default="",
                        help="comma list of seeded defects for the embedded service")
+    group.add_argument("--im-defect-rate", type=float, default=None,
+                       help="fraction of operations a seeded defect hits (embedded service)")
     group.add_argument("--rate", type=float, default=None, help="override each scenario's rate")
     group.add_argument("--group-size", type=float, default=None, help="override group_size")
     group.add_argument("--cohort", type=float, default=None, help="canary: percent on v2")
@@ -118,7 +120,8 @@ def _init(environment: Environment, runner: Any, **_kw: Any) -> None:
             )
         config = load_config(opts.im_config or None)
         defects = [d.strip() for d in opts.im_defect.split(",") if d.strip()] or None
-        STATE.session = HarnessSession(config, [opts.endpoint], defects=defects).start()
+        STATE.session = HarnessSession(config, [opts.endpoint], defects=defects,
+                                       defect_rate=opts.im_defect_rate).start()
     except HarnessError as exc:
         _usage_error(str(exc))
     for cls in IMUser.__subclasses__():

@@ -100,7 +100,7 @@ class LoadRun:
             self.metrics.note(
                 f"endpoint {self.endpoint.name!r} ({describe(self.endpoint.info)}) refused "
                 f"connections at its tier's connection cap (LimitReached, max_connections="
-                f"{cap if cap is not None else '?'}): those connect failures are the cap, "
+                f"{'?' if cap is None else format(cap, 'g')}): those connect failures are the cap, "
                 "not noise"
             )
         self.emit("connect", _ms(time.monotonic() - start), exc)
