@@ -144,6 +144,12 @@ class LoadRun:
             self.oracle.sent_unacked(sender, client_id)
             self._send_failed(exc, intended)
             return
+        except asyncio.CancelledError:
+            # Still unacknowledged when the run ended: a failed send, not a silent one.
+            self.oracle.sent_unacked(sender, client_id)
+            self.metrics.count("send_errors")
+            self.metrics.errors["NoAckBeforeEnd"] += 1
+            raise
         except IMError as exc:
             self.intended.pop(client_id, None)
             self._send_failed(exc, intended)

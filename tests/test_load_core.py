@@ -1,0 +1,86 @@
+"""Load core without locust: budgets parsing and judging, histogram merging, scenario selection."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.errors import ConfigError
+from harness.load.budgets import parse_budgets
+from harness.load.metrics import LoadMetrics
+from harness.load.scenarios import plan
+from harness.load.summary import build_summary, compare_table
+
+
+def _metrics(latencies_ms: list[float], **counts: int) -> LoadMetrics:
+    m = LoadMetrics()
+    for ms in latencies_ms:
+        m.record("send_ack", ms / 1000)
+    for name, n in counts.items():
+        m.count(name, n)
+    return m
+
+
+def test_budgets_pass_and_fail_on_percentiles_and_counts() -> None:
+    budgets = parse_budgets({"max_error_ratio": 0.1, "send_ack": {"p50_ms": 10, "p99_ms": 50}},
+                            source="t.toml")
+    ok = budgets.evaluate(_metrics([5.0] * 99 + [40.0], sends=100, connects=1))
+    assert all(v.ok for v in ok), ok
+    bad = budgets.evaluate(_metrics([5.0] * 90 + [80.0] * 10, sends=100, send_errors=20,
+                                    loss=1, connects=1))
+    failed = {v.budget for v in bad if not v.ok}
+    assert failed == {"send_ack.p99_ms", "max_error_ratio", "max_loss"}
+
+
+def test_budget_with_no_samples_fails() -> None:
+    budgets = parse_budgets({"delivery": {"p99_ms": 100}}, source="t.toml")
+    [verdict, *_] = budgets.evaluate(LoadMetrics())
+    assert verdict.budget == "delivery.p99_ms"
+    assert not verdict.ok
+    assert verdict.detail == "nothing measured"
+
+
+@pytest.mark.parametrize(
+    ("data", "needle"),
+    [
+        ({"max_los": 0}, "'max_los' is not a budget key"),
+        ({"send_ack": {"p99": 3}}, "[send_ack] 'p99' is not a budget key"),
+        ({"max_error_ratio": 2}, "must be a ratio between 0 and 1"),
+        ({"max_loss": "none"}, "max_loss = 'none' must be a number >= 0"),
+    ],
+)
+def test_bad_budget_keys_are_one_line_errors(data: dict[str, object], needle: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_budgets(data, source="b.toml")
+    assert needle in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_encoded_histograms_merge_exactly() -> None:
+    a, b = _metrics([1.0] * 50, sends=50), _metrics([100.0] * 50, sends=50)
+    merged = LoadMetrics.merged([a.encode(), b.encode()])
+    assert merged.samples("send_ack") == 100
+    assert merged.counts["sends"] == 100
+    pct = merged.percentiles_ms("send_ack")
+    assert pct["p50"] == pytest.approx(1.0, rel=0.01)
+    assert pct["p99"] == pytest.approx(100.0, rel=0.01)
+    assert merged.sources == 2
+
+
+def test_scenario_selection_and_unknown_name() -> None:
+    chosen = plan("chat:3,group", None, {"rate": 5.0, "group_size": None})
+    assert chosen.weights == {"chat": 3, "group": 1}
+    assert chosen.params["chat"]["rate"] == 5.0
+    assert chosen.params["group"]["group_size"] == 5
+    with pytest.raises(ConfigError, match="'chatt' is not a scenario; known: chat"):
+        plan("chatt")
+
+
+def test_compare_table_has_ratios() -> None:
+    old = build_summary(_metrics([10.0] * 10, deliveries=10), scenario="chat",
+                        endpoint={"name": "old"})
+    new = build_summary(_metrics([5.0] * 10, deliveries=20), scenario="chat",
+                        endpoint={"name": "new"})
+    table = compare_table(old, new)
+    assert "send_ack p50 ms" in table
+    assert "0.50x" in table
+    assert "2.00x" in table
