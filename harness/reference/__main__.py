@@ -109,29 +109,33 @@ async def _serve(args: argparse.Namespace, db_path: str) -> None:
     service.load()
     store.start()
     await service.start()
-    ws_server = await serve(service.handle, args.host, args.port,
-                            process_request=service.process_request, max_size=HARD_MAX_FRAME,
-                            ping_interval=None, compression=None, max_queue=64)
     runner = web.AppRunner(build_app(service, os.environ.get(ADMIN_ENV) or None),
                            access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, args.host, args.api_port)
-    await site.start()
-    ws_port = next(iter(ws_server.sockets)).getsockname()[1]
-    api_port = runner.addresses[0][1]
-    print(json.dumps({"event": "ready", "ws_port": ws_port, "api_port": api_port,
-                      "pid": os.getpid()}), flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    logging.getLogger("harness.reference").info("shutting down")
-    ws_server.close()
-    await ws_server.wait_closed()
-    await runner.cleanup()
-    await service.close()
-    await store.close()
+    ws_server = None
+    try:
+        ws_server = await serve(service.handle, args.host, args.port,
+                                process_request=service.process_request,
+                                max_size=HARD_MAX_FRAME, ping_interval=None, compression=None,
+                                max_queue=64)
+        await runner.setup()
+        await web.TCPSite(runner, args.host, args.api_port).start()
+        ws_port = next(iter(ws_server.sockets)).getsockname()[1]
+        api_port = runner.addresses[0][1]
+        print(json.dumps({"event": "ready", "ws_port": ws_port, "api_port": api_port,
+                          "pid": os.getpid()}), flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        logging.getLogger("harness.reference").info("shutting down")
+    finally:
+        if ws_server is not None:
+            ws_server.close()
+            await ws_server.wait_closed()
+        await runner.cleanup()
+        await service.close()
+        await store.close()
 
 
 def main(argv: list[str] | None = None) -> int:
