@@ -132,6 +132,7 @@ async def test_ack_fields_are_sane(endpoint, im_user, oracle, units):
 
 
 @pytest.mark.capability("idempotent_send")
+@pytest.mark.capability("history")
 async def test_idempotent_resend_creates_no_duplicate(endpoint, im_user, oracle, units):
     """A resend with the same client id returns the original ack; delivered and stored once."""
     alice = await im_user("alice")

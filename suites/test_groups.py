@@ -93,6 +93,7 @@ async def test_group_burst_arrives_in_order_at_every_member(
     oracle.assert_ok()
 
 
+@pytest.mark.capability("history")
 async def test_removed_member_gets_nothing_more(endpoint, im_user, im_group, oracle, units):
     """After removal a former member receives no new group messages and cannot read history."""
     alice, bob, carol = [await im_user(n) for n in ("alice", "bob", "carol")]

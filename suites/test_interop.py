@@ -66,6 +66,7 @@ async def test_both_versions_read_the_same_history(endpoint, im_user, oracle, un
 
 
 @pytest.mark.capability("recall")
+@pytest.mark.capability("history")
 async def test_recall_by_new_client_shows_for_old_client(endpoint, im_user, oracle, units):
     """A v2 user's recall shows as recalled in a v1 peer's history (v1 gets no recall event)."""
     sender = await im_user("sender", protocol="v2")

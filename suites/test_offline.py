@@ -108,6 +108,7 @@ async def test_history_pages_have_no_gap_or_overlap(endpoint, im_user, oracle, u
 
 @pytest.mark.needs_admin
 @pytest.mark.capability("push")
+@pytest.mark.capability("offline")
 async def test_offline_push_reaches_webhook(endpoint, im_user, push_receiver, oracle, units):
     """A message to a user with no live connection is pushed to the app's webhook promptly."""
     app = await endpoint.with_app(webhook=push_receiver.url)
@@ -165,6 +166,7 @@ async def _equals(value, expected) -> bool:
     return (await value) == expected
 
 
+@pytest.mark.capability("offline", "history")
 async def test_acked_messages_survive_a_server_crash(endpoint, im_user, oracle, units):
     """Every acknowledged message survives a hard crash of the server (kill -9) and a restart."""
     if endpoint.service is None:

@@ -30,6 +30,7 @@ async def _history_entry(user, conversation: str, message_id: str):
     return entry
 
 
+@pytest.mark.capability("history")
 async def test_recall_reaches_online_peer_and_history(endpoint, im_user, oracle, units):
     """A recall within the window reaches the online peer and blanks the message in history."""
     alice = await im_user("alice")
@@ -51,6 +52,7 @@ async def test_recall_reaches_online_peer_and_history(endpoint, im_user, oracle,
     oracle.assert_ok()
 
 
+@pytest.mark.capability("offline", "history")
 async def test_recall_reaches_offline_peer_on_reconnect(endpoint, im_user, oracle, units):
     """A peer offline during a recall learns of it when it reconnects."""
     alice = await im_user("alice")
@@ -88,6 +90,7 @@ async def test_group_recall_by_sender_or_admin_only(endpoint, im_user, im_group,
     oracle.assert_ok()
 
 
+@pytest.mark.capability("history")
 async def test_only_sender_recalls_in_one_to_one(endpoint, im_user, oracle, units):
     """The receiver of a 1:1 message cannot recall it: Forbidden, and it stays in history."""
     alice = await im_user("alice")
@@ -104,6 +107,7 @@ async def test_only_sender_recalls_in_one_to_one(endpoint, im_user, oracle, unit
 
 
 @pytest.mark.needs_admin
+@pytest.mark.capability("history")
 async def test_recall_after_window_is_refused(endpoint, im_user, oracle, units):
     """After the app's recall window a recall is refused with RecallWindowExpired."""
     window = units(1)

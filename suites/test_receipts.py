@@ -85,6 +85,7 @@ async def test_group_read_cursors_reach_every_other_member(
     oracle.assert_ok()
 
 
+@pytest.mark.capability("offline")
 async def test_offline_sender_catches_up_on_receipts(endpoint, im_user, oracle, units):
     """A sender that was offline while the peer read gets the receipt when it reconnects."""
     alice = await im_user("alice")
@@ -98,6 +99,7 @@ async def test_offline_sender_catches_up_on_receipts(endpoint, im_user, oracle, 
     oracle.assert_ok()
 
 
+@pytest.mark.capability("offline")
 async def test_offline_reader_catches_up_then_reads(endpoint, im_user, oracle, units):
     """A reader that was offline catches up on messages, and its read mark reaches the sender."""
     alice = await im_user("alice")

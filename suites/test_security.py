@@ -76,6 +76,7 @@ async def test_token_of_another_app_is_refused(endpoint):
 
 
 @pytest.mark.capability("groups")
+@pytest.mark.capability("history")
 async def test_non_member_cannot_read_or_post_to_group(
     endpoint, im_user, im_group, oracle, units
 ):
@@ -104,6 +105,7 @@ async def test_non_member_cannot_read_or_post_to_group(
     oracle.assert_ok()
 
 
+@pytest.mark.capability("history")
 async def test_outsider_cannot_read_a_one_to_one_conversation(endpoint, im_user, units):
     """A third user cannot read the history of a 1:1 conversation between two others."""
     alice, bob, mallory = [await im_user(n) for n in ("alice", "bob", "mallory")]
@@ -144,6 +146,7 @@ async def test_sender_is_stamped_from_the_token(endpoint, im_user, units):
 
 
 @pytest.mark.capability("recall")
+@pytest.mark.capability("history")
 async def test_cannot_recall_another_users_message(endpoint, im_user, im_group, units):
     """Recalling someone else's message (1:1 or as a plain group member) is Forbidden."""
     alice, bob, carol = [await im_user(n) for n in ("alice", "bob", "carol")]
