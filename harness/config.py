@@ -40,6 +40,8 @@ PYPROJECT_TABLE = ("tool", "im-harness")
 DEFECTS_ENV = "IM_HARNESS_DEFECTS"
 DEFECT_RATE_ENV = "IM_HARNESS_DEFECT_RATE"
 EMBEDDED_ADAPTER = "reference"
+# Adapters whose servers the harness can start itself when an endpoint has no url.
+EMBEDDED_ADAPTERS = (EMBEDDED_ADAPTER, "matrix")
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -99,7 +101,7 @@ class EndpointConfig(_Model):
     """One endpoint: which adapter, where, which app, which tier, and where its secrets live."""
 
     adapter: str = EMBEDDED_ADAPTER
-    url: str = ""  # empty: the harness starts an embedded reference service
+    url: str = ""  # empty: the harness starts the server itself (reference service, Synapse)
     app_id: str = ""
     protocol: str = ""
     tier: TierProfile = Field(default_factory=TierProfile)
@@ -146,8 +148,8 @@ class EndpointConfig(_Model):
 
     @property
     def embedded(self) -> bool:
-        """Whether the harness starts this endpoint's service itself (reference, no url)."""
-        return not self.url and self.adapter == EMBEDDED_ADAPTER
+        """Whether the harness starts this endpoint's server itself (no url, startable adapter)."""
+        return not self.url and self.adapter in EMBEDDED_ADAPTERS
 
 
 class HarnessOptions(_Model):
@@ -347,15 +349,26 @@ def parse_config(
         if not ep.url and not ep.embedded:
             raise ConfigError(
                 f"{source}: {where}endpoints.{name}.url is required for adapter {ep.adapter!r}; "
-                f"only the {EMBEDDED_ADAPTER!r} adapter can run embedded without a url"
+                f"only the {' and '.join(map(repr, EMBEDDED_ADAPTERS))} adapters can run "
+                "embedded without a url"
             )
-        if ep.embedded:
+        if ep.embedded and ep.adapter == "matrix":
+            problem = _synapse_problem(ep.options, f"{where}endpoints.{name}")
+            if problem:
+                raise ConfigError(f"{source}: {problem}")
+        elif ep.embedded:
             if ep.tier.name and ep.tier.name not in _reference_tiers():
                 raise ConfigError(
                     f"{source}: {where}endpoints.{name}.tier.name = {ep.tier.name!r} is not a "
                     f"reference tier; known: {', '.join(_reference_tiers())}"
                 )
     return config
+
+
+def _synapse_problem(options: Mapping[str, Any], where: str) -> str | None:
+    from harness.matrix.launcher import options_problem
+
+    return options_problem(options, where)
 
 
 def _reference_tiers() -> list[str]:

@@ -1,7 +1,8 @@
 """Session objects: endpoints opened from the configuration, and test users on them.
 
 `HarnessSession` lives for a whole test session (per xdist worker): it starts the embedded
-reference services once and knows every selected endpoint's settings. `Endpoint` and `User`
+servers once (reference services; Synapse homeservers for url-less `matrix` endpoints) and knows
+every selected endpoint's settings. `Endpoint` and `User`
 live for one test, in that test's event loop. Nothing here imports pytest.
 """
 
@@ -17,7 +18,7 @@ from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
-from harness.config import EndpointConfig, HarnessConfig, timeout_kwargs
+from harness.config import EMBEDDED_ADAPTER, EndpointConfig, HarnessConfig, timeout_kwargs
 from harness.contract import (
     Ack,
     Adapter,
@@ -38,6 +39,7 @@ from harness.errors import (
     Unauthorized,
     Unsupported,
 )
+from harness.matrix.launcher import SynapseServer
 from harness.oracle import Oracle
 from harness.recorder import Recorder
 from harness.reference.admin import AdminClient, AppHandle
@@ -48,6 +50,7 @@ T = TypeVar("T")
 ADMIN_TOKEN = "admin_token"  # the secret name that gives the harness a reference admin client
 EMBEDDED_PROTOCOL = "v2"  # what an embedded endpoint speaks and runs on when not configured
 EMBEDDED_TIER = "free"
+Server = ReferenceService | SynapseServer  # a server the harness started (can kill/restart it)
 
 
 class EndpointUnavailable(ConfigError):
@@ -73,7 +76,7 @@ class Endpoint:
     adapter: Adapter
     info: EndpointInfo
     admin: AdminClient | None = None
-    service: ReferenceService | None = None
+    service: Server | None = None  # the server process when the harness started it
     app: AppHandle | None = None
     _owns_admin: bool = field(default=False, repr=False)
     _children: list[Endpoint] = field(default_factory=list, repr=False)
@@ -148,7 +151,7 @@ async def open_endpoint(
     settings: EndpointSettings,
     *,
     admin: AdminClient | None = None,
-    service: ReferenceService | None = None,
+    service: Server | None = None,
 ) -> Endpoint:
     """Open the adapter for `settings`; failures to reach or log in are one-line errors.
 
@@ -159,7 +162,7 @@ async def open_endpoint(
     admin_token = adapter_secrets.pop(ADMIN_TOKEN, None)
     adapter_settings = replace(settings, secrets=adapter_secrets)
     owns_admin = False
-    if admin is None and service is not None:
+    if admin is None and isinstance(service, ReferenceService):
         admin, owns_admin = service.admin(), True
     elif admin is None and admin_token and settings.options.get("api_url"):
         admin, owns_admin = AdminClient(str(settings.options["api_url"]), admin_token), True
@@ -245,6 +248,7 @@ class HarnessSession:
         self.defect_rate = config.harness.defect_rate if defect_rate is None else defect_rate
         self._environ = environ
         self.services: dict[str, ReferenceService] = {}
+        self.synapses: dict[str, SynapseServer] = {}
         self.apps: dict[str, AppHandle] = {}
         self.infos: dict[str, EndpointInfo] = {}
         self._settings: dict[str, EndpointSettings] = {}
@@ -275,16 +279,41 @@ class HarnessSession:
         try:
             if embedded:
                 with concurrent.futures.ThreadPoolExecutor(len(embedded)) as pool:
-                    for name, result in zip(
-                        embedded, pool.map(self._start_embedded, embedded), strict=True
-                    ):
-                        self.services[name], self.apps[name], self._settings[name] = result
+                    futures = [pool.submit(self._start_one, name) for name in embedded]
+                    # Wait for every start, so a failed one never leaves another one running.
+                    concurrent.futures.wait(futures)
+                    for future in futures:
+                        future.result()
             self._started = True
             self.probe()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _start_one(self, name: str) -> None:
+        if self.config.endpoints[name].adapter == EMBEDDED_ADAPTER:
+            self.services[name], self.apps[name], self._settings[name] = self._start_embedded(name)
+        else:
+            self.synapses[name], self._settings[name] = self._start_synapse(name)
+
+    def _start_synapse(self, name: str) -> tuple[SynapseServer, EndpointSettings]:
+        """Install (cached) and start the Synapse release a url-less matrix endpoint names."""
+        ep = self.config.endpoints[name]
+        server = SynapseServer.from_options(ep.options, endpoint=name)
+        try:
+            server.start()
+        except BaseException:
+            server.cleanup()
+            raise
+        settings = server.endpoint_settings(name, options=ep.options)
+        settings = replace(
+            settings,
+            protocol=ep.protocol or settings.protocol,
+            tier=ep.tier.name or settings.tier,
+            **timeout_kwargs(ep),
+        )
+        return server, settings
 
     def _start_embedded(
         self, name: str
@@ -349,6 +378,12 @@ class HarnessSession:
                 f"tier {info.tier or '?'}"
             )
         ep = self.config.endpoints[name]
+        if ep.embedded and ep.adapter != EMBEDDED_ADAPTER:
+            version = ep.options.get("synapse_version", "?")
+            return (
+                f"adapter {ep.adapter}, url embedded (Synapse {version}, started on first use), "
+                f"protocol {ep.protocol or f'synapse-{version}'}, tier {ep.tier.name or '?'}"
+            )
         if ep.embedded:
             return (
                 f"adapter {ep.adapter}, url embedded (started on first use), protocol "
@@ -370,7 +405,8 @@ class HarnessSession:
 
     async def open(self, name: str) -> Endpoint:
         """Open endpoint `name` in the running event loop (close it with `aclose`)."""
-        endpoint = await open_endpoint(self.settings(name), service=self.services.get(name))
+        service: Server | None = self.services.get(name) or self.synapses.get(name)
+        endpoint = await open_endpoint(self.settings(name), service=service)
         if name in self.apps:
             endpoint.app = self.apps[name]
         else:
@@ -378,11 +414,16 @@ class HarnessSession:
         return endpoint
 
     def stop(self) -> None:
-        """Stop every embedded service this session started."""
+        """Stop every embedded server this session started (and remove Synapse's data)."""
         services, self.services = self.services, {}
-        for service in services.values():
-            service.stop()
-        self._started = False
+        synapses, self.synapses = self.synapses, {}
+        try:
+            for service in services.values():
+                service.stop()
+        finally:
+            for server in synapses.values():
+                server.cleanup()
+            self._started = False
 
     def __enter__(self) -> HarnessSession:
         return self.start()

@@ -231,8 +231,38 @@ def test_other_adapter_needs_url(monkeypatch: pytest.MonkeyPatch) -> None:
     message = error_of({"endpoints": {"new": {"adapter": "standin"}}})
     assert message == (
         "im-harness.toml: endpoints.new.url is required for adapter 'standin'; only the "
-        "'reference' adapter can run embedded without a url"
+        "'reference' and 'matrix' adapters can run embedded without a url"
     )
+
+
+def test_urlless_matrix_endpoint_is_embedded_synapse() -> None:
+    config = parse_config({"endpoints": {"old": {
+        "adapter": "matrix", "options": {"synapse_version": "1.141.0"}}}})
+    assert config.endpoints["old"].embedded
+    config = parse_config({"endpoints": {"old": {"adapter": "matrix", "url": "http://127.0.0.1:9"}}})
+    assert not config.endpoints["old"].embedded
+
+
+def test_embedded_matrix_needs_a_synapse_version_and_a_known_profile() -> None:
+    assert error_of({"endpoints": {"old": {"adapter": "matrix"}}}) == (
+        "im-harness.toml: endpoints.old.options.synapse_version = None is missing or not a "
+        "string; set it to the Synapse release to start, e.g. one of 1.141.0, 1.163.2"
+    )
+    message = error_of({"endpoints": {"new": {"adapter": "matrix", "options": {
+        "synapse_version": "1.163.2", "rate_profile": "fast"}}}})
+    assert message == (
+        "im-harness.toml: endpoints.new.options.rate_profile = 'fast' is unknown; "
+        "use one of default, relaxed"
+    )
+
+
+def test_shipped_synapse_example_parses() -> None:
+    config = load_config(Path(__file__).parents[1] / "examples" / "synapse.toml")
+    assert config.selected() == ["old", "new"]
+    versions = [config.endpoints[n].options["synapse_version"] for n in ("old", "new")]
+    assert versions == ["1.141.0", "1.163.2"]
+    assert all(config.endpoints[n].embedded for n in ("old", "new"))
+    assert not config.endpoints["staging"].embedded
 
 
 def test_selection() -> None:

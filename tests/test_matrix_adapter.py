@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
-from harness.adapters.matrix import MatrixAdapter, MatrixClient, map_error
+from harness.adapters.matrix import MAX_BODY_BYTES, MatrixAdapter, MatrixClient, map_error
 from harness.contract import (
     Credentials,
     Disconnected,
@@ -280,6 +280,34 @@ async def test_errors_are_mapped(adapter: MatrixAdapter, users: Callable) -> Non
     limited = map_error(429, {"errcode": "M_LIMIT_EXCEEDED", "retry_after_ms": 1500}, "send")
     assert isinstance(limited, RateLimited)
     assert limited.retry_after == 1.5
+
+
+async def test_declared_body_limit_is_usable_with_long_ids(adapter: MatrixAdapter) -> None:
+    """A body of the declared size fits Synapse's event limit even with long ids; more does not."""
+    assert adapter.info.limits.max_message_bytes == MAX_BODY_BYTES
+    # The longest ids Synapse takes: a 255-character sender id, a long transaction id.
+    long_name = f"long-{secrets.token_hex(4)}-" + "l" * (255 - len("@:localhost") - 14)
+    sender = await adapter.provision_user(long_name)
+    peer = await adapter.provision_user(f"peer-{secrets.token_hex(4)}")
+    client = await adapter.connect(sender)
+    inbox = Inbox(await adapter.connect(peer))
+    try:
+        to_peer = Target.to_user(peer.user_id)
+        await client.send(to_peer, "warm up")  # the room exists, so more prev/auth events
+        body = "é" * (MAX_BODY_BYTES // 2)
+        ack = await client.send(to_peer, body, client_id="t" * 200)
+        [got] = await inbox.wait(
+            lambda e: isinstance(e, MessageReceived) and e.message.message_id == ack.message_id,
+            "the largest body",
+        )
+        assert got.message.body == body
+        with pytest.raises(TooLarge, match="over the 64000-byte limit"):
+            await client.send(to_peer, body + "x")
+        # Under the body limit but over the event limit: Synapse's own M_TOO_LARGE.
+        with pytest.raises(TooLarge, match="M_TOO_LARGE"):
+            await client.send(to_peer, "x", custom={"blob": "y" * 66_000})
+    finally:
+        await inbox.stop()
 
 
 async def test_idempotent_resend_creates_no_second_event(users: Callable) -> None:

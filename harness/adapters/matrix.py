@@ -8,6 +8,10 @@ no end-to-end crypto stack (test rooms are unencrypted). How the contract maps o
 - 1:1 = a direct room per pair, found race-free through a room alias derived from the pair;
   groups = rooms whose power levels give owner 100, admin 50, member 0; invites are
   accepted by the invitee's client as soon as its sync sees them.
+- membership is the server's, with two contract rules the adapter applies itself: a former
+  member's `group_info`/`history` is Forbidden (Matrix still shows what they saw), and in a 1:1
+  room only the sender recalls (a Matrix peer with power may redact the other's messages).
+  An invited user's client joins before it sends, recalls or reads.
 - recall = redaction, read receipts = `m.read` receipts, mute = power levels (a member at
   -1, or `events_default` 50 for mute-all), offline = `/sync` with the client's since token:
   everything in the first sync after (re)connecting is marked `offline=True`.
@@ -20,8 +24,9 @@ no end-to-end crypto stack (test rooms are unencrypted). How the contract maps o
   transaction id per device, and a client keeps its device across drop/reconnect.
 
 Options (`EndpointSettings.options`): `server_name` (else learned at the first login),
-`sync_timeout_s` (long-poll, default 20), `room_version` (for rooms the adapter creates; default
-the server's), `send_rate_per_user` / `send_burst` (the server's limits, for `info.limits`).
+`sync_timeout_s` (long-poll, default 20), `send_timeout_s` (overrides the settings' one),
+`room_version` (for rooms the adapter creates; default the server's), `send_rate_per_user` /
+`send_burst` (the server's limits, for `info.limits`).
 Secrets: `registration_shared_secret` (register through the admin API; without it, open
 registration with a dummy auth stage is used).
 """
@@ -85,6 +90,12 @@ CAPABILITIES = frozenset({
     Capability.HISTORY, Capability.IDEMPOTENT_SEND,
 })  # no PUSH: no pusher is wired to a webhook; no TIER_ADMIN: Matrix has no tiers
 MAX_EVENT_BYTES = 65536  # Synapse's limit on a whole event (envelope included), not the body
+# The body limit the adapter declares and enforces: the event limit minus room for the envelope.
+# Measured envelope of a 1:1 text message (14-character localparts, 34-character client id):
+# 706 bytes on Synapse 1.141.0, 674 on 1.163.2; the rest allows 255-character ids and
+# client ids, and a few more prev_events. Characters that JSON escapes (quotes, backslashes,
+# control characters) take more room in the event, so such bodies meet the event limit sooner.
+MAX_BODY_BYTES = 64000
 ROLE_LEVELS = {"owner": 100, "admin": 50, "member": 0}
 MUTED_LEVEL = -1
 MUTE_ALL_LEVEL = 50  # events_default while everyone but admins and owners is muted
@@ -131,6 +142,15 @@ def map_error(status: int, body: Mapping[str, Any], what: str) -> IMError:
     return cls(text, errcode=errcode, status=status)
 
 
+class _Secret(str):
+    """An access token that reprs as hidden (tracebacks print call arguments)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "'<hidden>'"
+
+
 def _redacts(event: Mapping[str, Any]) -> str | None:
     # Room versions before 11 carry `redacts` at the top level, 11 and later in the content.
     return event.get("redacts") or (event.get("content") or {}).get("redacts")
@@ -174,8 +194,11 @@ class MatrixClient:
         self._adapter = adapter
         self._credentials = credentials
         self._state = state
-        self._mxid = adapter.mxid(credentials.user_id)
+        # Before any login the server name may be unknown; a bare localpart logs in as well.
+        self._mxid = adapter.mxid(credentials.user_id) if adapter.server_name or \
+            credentials.user_id.startswith("@") else credentials.user_id
         self._token: str | None = None
+        self._room_locks: dict[str, asyncio.Lock] = {}
         self._http: aiohttp.ClientSession | None = None
         self._sync_task: asyncio.Task[None] | None = None
         self._events: asyncio.Queue[Any] = asyncio.Queue()
@@ -211,9 +234,9 @@ class MatrixClient:
             self._http = aiohttp.ClientSession()
         try:
             answer = await self._login_request()
-        except Forbidden as exc:  # Matrix answers a wrong password with M_FORBIDDEN
+        except (Forbidden, BadRequest) as exc:  # a wrong or empty password: refused either way
             raise Unauthorized(f"{self!r}: login refused: {exc}") from None
-        self._token = answer["access_token"]
+        self._token = _Secret(answer["access_token"])
         self._adapter.learn_server_name(answer["user_id"])
         self._mxid = answer["user_id"]
 
@@ -455,8 +478,12 @@ class MatrixClient:
     ) -> Ack:
         if self._status != "connected":
             raise ConnectionLost(f"{self!r}: not connected; call reconnect() first")
-        limit = timeout if timeout is not None else self._adapter.settings.send_timeout_s
+        limit = timeout if timeout is not None else self._adapter.send_timeout_s
         client_id = client_id or uuid.uuid4().hex
+        size = len(body.encode())
+        if size > MAX_BODY_BYTES:
+            raise TooLarge(f"{self!r}: a body of {size} bytes is over the {MAX_BODY_BYTES}-byte "
+                           f"limit (the event, envelope included, may be {MAX_EVENT_BYTES})")
         content: dict[str, Any] = {"msgtype": "m.text", "body": body, CLIENT_ID_KEY: client_id}
         if custom is not None:
             content.update(msgtype="im_harness.custom", body=body or json.dumps(custom),
@@ -465,7 +492,12 @@ class MatrixClient:
             async with asyncio.timeout(limit):
                 room_id = await self._room_for(to)
                 path = f"/rooms/{quote(room_id)}/send/m.room.message/{quote(client_id, safe='')}"
-                answer = await self._call("PUT", path, content, within=limit)
+                try:
+                    answer = await self._call("PUT", path, content, within=limit)
+                except Forbidden:
+                    if not await self._accept_invite(room_id):
+                        raise
+                    answer = await self._call("PUT", path, content, within=limit)
                 event_id = answer["event_id"]
                 duplicate = self._state.sent.get(client_id) == event_id
                 self._state.sent[client_id] = event_id
@@ -486,6 +518,51 @@ class MatrixClient:
             fut = self._waiters[event_id] = asyncio.get_running_loop().create_future()
         return await asyncio.shield(fut)
 
+    async def _membership(self, room_id: str) -> str:
+        """This user's membership in a room as the server has it ("" when it has none)."""
+        path = f"/rooms/{quote(room_id)}/state/m.room.member/{quote(self._mxid)}"
+        try:
+            return str((await self._call("GET", path)).get("membership") or "")
+        except (Forbidden, NotFound):
+            return ""
+
+    async def _accept_invite(self, room_id: str) -> bool:
+        """Join a room this user is invited to but has not joined yet (the sync may lag).
+
+        An invitee may not read the room's state, so the join is simply tried: the harness's
+        rooms are invite-only, and the server refuses anyone without a pending invite.
+        """
+        known = self._state.rooms.get(room_id)
+        if known is not None and known.members.get(self._mxid) in ("join", "leave", "ban"):
+            return False
+        try:
+            await self._call("POST", f"/join/{quote(room_id)}", {})
+        except (Forbidden, NotFound):
+            return False
+        return True
+
+    async def _require_member(self, room_id: str, what: str) -> None:
+        """Forbidden unless this user is in the room now (joining it when only invited).
+
+        Matrix lets a former member read the room as it was when they left; the contract's
+        view is that removed members read nothing, so the adapter refuses on their behalf.
+        """
+        membership = await self._membership(room_id)
+        if membership == "join" or (
+            membership in ("", "invite") and await self._accept_invite(room_id)
+        ):
+            return
+        raise Forbidden(f"{self!r}: {what}: not a member of {room_id!r} "
+                        f"(membership {membership or 'none'})")
+
+    async def _kind(self, room_id: str) -> str | None:
+        """"direct" / "group" / None, from the room's creation content."""
+        known = self._state.rooms.get(room_id)
+        if known is not None and known.kind:
+            return known.kind
+        create = await self._call("GET", f"/rooms/{quote(room_id)}/state/m.room.create/")
+        return create.get(KIND_KEY)
+
     async def _room_for(self, to: Target) -> str:
         if to.group is not None:
             return to.group
@@ -494,6 +571,14 @@ class MatrixClient:
         known = self._state.direct.get(peer)
         if known:
             return known
+        # Concurrent first sends to one peer create one room, not one each.
+        async with self._room_locks.setdefault(peer, asyncio.Lock()):
+            known = self._state.direct.get(peer)
+            if known:
+                return known
+            return await self._create_direct(peer)
+
+    async def _create_direct(self, peer: str) -> str:
         pair = sorted({self._mxid, peer})
         alias = "imh-dm-" + hashlib.sha256("\n".join(pair).encode()).hexdigest()[:24]
         body: dict[str, Any] = {
@@ -507,8 +592,10 @@ class MatrixClient:
         self._adapter.room_version_into(body)
         try:
             room_id = (await self._call("POST", "/createRoom", body))["room_id"]
-        except BadRequest as exc:
-            if exc.details.get("errcode") != "M_ROOM_IN_USE":
+        except IMError as exc:
+            # Both peers creating at once: the loser gets M_ROOM_IN_USE, or in a narrower race
+            # M_UNKNOWN "Room alias ... already exists".
+            if exc.details.get("errcode") != "M_ROOM_IN_USE" and "already exists" not in str(exc):
                 raise
             full = f"#{alias}:{self._adapter.server_name}"
             room_id = (await self._call("GET", f"/directory/room/{quote(full)}"))["room_id"]
@@ -543,6 +630,7 @@ class MatrixClient:
         return await self.group_info(room_id)
 
     async def group_info(self, group: str) -> GroupInfo:
+        await self._require_member(group, "group_info")
         state = await self._call("GET", f"/rooms/{quote(group)}/state")
         power: Mapping[str, Any] = {}
         creators: frozenset[str] = frozenset()
@@ -581,6 +669,11 @@ class MatrixClient:
                          {"user_id": self._adapter.mxid(user)})
 
     async def leave(self, group: str) -> None:
+        info = await self.group_info(group)
+        owners = [m for m, role in info.members.items() if role == "owner"]
+        if owners == [self.user_id]:
+            # Matrix lets anyone leave; the contract's owner hands the group over first.
+            raise Forbidden(f"{self!r}: the owner cannot leave {group!r}; make another owner")
         await self._call("POST", f"/rooms/{quote(group)}/leave", {})
 
     async def _edit_power(self, group: str, edit: Any) -> None:
@@ -619,8 +712,16 @@ class MatrixClient:
 
     async def recall(self, conversation: str, message_id: str) -> None:
         room, event = quote(conversation), quote(message_id)
+        known = self._state.rooms.get(conversation)
+        if known is None or known.members.get(self._mxid) != "join":
+            await self._accept_invite(conversation)
         # Matrix accepts redactions of unknown event ids; the contract wants NotFound.
-        await self._call("GET", f"/rooms/{room}/event/{event}")
+        found = await self._call("GET", f"/rooms/{room}/event/{event}")
+        if found.get("sender") != self._mxid and await self._kind(conversation) == "direct":
+            # Redaction is moderation in Matrix: a DM peer with power (both, with the
+            # trusted_private_chat preset; the creator, from room version 12) may redact the
+            # other's messages. The contract's 1:1 recall is the sender's only.
+            raise Forbidden(f"{self!r}: only the sender recalls a 1:1 message")
         await self._call("PUT", f"/rooms/{room}/redact/{event}/{uuid.uuid4().hex}", {})
 
     async def mark_read(self, conversation: str, up_to_seq: int) -> None:
@@ -636,6 +737,7 @@ class MatrixClient:
         self, conversation: str, *, before: int | None = None, after: int | None = None,
         limit: int = 50,
     ) -> HistoryPage:
+        await self._require_member(conversation, "history")
         # The whole room is read from its start, so seq numbers match the live ones (O(room)).
         room = _Room()
         events = await self._room_from_start(conversation)
@@ -742,6 +844,7 @@ class MatrixAdapter:
         self.server_name: str | None = self.options.get("server_name")
         self._http: aiohttp.ClientSession | None = None
         self._users: dict[str, _UserState] = {}
+        self.send_timeout_s = float(self.options.get("send_timeout_s", settings.send_timeout_s))
         self._clients: list[MatrixClient] = []
         self._info = EndpointInfo(
             name=settings.name,
@@ -753,10 +856,10 @@ class MatrixAdapter:
             limits=TierLimits(
                 send_rate_per_user=self.options.get("send_rate_per_user"),
                 send_burst=self.options.get("send_burst"),
-                max_message_bytes=MAX_EVENT_BYTES,
+                max_message_bytes=MAX_BODY_BYTES,
                 recall_window_s=None,
             ),
-            send_timeout_s=settings.send_timeout_s,
+            send_timeout_s=self.send_timeout_s,
         )
 
     def __repr__(self) -> str:
@@ -792,6 +895,7 @@ class MatrixAdapter:
         token: str | None = None, within: float | None = None, prefix: str = "/v3",
     ) -> Any:
         """One client-server API call; Matrix errors become the contract's typed errors."""
+        __tracebackhide__ = True  # pytest: its arguments include tokens and passwords
         url = f"{self.base_url}/_matrix/client{prefix}{path}"
         if path.startswith("/_synapse/"):
             url = f"{self.base_url}{path}"
