@@ -6,6 +6,7 @@ import asyncio
 import http
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -47,7 +48,8 @@ class OpError(Exception):
     def wire(self) -> dict[str, Any]:
         err: dict[str, Any] = {"code": self.code, "message": self.message}
         if self.retry_after is not None:
-            err["retry_after"] = round(self.retry_after, 3)
+            # rounded up: "retry after 0.0" would invite a retry that is refused again
+            err["retry_after"] = max(0.001, math.ceil(self.retry_after * 1000) / 1000)
         return err
 
 
@@ -67,7 +69,7 @@ class Conn:
     """One WebSocket connection; frames go out in order through `push`."""
 
     __slots__ = ("ws", "protocol", "app", "user", "out", "sender", "keepalive", "closing",
-                 "ending")
+                 "ending", "logging_in")
 
     def __init__(self, ws: ServerConnection, protocol: str) -> None:
         self.ws = ws
@@ -79,6 +81,7 @@ class Conn:
         self.keepalive: asyncio.Task[None] | None = None
         self.closing = False  # aborted: drop further frames
         self.ending = False  # logged out: send what is queued, then close
+        self.logging_in = False
 
     def push(self, frame: str) -> None:
         """Queue a frame; one short-lived task drains the queue in order."""
@@ -393,8 +396,16 @@ class Service:
     # ---- operations ----------------------------------------------------------------------
 
     async def op_login(self, conn: Conn, msg: dict[str, Any]) -> dict[str, Any]:
-        if conn.user is not None:
+        if conn.user is not None or conn.logging_in:
             raise OpError("bad_request", "already logged in on this connection")
+        conn.logging_in = True
+        try:
+            await self._login(conn, msg)
+        finally:
+            conn.logging_in = False
+        raise _Sent()
+
+    async def _login(self, conn: Conn, msg: dict[str, Any]) -> None:
         token = msg.get("token")
         if not isinstance(token, str) or not token:
             raise OpError("unauthorized", "missing token")
@@ -446,7 +457,6 @@ class Service:
             conn.push(f'{{"ev":"{kind}","pos":{pos},"offline":true,{rest}}}')
         conn.push(f'{{"ev":"caught_up","pos":{head}}}')
         log.debug("login app=%s user=%s protocol=%s", app.app_id, user_id, conn.protocol)
-        raise _Sent()
 
     def _cross_app_user(self, token: str, claims: dict[str, Any]) -> str | None:
         for other in self.apps.values():
@@ -571,7 +581,7 @@ class Service:
         return ack
 
     def _take_token(self, user: UserState, rate: float | None, burst: int | None) -> None:
-        if rate is None or burst is None:
+        if rate is None or burst is None or rate <= 0:
             return
         now = time.monotonic()
         if user.tokens is None:
