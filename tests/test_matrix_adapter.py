@@ -11,7 +11,9 @@ import contextlib
 import os
 import secrets
 import socket
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
 
 import pytest
 
@@ -32,12 +34,14 @@ from harness.errors import (
     ConfigError,
     Forbidden,
     HarnessError,
+    IMTimeout,
     NotFound,
     RateLimited,
     TooLarge,
     Unauthorized,
     Unsupported,
 )
+from harness.faults import FaultLink
 from harness.matrix.launcher import SynapseServer, install_synapse
 from harness.timing import units, until
 
@@ -351,6 +355,48 @@ async def test_mute_member_and_mute_all(users: Callable) -> None:
         await cb.send(to_group, "still muted")
     await cc.send(to_group, "admins may speak")
     assert (await co.group_info(group.group_id)).muted_all
+
+
+async def test_fault_link_in_front_of_synapse(synapse: SynapseServer) -> None:
+    """Latency through the link slows a send; a blackhole makes it time out; then it recovers."""
+    async with FaultLink("127.0.0.1", synapse.port) as link:
+        direct = await MatrixAdapter.open(synapse.endpoint_settings("direct"))
+        base = synapse.endpoint_settings("linked")
+        linked = await MatrixAdapter.open(replace(
+            base, url=link.url_for(synapse.base_url),
+            options={**base.options, "send_timeout_s": units(1), "sync_timeout_s": 2},
+        ))
+        try:
+            alice = await linked.provision_user(f"alice-{secrets.token_hex(4)}")
+            bob = await direct.provision_user(f"bob-{secrets.token_hex(4)}")
+            ca = await linked.connect(alice)
+            inbox = Inbox(await direct.connect(bob))
+            to_bob = Target.to_user(bob.user_id)
+            await ca.send(to_bob, "warm up")  # the direct room exists from here on
+            start = time.monotonic()
+            await ca.send(to_bob, "quick")
+            quick = time.monotonic() - start
+            with link.latency(ms=400, direction="up"):
+                start = time.monotonic()
+                await ca.send(to_bob, "slow")
+                slow = time.monotonic() - start
+            # Every request crosses the link up at least once: a send cannot beat the latency.
+            assert slow >= 0.4, f"send took {slow:.2f}s under 400 ms latency ({quick:.2f}s before)"
+            with link.blackhole():
+                start = time.monotonic()
+                with pytest.raises(IMTimeout):
+                    await ca.send(to_bob, "into the void")
+                assert time.monotonic() - start < units(1) + 1
+            after = await ca.send(to_bob, "after the blackhole")  # held bytes flow again
+            await inbox.wait(
+                lambda e: isinstance(e, MessageReceived)
+                and e.message.message_id == after.message_id, "the message after the blackhole"
+            )
+            assert [len(link.timeline.of_kind(k)) for k in ("latency", "blackhole")] == [1, 1]
+            await inbox.stop()
+        finally:
+            await linked.aclose()
+            await direct.aclose()
 
 
 def test_failed_start_raises_with_the_log(synapse: SynapseServer) -> None:

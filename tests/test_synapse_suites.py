@@ -1,0 +1,69 @@
+"""CI: the regression suites against real Synapse homeservers, with the one switch.
+
+Runs `python -m pytest suites --im-config examples/synapse.toml` as a subprocess (the same
+command a user types) and reads its junit xml: no failure, both endpoints exercised, and every
+skip explained by a capability the endpoint lacks or a limitation it declares.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from harness.errors import HarnessError
+from harness.matrix.launcher import install_synapse
+from harness.timing import units
+
+ROOT = Path(__file__).resolve().parents[1]
+ENDPOINT = re.compile(r"endpoint '(old|new)'")
+# A skip must say which endpoint lacks what: a capability, an admin API, or a declared limit.
+LIMITATION = re.compile(
+    r"does not offer capability '\w+'"
+    r"|has no admin API"
+    r"|declares no \w+"
+    r"|is too large to reach in a suite"
+    r"|has one protocol"
+)
+
+
+def test_suites_pass_on_synapse_with_declared_skips_only(tmp_path: Path) -> None:
+    for version in ("1.141.0", "1.163.2"):
+        try:
+            install_synapse(version)
+        except HarnessError as exc:
+            pytest.skip(f"Synapse {version} cannot be installed here: {str(exc).splitlines()[0]}")
+    junit = tmp_path / "suites.xml"
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "suites", "--im-config", "examples/synapse.toml",
+         "-q", "-p", "no:cacheprovider", f"--junitxml={junit}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=units(600), check=False,
+    )
+    took = time.monotonic() - start
+    tail = "\n".join(proc.stdout.splitlines()[-40:])
+    assert proc.returncode == 0, f"the suites failed on Synapse (exit {proc.returncode}):\n{tail}"
+
+    cases = ET.parse(junit).getroot().iter("testcase")
+    passed: list[str] = []
+    unexplained: list[str] = []
+    for case in cases:
+        name = case.get("name", "")
+        skipped = case.find("skipped")
+        if skipped is None:
+            passed.append(name)
+            continue
+        reason = skipped.get("message", "")
+        if not (ENDPOINT.search(reason) and LIMITATION.search(reason)):
+            unexplained.append(f"{case.get('classname')}::{name}: {reason}")
+    assert not unexplained, "skips that name no capability or endpoint limitation:\n" + "\n".join(
+        unexplained)
+    for endpoint in ("old", "new"):
+        ran = [n for n in passed if n.endswith(f"[{endpoint}]")]
+        assert len(ran) >= 30, f"only {len(ran)} tests passed on {endpoint!r}:\n{tail}"
+    print(f"suites on Synapse: {len(passed)} passed, {len(unexplained)} unexplained, {took:.0f}s")
