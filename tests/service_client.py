@@ -208,6 +208,9 @@ class Client:
         except Exception:  # noqa: BLE001 - the connection ending is what tests observe
             pass
         finally:
+            for fut in self.answers.values():
+                if not fut.done():
+                    fut.set_exception(ConnectionError("connection closed before the answer"))
             self._changed.set()
 
     async def send_raw(self, data: str | bytes) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -83,6 +84,17 @@ async def test_acked_messages_survive_kill_9(tmp_path: Path) -> None:
         dup = await again.ok("send", to={"user": "bob"}, body="m0", client_id="c0")
         assert dup["duplicate"] is True
         assert dup["message_id"] == acks[0]["message_id"]
+        late = asyncio.ensure_future(
+            again.request("send", to={"user": "bob"}, body="during shutdown", client_id="z"))
+        await asyncio.sleep(0)
+        # SIGTERM with clients connected: flush, close, exit 0
+        assert await asyncio.to_thread(svc.stop) == 0
+        svc.start(same_ports=True)
+        with contextlib.suppress(Exception):
+            await late
+        bob2 = await Client.login_as(svc, tb, cursor=bob.last_pos)
+        assert [m["client_id"] for m in bob2.messages()] in ([], ["z"])
+        await bob2.close()
         await bob.close()
         await again.close()
     finally:

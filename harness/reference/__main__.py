@@ -132,7 +132,13 @@ async def _serve(args: argparse.Namespace, db_path: str) -> None:
     finally:
         if ws_server is not None:
             ws_server.close()
-            await ws_server.wait_closed()
+            try:  # a peer that never answers the close handshake must not hold up the exit
+                await asyncio.wait_for(ws_server.wait_closed(), 2.0)
+            except TimeoutError:
+                for conn in list(service.conns):
+                    if conn.ws.transport is not None:
+                        conn.ws.transport.abort()
+                await ws_server.wait_closed()
         await runner.cleanup()
         await service.close()
         await store.close()
