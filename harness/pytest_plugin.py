@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -27,11 +28,14 @@ from harness.config import (
 )
 from harness.contract import Capability, EndpointInfo, GroupInfo
 from harness.errors import ConfigError
+from harness.faults.timeline import FaultTimeline
+from harness.properties import register_profiles
 from harness.timing import ENV_VAR as TIME_SCALE_ENV
 from harness.timing import units as _units
 from harness.timing import until as _until
 
 if TYPE_CHECKING:
+    from harness.faults.link import FaultLink
     from harness.oracle import Oracle
     from harness.push import PushReceiver
     from harness.session import Endpoint, HarnessSession, User
@@ -39,6 +43,10 @@ if TYPE_CHECKING:
 CONFIG_KEY = pytest.StashKey[HarnessConfig]()
 SESSION_KEY = pytest.StashKey["HarnessSession"]()
 _SAVED_SCALE_KEY = pytest.StashKey["str | None"]()
+FAULT_TIMELINE_KEY = pytest.StashKey[FaultTimeline]()
+
+# Before hypothesis' own pytest_configure loads `--hypothesis-profile ci|deep`.
+register_profiles()
 
 MARKERS = (
     "capability(*names): skip on an endpoint that does not offer every named capability",
@@ -308,21 +316,34 @@ UserFactory = Callable[..., Awaitable["User"]]
 async def im_user(endpoint: Endpoint, oracle: Oracle) -> AsyncIterator[UserFactory]:
     """Factory of connected users with unique ids `{name}-{8 hex}`, closed at teardown.
 
+    `via_link=link` (from the `fault_link` fixture) puts the user behind that fault link;
+    `adapter_options` extend the adapter options of that user's endpoint (e.g. backoff).
+
     Example: ``alice = await im_user("alice"); bob = await im_user("bob", protocol="v1")``
     """
+    from harness.faults.endpoint import linked_endpoint
     from harness.session import new_user
 
     users: list[User] = []
+    variants: dict[tuple[int, int, str], Endpoint] = {}
 
     async def make(
         name: str = "user",
         protocol: str | None = None,
         endpoint: Endpoint | None = None,
         connect: bool = True,
+        via_link: FaultLink | None = None,
+        adapter_options: Mapping[str, Any] | None = None,
     ) -> User:
-        user = await new_user(
-            endpoint or default, oracle, name, protocol=protocol, connect=connect
-        )
+        target = endpoint or default
+        if via_link is not None or adapter_options:
+            key = (id(target), id(via_link), repr(sorted((adapter_options or {}).items())))
+            if key not in variants:
+                variants[key] = await linked_endpoint(
+                    target, via_link, **dict(adapter_options or {})
+                )
+            target = variants[key]
+        user = await new_user(target, oracle, name, protocol=protocol, connect=connect)
         users.append(user)
         return user
 
@@ -331,6 +352,9 @@ async def im_user(endpoint: Endpoint, oracle: Oracle) -> AsyncIterator[UserFacto
     for user in reversed(users):
         with contextlib.suppress(Exception):
             await asyncio.wait_for(user.close(), _units(5))
+    for variant in variants.values():
+        with contextlib.suppress(Exception):
+            await variant.aclose()
 
 
 @pytest.fixture
@@ -363,3 +387,93 @@ def until() -> Callable[..., Awaitable[Any]]:
 def units() -> Callable[[float], float]:
     """`harness.timing.units`: ``units(5)`` is five time units in seconds."""
     return _units
+
+
+# --- faults -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fault_timeline(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FaultTimeline]:
+    """This test's fault timeline: links and restarts record into it.
+
+    Kept on `request.node.stash[FAULT_TIMELINE_KEY]`, shown with a failed test's report, and
+    written to `fault-timeline.txt` / `.json` in the test's tmp_path.
+    """
+    timeline = FaultTimeline(request.node.nodeid)
+    request.node.stash[FAULT_TIMELINE_KEY] = timeline
+    yield timeline
+    if timeline.faults or timeline.events:
+        (tmp_path / "fault-timeline.txt").write_text(timeline.to_text() + "\n")
+        (tmp_path / "fault-timeline.json").write_text(timeline.to_json())
+
+
+LinkFactory = Callable[..., Awaitable["FaultLink"]]
+
+
+@pytest_asyncio.fixture
+async def fault_link(
+    endpoint: Endpoint, fault_timeline: FaultTimeline
+) -> AsyncIterator[LinkFactory]:
+    """Factory of started FaultLinks in front of the endpoint, stopped at teardown.
+
+    Skips the test, with the reason, when the endpoint is not reached over TCP on loopback.
+
+    Example::
+
+        link = await fault_link()
+        bob = await im_user("bob", via_link=link)
+        with link.blackhole():
+            ...
+    """
+    from harness.faults.endpoint import NotProxiable, link_for
+
+    links: list[FaultLink] = []
+
+    async def make(endpoint: Endpoint | None = None, name: str | None = None) -> FaultLink:
+        target = endpoint or default
+        label = name or f"{target.name}-link{len(links) + 1}"
+        try:
+            link = await link_for(target, timeline=fault_timeline, name=label)
+        except NotProxiable as exc:
+            pytest.skip(str(exc))
+        links.append(link)
+        return link
+
+    default = endpoint
+    yield make
+    for link in reversed(links):
+        await link.stop()
+
+
+@pytest.fixture
+def restart_service(
+    endpoint: Endpoint, fault_timeline: FaultTimeline
+) -> Callable[..., Awaitable[Any]]:
+    """``await restart_service(kill=True)``: kill -9 and restart the endpoint's own service.
+
+    On the same data and ports; recorded on the fault timeline. Skips the test when the harness
+    did not start the endpoint's service.
+    """
+    from harness.errors import Unsupported
+    from harness.faults.endpoint import restart_service as restart
+
+    async def run(kill: bool = True, endpoint: Endpoint | None = None) -> Any:
+        try:
+            return await restart(endpoint or default, kill=kill, timeline=fault_timeline)
+        except Unsupported as exc:
+            pytest.skip(str(exc))
+
+    default = endpoint
+    return run
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Iterator[None]:
+    """Show the fault timeline with a failed test's report."""
+    report: Any = yield
+    timeline = item.stash.get(FAULT_TIMELINE_KEY, None)
+    if report.failed and timeline is not None and (timeline.faults or timeline.events):
+        report.sections.append(("fault timeline", timeline.to_text()))
+    return report

@@ -1,0 +1,479 @@
+"""A small IM world for stateful property tests, against a real reference service.
+
+One example is one fresh app with 3-5 users (v1 and v2 clients side by side) and 1-2 groups;
+every user reaches the service through its own `FaultLink`. Hypothesis drives the rules of
+`WorldMachine` (send, group send, recall, mark read, disconnect, reconnect, a network fault,
+a service restart); the oracle judges after every step, and `teardown` settles the world and
+judges loss, recall and history once everything had its chance to arrive.
+
+The machine owns one event loop per example and runs each rule in it; the service process is
+started once per session by whoever sets `WorldMachine.context`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from harness.contract import Ack, EndpointSettings, GroupInfo, MessageReceived, Target
+from harness.errors import BadRequest, ConnectionLost, HarnessError, IMTimeout, NotFound
+from harness.faults.link import FaultLink
+from harness.faults.timeline import FaultTimeline
+from harness.oracle import Oracle
+from harness.reference.admin import AdminClient
+from harness.reference.launcher import ReferenceService
+from harness.timing import units
+
+T = TypeVar("T")
+UNKNOWN_OUTCOME = (IMTimeout, ConnectionLost)  # a send or recall that may or may not have happened
+MAX_USERS = 5
+RECALL_WINDOW_S = 120.0
+FAULTS = ("reset", "latency", "blackhole", "partition")
+SETTLE_SENTINELS = 2  # per user: one is enough, two survive a dropped delivery of one
+
+
+@dataclass
+class WorldContext:
+    """What every example shares: the service (started once) and the base endpoint settings."""
+
+    service: ReferenceService
+    settings: EndpointSettings
+    max_restarts: int = 1  # service restarts per example
+    fault_s: float = 0.3  # how long a blackhole or partition lasts
+    timeline: FaultTimeline = field(default_factory=lambda: FaultTimeline("properties"))
+
+
+@dataclass
+class _Member:
+    """One user of the world: its link, endpoint, User and what the model knows about it."""
+
+    index: int
+    protocol: str
+    link: FaultLink
+    user: Any  # harness.session.User
+    endpoint: Any  # harness.session.Endpoint
+    connected: bool = True
+
+    @property
+    def id(self) -> str:
+        return str(self.user.id)
+
+
+@dataclass
+class _Sent:
+    sender: int
+    ack: Ack
+    at: float  # monotonic
+    recalled: bool = False
+
+
+class World:
+    """The live objects of one example; every method runs in the machine's event loop."""
+
+    def __init__(self, context: WorldContext) -> None:
+        self.context = context
+        self.oracle = Oracle(strict_order=False)  # per-sender order; group order checked apart
+        self.members: list[_Member] = []
+        self.groups: list[tuple[GroupInfo, list[int]]] = []
+        self.sent: list[_Sent] = []
+        self.unknown: list[tuple[int, Any, str, str]] = []  # sender, to, body, client id
+        self.conversations: dict[str, set[int]] = {}  # conversation -> participant indexes
+        self.last_seq: dict[str, int] = {}  # conversation -> highest acked seq
+        self.restarts = 0
+        self.admin: AdminClient | None = None
+        self.settings: EndpointSettings | None = None
+        self._probe: Any = None
+
+    async def build(self, protocols: list[str], groups: list[list[int]]) -> None:
+        from harness.session import User, open_endpoint, unique_id
+
+        service = self.context.service
+        self.admin = AdminClient(service.api_url, service.admin_token)
+        app = await self.admin.create_app(
+            tier="pro", features={"recall": True, "receipts": True},
+            recall_window_s=RECALL_WINDOW_S,
+        )
+        base = self.context.settings
+        self.settings = dataclasses.replace(
+            base, app_id=app.app_id, tier="pro", protocol="v2",
+            secrets={"app_key": app.app_key},
+            options={**base.options, "backoff_base_s": 0.05, "backoff_cap_s": 0.4,
+                     "send_timeout_s": units(3), "jitter_seed": 1},
+        )
+        port = service.ws_port
+        assert port is not None
+        for index, protocol in enumerate(protocols):
+            link = await FaultLink(
+                "127.0.0.1", port, timeline=self.context.timeline, name=f"u{index}"
+            ).start()
+            endpoint = await open_endpoint(
+                dataclasses.replace(self.settings, url=link.url_for(self.settings.url))
+            )
+            creds = await endpoint.adapter.provision_user(unique_id(f"u{index}"))
+            user = User(endpoint, creds, self.oracle)
+            self.members.append(_Member(index, protocol, link, user, endpoint))
+            await user.connect(protocol)
+        for members in groups:
+            owner, *rest = members
+            info = await self.members[owner].user.client.create_group(
+                f"g{len(self.groups)}", [self.members[i].id for i in rest]
+            )
+            self.groups.append((info, members))
+            self.conversations[f"g:{info.group_id}"] = set(members)
+
+    # -- model queries (deterministic: they decide which rules may run) -------------------------
+
+    def connected(self) -> list[int]:
+        return [m.index for m in self.members if m.connected]
+
+    def recallable(self) -> list[_Sent]:
+        now = time.monotonic()
+        return [
+            s for s in self.sent
+            if not s.recalled
+            and self.members[s.sender].protocol == "v2"
+            and self.members[s.sender].connected
+            and now - s.at < RECALL_WINDOW_S / 2
+        ]
+
+    def readable(self, reader: int) -> list[str]:
+        return sorted(
+            conv for conv, people in self.conversations.items()
+            if reader in people and self.last_seq.get(conv, 0) > 0
+        )
+
+    # -- actions --------------------------------------------------------------------------------
+
+    async def send(self, sender: int, to: Any, body: str, recipients: set[int]) -> None:
+        user = self.members[sender].user
+        client_id = f"c-{len(self.sent)}-{len(self.unknown)}-{time.monotonic_ns()}"
+        try:
+            ack = await user.send(to, body, client_id=client_id)
+        except UNKNOWN_OUTCOME:
+            self.unknown.append((sender, to, body, client_id))
+            return
+        self._acked(sender, ack, recipients)
+
+    def _acked(self, sender: int, ack: Ack, recipients: set[int]) -> None:
+        self.sent.append(_Sent(sender, ack, time.monotonic()))
+        self.conversations.setdefault(ack.conversation, set()).update(recipients | {sender})
+        self.last_seq[ack.conversation] = max(self.last_seq.get(ack.conversation, 0), ack.seq)
+
+    async def recall(self, sent: _Sent) -> None:
+        sent.recalled = True  # recalled or maybe recalled: never try again
+        user = self.members[sent.sender].user
+        try:
+            await user.recall(sent.ack)
+        except UNKNOWN_OUTCOME:
+            return
+        except NotFound as exc:
+            raise AssertionError(
+                f"u{sent.sender} could not recall its acked message {sent.ack.message_id} "
+                f"(seq {sent.ack.seq} in {sent.ack.conversation}): {exc}; an acked message "
+                "must exist"
+            ) from None
+
+    async def mark_read(self, reader: int, conversation: str, seq: int) -> None:
+        client = self.members[reader].user.client
+        try:
+            await client.mark_read(conversation, seq)
+        except UNKNOWN_OUTCOME:
+            return
+        except BadRequest as exc:
+            raise AssertionError(
+                f"u{reader} could not mark {conversation} read up to seq {seq}, an acked seq: "
+                f"{exc}; the service lost an acknowledged message"
+            ) from None
+
+    async def disconnect(self, index: int, how: str) -> None:
+        member = self.members[index]
+        member.connected = False
+        await (member.user.close() if how == "close" else member.user.drop())
+
+    async def reconnect(self, index: int) -> None:
+        member = self.members[index]
+        try:
+            await member.user.reconnect()
+        except UNKNOWN_OUTCOME:
+            return  # still away (e.g. its link is partitioned): the model says so
+        member.connected = True
+
+    async def fault(self, index: int, kind: str) -> None:
+        link = self.members[index].link
+        duration = self.context.fault_s
+        if kind == "reset":
+            await link.reset_now()
+        elif kind == "latency":
+            link.latency(ms=40, jitter_ms=40, duration_s=duration * 2)
+        elif kind == "blackhole":
+            link.blackhole(duration_s=duration)
+        else:
+            link.partition(duration_s=duration)
+            await link.reset_now()
+
+    async def restart(self, kill: bool) -> None:
+        service = self.context.service
+        port = service.ws_port
+        self.restarts += 1
+        record = self.context.timeline.begin("server_restart", {"kill": kill}, link="service")
+        try:
+            await asyncio.to_thread(service.restart, kill=kill)
+        finally:
+            self.context.timeline.end(record)
+        if service.ws_port != port:
+            raise HarnessError(
+                f"the service came back on port {service.ws_port}, not {port}; another process "
+                "took the port meanwhile, so the world's links are cut (rerun the test)"
+            )
+
+    # -- the end of an example ------------------------------------------------------------------
+
+    async def settle(self) -> None:
+        """Heal, reconnect everyone, learn unknown outcomes, then wait until all is delivered."""
+        from harness.session import new_user
+
+        for member in self.members:
+            member.link.heal()
+        for member in self.members:
+            await self._reconnect_for_good(member)
+        for sender, to, body, client_id in self.unknown:
+            # The same client id: the service answers with the original message if it has one.
+            ack = await self.members[sender].user.send(to, body, client_id=client_id)
+            self._acked(sender, ack, self._recipients(sender, to))
+        self.unknown.clear()
+        assert self.settings is not None
+        endpoint = self.members[0].endpoint
+        probe_endpoint = dataclasses.replace(endpoint, adapter=endpoint.adapter)
+        self._probe = await new_user(probe_endpoint, Oracle(), "probe")
+        # A user's inbox is ordered: once a later sentinel is in, everything before it is too.
+        for member in self.members:
+            for n in range(SETTLE_SENTINELS):
+                await self._probe.client.send(Target.to_user(member.id), f"sentinel {n}")
+        await asyncio.gather(*(self._sentinel_seen(m) for m in self.members))
+
+    async def _reconnect_for_good(self, member: _Member) -> None:
+        for attempt in range(5):
+            try:
+                await member.user.reconnect()
+                member.connected = True
+                return
+            except UNKNOWN_OUTCOME:
+                await asyncio.sleep(0.1 * 2**attempt)
+        raise AssertionError(f"u{member.index} cannot reconnect after every fault was healed")
+
+    def _recipients(self, sender: int, to: Any) -> set[int]:
+        if isinstance(to, GroupInfo):
+            return {i for g, people in self.groups if g.group_id == to.group_id for i in people}
+        return {m.index for m in self.members if m.user is to}
+
+    async def _sentinel_seen(self, member: _Member) -> None:
+        probe = self._probe.id
+
+        def seen(event: Any) -> bool:
+            return isinstance(event, MessageReceived) and event.message.sender == probe
+
+        try:
+            await member.user.recorder.wait_for(seen, timeout=units(3), what="a settle sentinel")
+        except AssertionError:
+            raise AssertionError(
+                f"u{member.index} ({member.protocol}) received none of the {SETTLE_SENTINELS} "
+                "sentinels sent to it after the world settled; its deliveries are lost or stuck"
+            ) from None
+
+    async def read_history(self) -> None:
+        """Page every conversation forwards for each participant and show it to the oracle."""
+        for conv, people in sorted(self.conversations.items()):
+            if not self.last_seq.get(conv):
+                continue
+            for index in sorted(people):
+                client = self.members[index].user.client
+                after = 0
+                for _ in range(100):
+                    page = await client.history(conv, after=after, limit=50)
+                    self.oracle.observe_history(self.members[index].id, page, after=after)
+                    if not page.has_more or not page.messages:
+                        break
+                    after = page.messages[-1].seq
+
+    async def aclose(self) -> None:
+        for member in self.members:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(member.user.close(), units(2))
+        if self._probe is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._probe.close(), units(2))
+        for member in self.members:
+            await member.link.stop()
+            with contextlib.suppress(Exception):
+                await member.endpoint.aclose()
+        if self.admin is not None:
+            await self.admin.aclose()
+
+
+_users = st.integers(min_value=0, max_value=MAX_USERS - 1)
+_groups = st.lists(
+    st.sets(st.integers(min_value=0, max_value=MAX_USERS - 1), min_size=3, max_size=MAX_USERS),
+    min_size=1, max_size=2,
+)
+
+
+class WorldMachine(RuleBasedStateMachine):
+    """Conversations keep their guarantees whatever the users, the network and the server do."""
+
+    context: ClassVar[WorldContext | None] = None  # set by the test before running
+    step_timeout_s: ClassVar[float] = 15.0  # in time units
+
+    def __init__(self) -> None:
+        super().__init__()
+        if self.context is None:
+            raise HarnessError("WorldMachine.context is not set; the test must set it first")
+        self.loop = asyncio.new_event_loop()
+        self.world = World(self.context)
+        self.failed = False
+        self.steps = 0
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        self.steps += 1
+        try:
+            return self.loop.run_until_complete(
+                asyncio.wait_for(coro, units(self.step_timeout_s))
+            )
+        except BaseException:
+            self.failed = True
+            raise
+
+    def _user(self, pick: int) -> int:
+        return pick % len(self.world.members)
+
+    def _pick_connected(self, pick: int) -> int:
+        connected = self.world.connected()
+        return connected[pick % len(connected)]
+
+    # -- rules ----------------------------------------------------------------------------------
+
+    @initialize(users=st.integers(min_value=3, max_value=MAX_USERS),
+                extra=st.lists(st.sampled_from(["v1", "v2"]), min_size=2, max_size=2),
+                groups=_groups)
+    def build(self, users: int, extra: list[str], groups: list[set[int]]) -> None:
+        # u0 and u2 speak v2, u1 speaks v1: both versions always meet, and receipts have a reader.
+        protocols = (["v2", "v1", "v2"] + extra)[:users]
+        members = [sorted({i % users for i in g}) for g in groups]
+        members = [m for m in members if len(m) >= 3] or [list(range(users))]
+        self._run(self.world.build(protocols, members))
+
+    def _has_connected(self) -> bool:
+        return bool(self.world.connected())
+
+    @precondition(_has_connected)
+    @rule(sender=_users, to=_users)
+    def send(self, sender: int, to: int) -> None:
+        """A connected user sends a 1:1 message to another user (who may be away)."""
+        s = self._pick_connected(sender)
+        t = self._user(to)
+        if t == s:
+            t = (t + 1) % len(self.world.members)
+        peer = self.world.members[t].user
+        self._run(self.world.send(s, peer, f"step {self.steps}: u{s} to u{t}", {t}))
+
+    @precondition(_has_connected)
+    @rule(group=st.integers(min_value=0, max_value=1), sender=_users)
+    def send_to_group(self, group: int, sender: int) -> None:
+        """A connected member posts to one of its groups."""
+        info, people = self.world.groups[group % len(self.world.groups)]
+        candidates = [i for i in people if self.world.members[i].connected]
+        if not candidates:
+            return
+        s = candidates[sender % len(candidates)]
+        body = f"step {self.steps}: u{s} to {info.name}"
+        self._run(self.world.send(s, info, body, set(people) - {s}))
+
+    @precondition(lambda self: bool(self.world.recallable()))
+    @rule(pick=st.integers(min_value=0, max_value=1000))
+    def recall(self, pick: int) -> None:
+        """A v2 sender recalls one of its messages inside the recall window."""
+        choices = self.world.recallable()
+        self._run(self.world.recall(choices[pick % len(choices)]))
+
+    def _readers(self) -> list[int]:
+        return [
+            m.index for m in self.world.members
+            if m.connected and m.protocol == "v2" and self.world.readable(m.index)
+        ]
+
+    @precondition(lambda self: bool(self._readers()))
+    @rule(reader=_users, conversation=st.integers(min_value=0, max_value=10),
+          behind=st.integers(min_value=0, max_value=3))
+    def mark_read(self, reader: int, conversation: int, behind: int) -> None:
+        """A v2 user marks a conversation read up to `behind` messages before its last one."""
+        readers = self._readers()
+        r = readers[reader % len(readers)]
+        convs = self.world.readable(r)
+        conv = convs[conversation % len(convs)]
+        self._run(self.world.mark_read(r, conv, max(1, self.world.last_seq[conv] - behind)))
+
+    @precondition(_has_connected)
+    @rule(user=_users, how=st.sampled_from(["close", "drop"]))
+    def disconnect(self, user: int, how: str) -> None:
+        """A connected user logs out or vanishes abruptly."""
+        self._run(self.world.disconnect(self._pick_connected(user), how))
+
+    @precondition(lambda self: len(self.world.connected()) < len(self.world.members))
+    @rule(user=_users)
+    def reconnect(self, user: int) -> None:
+        """An away user comes back and resumes from its cursor."""
+        away = [m.index for m in self.world.members if not m.connected]
+        self._run(self.world.reconnect(away[user % len(away)]))
+
+    @precondition(_has_connected)
+    @rule(user=_users, kind=st.sampled_from(FAULTS))
+    def inject_fault(self, user: int, kind: str) -> None:
+        """The network misbehaves between one user and the service."""
+        self._run(self.world.fault(self._pick_connected(user), kind))
+
+    @precondition(lambda self: self.world.restarts < self.world.context.max_restarts)
+    @rule(kill=st.booleans())
+    def restart_service(self, kill: bool) -> None:
+        """The service crashes (kill -9) or stops, and comes back on the same data."""
+        self._run(self.world.restart(kill))
+
+    # -- invariants -----------------------------------------------------------------------------
+
+    @invariant()
+    def nothing_duplicated_reordered_or_moved_back(self) -> None:
+        """No duplicate, per-sender and group order kept, read receipts never move back."""
+        if self.world.members:
+            self.world.oracle.assert_ok(complete=False)
+
+    def teardown(self) -> None:
+        try:
+            if self.world.members and not self.failed:
+                self._run(self._final_check())
+        finally:
+            try:
+                self.loop.run_until_complete(self.world.aclose())
+            finally:
+                self.loop.close()
+
+    async def _final_check(self) -> None:
+        """No acked message lost, recalls reach everyone, history equals what was delivered."""
+        await self.world.settle()
+        self.world.oracle.assert_ok(complete=True)
+        await self.world.read_history()
+        self.world.oracle.assert_ok(complete=True)
+
+
+__all__ = ["FAULTS", "World", "WorldContext", "WorldMachine"]

@@ -1,0 +1,197 @@
+"""Hypothesis profiles for the property tests, and a runner that makes failures replayable.
+
+Profiles: `ci` (bounded: all property tests together stay under a minute) and `deep`
+(nightly: thousands of steps). Pick one with `--hypothesis-profile` or `IM_HARNESS_PROFILE`.
+
+`run_machine` runs a `RuleBasedStateMachine` with a known seed. On failure it prints the
+shrunk steps, the seed and one command that replays them, and stores all three under
+`reports/properties/`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import re
+import shlex
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, Verbosity, seed, settings
+from hypothesis.reporting import with_reporter
+from hypothesis.stateful import RuleBasedStateMachine
+
+from harness.errors import ConfigError
+
+PROFILE_ENV = "IM_HARNESS_PROFILE"
+DEFAULT_PROFILE = "ci"
+_QUIET_CHECKS = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
+
+PROFILES: dict[str, dict[str, Any]] = {
+    # One example is a fresh app on a live service, most of a second: 25 fit the ci minute.
+    "ci": {"max_examples": 25, "stateful_step_count": 20},
+    "deep": {"max_examples": 400, "stateful_step_count": 60},
+}
+# Seconds hypothesis may spend shrinking one failure (its own default is 300).
+SHRINK_SECONDS = {"ci": 20.0, "deep": 300.0}
+
+
+def register_profiles() -> None:
+    """Register `ci` and `deep` with hypothesis (idempotent)."""
+    for name, values in PROFILES.items():
+        settings.register_profile(
+            name,
+            deadline=None,  # steps talk to a real service; their time is not the property
+            database=None,  # a failure replays from its printed seed, not from a local cache
+            print_blob=True,
+            suppress_health_check=_QUIET_CHECKS,
+            **values,
+        )
+
+
+def profile_name(option: str | None = None) -> str:
+    """The profile to run: the command line's, else `IM_HARNESS_PROFILE`, else `ci`."""
+    register_profiles()
+    name = option or os.environ.get(PROFILE_ENV, "").strip() or DEFAULT_PROFILE
+    try:
+        settings.get_profile(name)
+    except Exception:
+        known = ", ".join(PROFILES)
+        where = "--hypothesis-profile" if option else PROFILE_ENV
+        raise ConfigError(
+            f"{where}={name!r} is not a registered hypothesis profile; use one of: {known}"
+        ) from None
+    return name
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A property failure: what broke, the shrunk steps, and how to replay them."""
+
+    test: str
+    seed: int
+    profile: str
+    steps: str
+    error: str
+    command: str
+
+    def to_markdown(self) -> str:
+        return (
+            f"# Property failure: {self.test}\n\n"
+            f"- seed: {self.seed}\n- profile: {self.profile}\n\n"
+            f"Replay:\n\n```\n{self.command}\n```\n\n"
+            f"Shrunk steps:\n\n```\n{self.steps}\n```\n\n"
+            f"Error:\n\n```\n{self.error}\n```\n"
+        )
+
+
+def replay_command(nodeid: str, seed_value: int, profile: str, extra: Sequence[str] = ()) -> str:
+    """`pytest <nodeid> --hypothesis-seed=N --hypothesis-profile=P ...`, shell-quoted."""
+    args = ["pytest", nodeid, f"--hypothesis-seed={seed_value}", f"--hypothesis-profile={profile}"]
+    return shlex.join([*args, *extra])
+
+
+def run_machine(
+    factory: Callable[[], RuleBasedStateMachine],
+    *,
+    test: str,
+    profile: str = DEFAULT_PROFILE,
+    seed_value: int | None = None,
+    replay_args: Sequence[str] = (),
+    report_dir: Path | None = None,
+    echo: Callable[[str], object] = print,
+) -> None:
+    """Run the state machine under `profile` with a known seed; on failure report and re-raise.
+
+    The raised error carries a note with the steps and the replay command.
+    """
+    from hypothesis.stateful import get_state_machine_test
+
+    register_profiles()
+    used = seed_value if seed_value is not None else random.SystemRandom().randrange(2**31)
+    test_fn = get_state_machine_test(factory, settings=settings.get_profile(profile))
+    test_fn = seed(used)(test_fn)
+    lines: list[str] = []
+
+    def collect(text: object) -> None:
+        lines.append(str(text))
+
+    try:
+        with with_reporter(collect), _shrink_budget(SHRINK_SECONDS.get(profile)):
+            test_fn()
+    except BaseException as exc:
+        if not isinstance(exc, Exception):
+            raise
+        steps = "\n".join(ln for ln in [*lines, *_notes(exc)] if ln.strip())
+        failure = Failure(
+            test=test,
+            seed=used,
+            profile=profile,
+            steps=steps or "(hypothesis reported no steps)",
+            error=f"{type(exc).__name__}: {exc}",
+            command=replay_command(test, used, profile, replay_args),
+        )
+        where = _store(failure, report_dir)
+        summary = (
+            f"property {test} failed (seed {used}, profile {profile}).\n"
+            f"Shrunk steps:\n{failure.steps}\n"
+            f"Replay with:\n  {failure.command}\n"
+            f"Stored in {where}"
+        )
+        echo(summary)
+        exc.add_note(summary)
+        raise
+    if settings.get_profile(profile).verbosity >= Verbosity.verbose and lines:
+        echo("\n".join(lines))
+
+
+def _notes(exc: BaseException) -> list[str]:
+    """The notes hypothesis attached (the failing steps), also from inside exception groups."""
+    out = [str(n) for n in getattr(exc, "__notes__", ())]
+    for inner in getattr(exc, "exceptions", ()):
+        out += _notes(inner)
+    return out
+
+
+@contextlib.contextmanager
+def _shrink_budget(seconds: float | None) -> Iterator[None]:
+    """Bound hypothesis' shrinking time: a failing example here is a live run of a second.
+
+    Hypothesis has no setting for it, so this adjusts its engine's module constant, and leaves
+    it alone if a future version no longer has it.
+    """
+    from hypothesis.internal.conjecture import engine
+
+    saved = getattr(engine, "MAX_SHRINKING_SECONDS", None)
+    if seconds is None or saved is None:
+        yield
+        return
+    engine.MAX_SHRINKING_SECONDS = seconds  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        engine.MAX_SHRINKING_SECONDS = saved
+
+
+def _store(failure: Failure, report_dir: Path | None) -> Path:
+    folder = report_dir or Path("reports") / "properties"
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", failure.test.split("::")[-1]).strip("_") or "property"
+    path = folder / f"{stem}-seed{failure.seed}.md"
+    path.write_text(failure.to_markdown())
+    return path
+
+
+__all__ = [
+    "DEFAULT_PROFILE",
+    "PROFILES",
+    "PROFILE_ENV",
+    "Failure",
+    "profile_name",
+    "register_profiles",
+    "replay_command",
+    "run_machine",
+]
