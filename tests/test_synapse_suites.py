@@ -7,6 +7,7 @@ skip explained by a capability the endpoint lacks or a limitation it declares.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -30,6 +31,34 @@ LIMITATION = re.compile(
     r"|is too large to reach in a suite"
     r"|has one protocol"
 )
+
+
+INTERRUPTED = """
+import os, signal
+
+def test_interrupted(im_session):
+    with open("servers.txt", "w") as fh:
+        for server in im_session.synapses.values():
+            fh.write(f"{server.pid} {server.data_dir}\\n")
+    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the middle of the session
+"""
+
+
+def test_ctrl_c_stops_the_embedded_synapses(tmp_path: Path) -> None:
+    """The session started both homeservers; after Ctrl-C no process and no data dir is left."""
+    (tmp_path / "test_interrupted.py").write_text(INTERRUPTED)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "test_interrupted.py", "-p", "no:cacheprovider",
+         "--im-config", str(ROOT / "examples" / "synapse.toml")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=units(120), check=False,
+    )
+    assert proc.returncode == 2, proc.stdout[-2000:]  # pytest's "interrupted"
+    servers = [line.split(" ", 1) for line in (tmp_path / "servers.txt").read_text().splitlines()]
+    assert len(servers) == 2
+    for pid, data_dir in servers:
+        with pytest.raises(ProcessLookupError):
+            os.kill(int(pid), 0)
+        assert not Path(data_dir).exists(), f"{data_dir} was left behind"
 
 
 def test_suites_pass_on_synapse_with_declared_skips_only(tmp_path: Path) -> None:
