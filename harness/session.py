@@ -307,13 +307,12 @@ class HarnessSession:
             server.cleanup()
             raise
         settings = server.endpoint_settings(name, options=ep.options)
-        settings = replace(
-            settings,
-            protocol=ep.protocol or settings.protocol,
-            tier=ep.tier.name or settings.tier,
+        changes: dict[str, Any] = {
+            "protocol": ep.protocol or settings.protocol,
+            "tier": ep.tier.name or settings.tier,
             **timeout_kwargs(ep),
-        )
-        return server, settings
+        }
+        return server, replace(settings, **changes)
 
     def _start_embedded(
         self, name: str

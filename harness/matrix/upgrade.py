@@ -295,8 +295,8 @@ async def verify(server: SynapseServer, seeded: Seeded, report: UpgradeReport, *
             ", ".join(bodies[:4]))
         if writes:
             ack = await alice.send(Target.to_group(seeded.group), f"written on {server.version}")
-            got = await _wait_body(bob, seeded.group, ack.message_id)
-            report.check(f"{tag}: new writes work and are delivered", got,
+            delivered = await _wait_body(bob, seeded.group, ack.message_id)
+            report.check(f"{tag}: new writes work and are delivered", delivered,
                          "sent to the group, received by bob")
             seeded.after_since.append(ack.message_id)  # carol's cursor now also owes this one
             newbie = await adapter.provision_user(f"new-{int(time.time() * 1000) % 10**8}")
@@ -378,7 +378,8 @@ def run_upgrade(old: str, new: str, *, rollback: bool = True) -> UpgradeReport:
         report.timings["background updates"] = waited
         schema, compat = database_versions(second)
         report.check(f"on {new}: background updates finished", True,
-                     f"{pending} pending at start; database schema {schema}, compat {compat}")
+                     f"{pending or 'none'} pending when first polled; database schema {schema}, "
+                     f"compat {compat}")
         t0 = time.monotonic()
         asyncio.run(verify(second, seeded, report))
         report.timings["verify"] = time.monotonic() - t0
