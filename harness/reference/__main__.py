@@ -40,7 +40,7 @@ def _epilog() -> str:
         lines.append(
             f"  {tier.name}: {lim.max_connections} connections, {lim.max_group_members} group "
             f"members, {lim.max_message_bytes} bytes/message, {lim.send_rate_per_user:g}/s burst "
-            f"{lim.send_burst}, retention {lim.history_retention_s / 86400:g} days, "
+            f"{lim.send_burst}, retention {(lim.history_retention_s or 0) / 86400:g} days, "
             f"optional features: {extra}")
     lines.append("protocols: /v1 (old SDK: no recall/read ops) and /v2 (all ops)")
     lines.append("seeded defects (--defect NAME, repeatable; all off by default):")

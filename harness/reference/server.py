@@ -420,9 +420,10 @@ class Service:
         try:
             user_id = tokens.verify(token, app.app_id, app.app_key)
         except tokens.TokenError as err:
-            user_id = self._cross_app_user(token, claims) if defects.on("cross_app_token") else None
-            if user_id is None:
+            foreign = self._cross_app_user(token, claims) if defects.on("cross_app_token") else None
+            if foreign is None:
                 raise OpError("unauthorized", str(err)) from None
+            user_id = foreign
         if not ID_RE.match(user_id):
             raise OpError("unauthorized", "token names an invalid user id")
         cursor = _int(msg, "cursor", None)
@@ -495,7 +496,7 @@ class Service:
         elif not isinstance(client_id, str) or not 0 < len(client_id) <= 128:
             raise OpError("bad_request", "'client_id' must be a string of 1-128 chars")
         key = (sender.user_id, client_id)
-        prior = app.dedup.get(key)
+        prior: Any = app.dedup.get(key)
         if prior is not None:
             if isinstance(prior, asyncio.Future):
                 prior = await asyncio.shield(prior)
