@@ -3,11 +3,12 @@
 1. Throughput: the same chat load against one reference service, alternating the harness's
    locust user (loadtests/locustfile.py) and a minimal hand-written locust user speaking the
    reference protocol with `websockets.sync.client` (NaiveChatUser below). Reports delivered
-   messages/s per generator CPU-second for each and their ratio.
+   messages/s per generator CPU-second for each and their ratio, over a steady-state window
+   (start-up excluded) measured the same way for both.
 2. Capacity: idle connected sessions held by one generator process, and RSS per session.
 
-Usage: python bench/bench_load.py [--users 20] [--rate 20] [--run-time 10] [--rounds 2]
-                                  [--sessions 10000]
+Usage: python bench/bench_load.py [--users 10] [--rate 20] [--warmup 3] [--window 15]
+                                  [--rounds 4] [--sessions 10000] [--skip capacity]
 Run by locust (`locust -f bench/bench_load.py NaiveChatUser`) this file is the naive locustfile.
 """
 
@@ -17,11 +18,13 @@ import argparse
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -81,55 +84,119 @@ if "locust" in sys.modules or os.environ.get("BENCH_NAIVE_OUT"):
         Path(os.environ["BENCH_NAIVE_OUT"]).write_text(json.dumps({"deliveries": DELIVERED[0]}))
 
 
-def _child_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+def _tree_cpu(proc: Any) -> float:
+    """User + system CPU seconds of a process and its children (the generator processes)."""
+    total = 0.0
+    for p in (proc, *proc.children(recursive=True)):
+        try:
+            times = p.cpu_times()
+        except Exception:  # a child that just ended: psutil.NoSuchProcess
+            continue
+        total += times.user + times.system
+    return total
 
 
-def _run(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float]:
-    """Run a locust child; (wall seconds, CPU seconds of it and its children)."""
-    cpu0, t0 = _child_cpu(), time.monotonic()
-    subprocess.run(cmd, cwd=cwd, env=env, check=False, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
-    return time.monotonic() - t0, _child_cpu() - cpu0
+def _counter(service: Any, name: str) -> int:
+    from harness.session import run_sync
+
+    async def read() -> int:
+        admin = service.admin()
+        try:
+            return int((await admin.counters())[name])
+        finally:
+            await admin.aclose()
+
+    return run_sync(read())
 
 
-def throughput(service: object, app: object, args: argparse.Namespace, work: Path) -> None:
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """End a locust child gracefully (SIGTERM: it writes its summary), then for sure."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _measure(cmd: list[str], env: dict[str, str], cwd: Path, service: Any,
+             args: argparse.Namespace) -> tuple[int, float, float]:
+    """Run a locust child; (deliveries, generator CPU-s, wall s) over its steady-state window.
+
+    The window opens `--warmup` seconds after the service saw the first delivery (start-up,
+    imports and logins excluded) and lasts `--window` seconds; deliveries are the service's own
+    counter, CPU the child's (and its children's) psutil times, both read at the window's edges.
+    """
+    import psutil
+
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        tree = psutil.Process(proc.pid)
+        base = _counter(service, "deliveries")
+        give_up = time.monotonic() + 60
+        while _counter(service, "deliveries") == base:
+            if proc.poll() is not None or time.monotonic() > give_up:
+                raise SystemExit(f"bench: {cmd[4]} delivered nothing; run it by hand to see why")
+            time.sleep(0.1)
+        time.sleep(args.warmup)
+        d0, c0, t0 = _counter(service, "deliveries"), _tree_cpu(tree), time.monotonic()
+        time.sleep(args.window)
+        d1, c1, t1 = _counter(service, "deliveries"), _tree_cpu(tree), time.monotonic()
+        if proc.poll() is not None:
+            raise SystemExit("bench: the locust run ended inside the window; raise its -t")
+    finally:
+        _stop(proc)
+    return d1 - d0, c1 - c0, t1 - t0
+
+
+def _mint(service: Any, app: Any, count: int, prefix: str) -> list[tuple[str, str]]:
     from harness.session import run_sync
 
     async def mint() -> list[tuple[str, str]]:
-        admin = service.admin()  # type: ignore[attr-defined]
+        admin = service.admin()
         try:
             out = []
-            for i in range(2 * args.users):
-                creds = await admin.mint_user(app, f"naive-{i}-{os.getpid()}")
+            for i in range(count):
+                creds = await admin.mint_user(app, f"{prefix}-{i}-{os.getpid()}")
                 out.append((creds.user_id, creds.token))
             return out
         finally:
             await admin.aclose()
 
-    tokens = run_sync(mint())
-    env = {**os.environ, "BENCH_WS": service.ws_url, "BENCH_TOKENS": json.dumps(tokens),  # type: ignore[attr-defined]
-           "BENCH_RATE": str(args.rate), "BENCH_NAIVE_OUT": str(work / "naive.json"),
-           "BENCH_APP_KEY": app.app_key}  # type: ignore[attr-defined]
-    common = ["--headless", "-u", str(args.users), "-r", str(args.users), "-t",
-              f"{args.run_time}s", "--only-summary", "--stop-timeout", "2"]
+    return run_sync(mint())
+
+
+def throughput(service: Any, app: Any, args: argparse.Namespace, work: Path) -> None:
+    """Alternate the two users on the same load; print delivered msg per generator CPU-second."""
+    env = {**os.environ, "BENCH_WS": service.ws_url, "BENCH_RATE": str(args.rate),
+           "BENCH_NAIVE_OUT": str(work / "naive.json"), "BENCH_APP_KEY": app.app_key}
+    run_time = f"{int(args.warmup + args.window + 30)}s"  # ended by SIGTERM after the window
+    common = ["--headless", "-u", str(args.users), "-r", str(args.users), "-t", run_time,
+              "--only-summary", "--stop-timeout", "2"]
+    # Same offered load: the harness chat unit is a pair sending both ways at rate/2 each.
     harness_cmd = [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtests/locustfile.py"),
                    *common, "--scenario", "chat", "--rate", str(args.rate / 2),
                    "--summary-json", str(work / "harness.json"), "--drain-s", "1"]
     naive_cmd = [sys.executable, "-m", "locust", "-f", str(Path(__file__).resolve()), *common,
                  "NaiveChatUser"]
     results: dict[str, list[float]] = {"harness": [], "naive": []}
-    for _ in range(args.rounds):
-        for kind, cmd in (("harness", harness_cmd), ("naive", naive_cmd)):
-            wall, cpu = _run(cmd, env, work)
-            out = work / ("harness.json" if kind == "harness" else "naive.json")
-            delivered = json.loads(out.read_text())["counts"]["deliveries"] if kind == \
-                "harness" else json.loads(out.read_text())["deliveries"]
+    print(f"throughput: {args.users} users x {args.rate:g} msg/s, warm-up {args.warmup:g}s, "
+          f"window {args.window:g}s, {args.rounds} alternating rounds", flush=True)
+    for r in range(args.rounds):
+        order = (("harness", harness_cmd), ("naive", naive_cmd))
+        for kind, cmd in order if r % 2 == 0 else order[::-1]:
+            run_env = env
+            if kind == "naive":  # fresh users: no inbox replayed from an earlier round
+                tokens = _mint(service, app, 2 * args.users, f"naive{r}")
+                run_env = {**env, "BENCH_TOKENS": json.dumps(tokens)}
+            delivered, cpu, wall = _measure(cmd, run_env, work, service, args)
             per_cpu = delivered / cpu if cpu else 0.0
             results[kind].append(per_cpu)
-            print(f"{kind:<8} delivered {delivered:>7} in {wall:5.1f}s wall, {cpu:5.2f} CPU-s: "
-                  f"{delivered / wall:8.1f} msg/s, {per_cpu:8.1f} msg per CPU-s", flush=True)
+            print(f"  {kind:<8} {delivered:>7} delivered in {wall:5.1f}s: {delivered / wall:7.1f}"
+                  f" msg/s, {cpu:5.2f} CPU-s ({100 * cpu / wall:4.1f}% of a core), "
+                  f"{per_cpu:7.1f} msg per CPU-s", flush=True)
     h = sum(results["harness"]) / len(results["harness"])
     n = sum(results["naive"]) / len(results["naive"])
     print(f"delivered msg per generator CPU-second: harness {h:.1f}, naive {n:.1f}, "
@@ -182,8 +249,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=10)
     parser.add_argument("--rate", type=float, default=20.0, help="messages/s per user")
-    parser.add_argument("--run-time", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--warmup", type=float, default=3.0,
+                        help="seconds after the first delivery before the window opens")
+    parser.add_argument("--window", type=float, default=15.0, help="seconds measured")
+    parser.add_argument("--rounds", type=int, default=4, help="alternating rounds (order flips)")
     parser.add_argument("--sessions", type=int, default=10000)
     parser.add_argument("--hold", type=int, default=90, help="seconds the capacity run lasts")
     parser.add_argument("--skip", choices=("throughput", "capacity"), default=None)
