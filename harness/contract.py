@@ -36,6 +36,17 @@ class Capability(enum.StrEnum):
     TIER_ADMIN = "tier_admin"  # the harness can switch tiers and features at runtime
 
 
+class ServerRule(enum.StrEnum):
+    """A contract rule some servers do not enforce, so their adapter enforces it client-side.
+
+    An endpoint lists these in `EndpointInfo.client_enforced`; a suite that tests the server's
+    enforcement of one skips there, since a pass would only show the adapter's own refusal.
+    """
+
+    PEER_RECALL_1TO1 = "peer_recall_1to1"  # only the sender, not the peer, recalls a 1:1 message
+    FORMER_MEMBER_READS = "former_member_reads"  # a removed member reads no group info/history
+
+
 @dataclass(frozen=True)
 class TierLimits:
     """A tier's limits as data; `None` means unlimited or not known."""
@@ -62,6 +73,12 @@ class EndpointInfo:
     limits: TierLimits = field(default_factory=TierLimits)
     keepalive_s: float | None = None  # how soon a dead peer is noticed, per protocol version
     send_timeout_s: float | None = None  # the SDK's default send timeout
+    # Protocol versions `Adapter.connect(protocol=...)` accepts; `protocol` is always among them.
+    protocols: frozenset[str] = frozenset()
+    client_enforced: frozenset[ServerRule] = frozenset()  # rules the server leaves to the adapter
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "protocols", frozenset(self.protocols) | {self.protocol})
 
     def supports(self, capability: Capability | str) -> bool:
         return Capability(capability) in self.capabilities

@@ -15,17 +15,47 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from harness.contract import EndpointInfo, IMClient, MessageReceived
+from harness.contract import EndpointInfo, IMClient, MessageReceived, ServerRule
 from harness.errors import ConfigError
 from harness.faults import FaultLink
 from harness.registry import adapters
-from harness.timing import units
+from harness.session import describe
+from harness.timing import WaitTimeout, units, until
 
 
 def burst_size(endpoint: Any, wanted: int = 20) -> int:
     """`wanted`, capped by the tier's send burst so a burst is never rate limited."""
     burst = endpoint.info.limits.send_burst
     return wanted if burst is None else max(1, min(wanted, burst))
+
+
+async def settled(oracle: Any) -> None:
+    """Wait until every acked copy has been seen, so a following `assert_ok` judges no race.
+
+    Bounded: after `units(5)` it returns anyway and `oracle.assert_ok()` reports what is missing.
+    """
+    with contextlib.suppress(WaitTimeout):
+        await until(lambda: not oracle.missing(), timeout=units(5), what="every acked copy")
+
+
+def require_protocols(endpoint: Any, *wanted: str) -> None:
+    """Skip unless `endpoint` accepts every protocol version in `wanted`."""
+    offered = endpoint.info.protocols
+    for protocol in wanted:
+        if protocol not in offered:
+            pytest.skip(
+                f"endpoint {endpoint.name!r} ({describe(endpoint.info)}) does not offer protocol "
+                f"{protocol!r} (offers: {', '.join(sorted(offered))})"
+            )
+
+
+def require_server_enforces(endpoint: Any, rule: ServerRule, what: str) -> None:
+    """Skip where the server leaves `rule` to the adapter: a pass would not test the server."""
+    if rule in endpoint.info.client_enforced:
+        pytest.skip(
+            f"endpoint {endpoint.name!r} ({describe(endpoint.info)}) declares no server-side check "
+            f"that {what} ({rule.value}); its adapter refuses it itself"
+        )
 
 
 async def sentinel(sender: Any, receiver: Any) -> None:

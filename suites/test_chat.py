@@ -10,7 +10,7 @@ import pytest
 
 from harness.contract import MessageReceived, Target
 from harness.errors import ConnectionLost, IMTimeout, TooLarge
-from suites import burst_size, client_through_link
+from suites import burst_size, client_through_link, settled
 
 pytestmark = pytest.mark.capability("chat")
 
@@ -34,6 +34,7 @@ async def test_one_to_one_both_directions(endpoint, im_user, oracle, units):
     [got_a] = await alice.recorder.wait_messages(1, conversation=conv, timeout=units(5))
     assert (got_b.sender, got_b.body, got_b.message_id) == (alice.id, "hello bob", a_ack.message_id)
     assert (got_a.sender, got_a.body, got_a.message_id) == (bob.id, "hello alice", b_ack.message_id)
+    await settled(oracle)
     oracle.assert_ok()
 
 
@@ -53,6 +54,7 @@ async def test_unicode_and_emoji_arrive_intact(endpoint, im_user, oracle, units)
         len(bodies), conversation=acks[0].conversation, timeout=units(5)
     )
     assert [m.body for m in got] == bodies
+    await settled(oracle)
     oracle.assert_ok()
 
 
@@ -67,6 +69,7 @@ async def test_payload_up_to_tier_maximum(endpoint, im_user, oracle, units):
     ack = await alice.send(bob, body)
     [got] = await bob.recorder.wait_messages(1, conversation=ack.conversation, timeout=units(5))
     assert got.body == body
+    await settled(oracle)
     oracle.assert_ok()
 
 
@@ -83,6 +86,7 @@ async def test_payload_beyond_tier_maximum_is_too_large(endpoint, im_user, oracl
     ack = await alice.send(bob, "after the refusals")
     got = await bob.recorder.wait_messages(1, conversation=ack.conversation, timeout=units(5))
     assert [m.body for m in got] == ["after the refusals"], "a refused message must not arrive"
+    await settled(oracle)
     oracle.assert_ok()
 
 
@@ -96,6 +100,7 @@ async def test_burst_arrives_in_order(endpoint, im_user, oracle, units):
     got = await bob.recorder.wait_messages(n, conversation=acks[0].conversation, timeout=units(5))
     assert [m.body for m in got] == [f"burst {i}" for i in range(n)]
     assert [m.message_id for m in got] == [a.message_id for a in acks]
+    await settled(oracle)
     oracle.assert_ok()
 
 
@@ -128,6 +133,7 @@ async def test_ack_fields_are_sane(endpoint, im_user, oracle, units):
             ack.conversation,
         )
         assert msg.server_ts == pytest.approx(ack.server_ts, abs=1e-3)
+    await settled(oracle)
     oracle.assert_ok()
 
 
@@ -159,6 +165,7 @@ async def test_idempotent_resend_creates_no_duplicate(endpoint, im_user, oracle,
     page = await bob.client.history(first.conversation, limit=10)
     stored = [m for m in page.messages if m.client_id == client_id]
     assert len(stored) == 1, f"history holds the message {len(stored)} times"
+    await settled(oracle)
     oracle.assert_ok()
 
 

@@ -5,8 +5,15 @@ from __future__ import annotations
 import pytest
 
 from harness.contract import MessageRecalled
+from suites import require_protocols, settled
 
 pytestmark = pytest.mark.capability("chat")
+
+
+@pytest.fixture(autouse=True)
+def _old_and_new_protocols(endpoint):
+    """Every test here mixes v1 and v2 clients in one app."""
+    require_protocols(endpoint, "v1", "v2")
 
 
 async def test_old_and_new_clients_converse_both_ways(endpoint, im_user, oracle, units):
@@ -24,6 +31,7 @@ async def test_old_and_new_clients_converse_both_ways(endpoint, im_user, oracle,
     got_old = await old.recorder.wait_messages(3, conversation=conv, timeout=units(5))
     assert [m.body for m in got_new] == [f"from v1 #{i} ✓" for i in range(3)]
     assert [m.body for m in got_old] == [f"from v2 #{i} 🚀" for i in range(3)]
+    await settled(oracle)
     oracle.assert_ok()
 
 
@@ -42,6 +50,7 @@ async def test_mixed_versions_share_a_group(endpoint, im_user, im_group, oracle,
         assert sorted(m.sender for m in got) == sorted(
             u.id for u in (owner, old, new) if u is not member
         )
+    await settled(oracle)
     oracle.assert_ok()
 
 
@@ -62,6 +71,7 @@ async def test_both_versions_read_the_same_history(endpoint, im_user, oracle, un
     assert [m.body for m in page_new.messages] == [
         "v1 says 0", "v2 says 0", "v1 says 1", "v2 says 1"
     ]
+    await settled(oracle)
     oracle.assert_ok()
 
 
@@ -80,4 +90,5 @@ async def test_recall_by_new_client_shows_for_old_client(endpoint, im_user, orac
     [entry] = [m for m in page.messages if m.message_id == ack.message_id]
     assert (entry.recalled, entry.body) == (True, "")
     assert not old.recorder.of_type(MessageRecalled), "v1 clients are not sent recall events"
+    await settled(oracle)
     oracle.assert_ok()

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from harness.contract import MessageReceived, Target
-from suites import burst_size, client_through_link
+from suites import burst_size, client_through_link, settled
 
 pytestmark = pytest.mark.capability("chat")
 
@@ -36,6 +36,7 @@ async def test_missed_messages_arrive_once_in_order_on_reconnect(
         e for e in bob.recorder.of_type(MessageReceived) if e.message.message_id != live.message_id
     ]
     assert all(e.offline for e in caught_up), "messages sent while away must be marked offline"
+    await settled(oracle)
     oracle.assert_ok()
 
 
@@ -58,6 +59,7 @@ async def test_offline_member_catches_up_across_conversations(
                                              timeout=units(5))
     assert [m.body for m in got_d] == [f"direct {i}" for i in range(4)]
     assert [m.body for m in got_g] == [f"group {i}" for i in range(4)]
+    await settled(oracle)
     oracle.assert_ok()
 
 
@@ -103,6 +105,7 @@ async def test_history_pages_have_no_gap_or_overlap(endpoint, im_user, oracle, u
     assert [(m.message_id, m.seq, m.body) for m in forwards] == [
         (m.message_id, m.seq, m.body) for m in live
     ], "history differs from what was delivered live"
+    await settled(oracle)
     oracle.assert_ok()
 
 
@@ -125,6 +128,7 @@ async def test_offline_push_reaches_webhook(endpoint, im_user, push_receiver, or
     assert push["preview"], "the push carries a preview"
     await bob.connect()
     await bob.recorder.wait_messages(1, conversation=ack.conversation, timeout=units(5))
+    await settled(oracle)
     oracle.assert_ok()
 
 
@@ -182,4 +186,5 @@ async def test_acked_messages_survive_a_server_crash(endpoint, im_user, oracle, 
     assert [m.message_id for m in got] == [a.message_id for a in acks]
     page = await bob.client.history(acks[0].conversation, limit=len(acks))
     assert [m.message_id for m in page.messages] == [a.message_id for a in acks]
+    await settled(oracle)
     oracle.assert_ok()

@@ -6,8 +6,9 @@ import asyncio
 
 import pytest
 
-from harness.contract import MessageRecalled
+from harness.contract import MessageRecalled, ServerRule
 from harness.errors import Forbidden, RecallWindowExpired
+from suites import require_server_enforces, settled
 
 pytestmark = pytest.mark.capability("chat", "recall")
 
@@ -49,6 +50,7 @@ async def test_recall_reaches_online_peer_and_history(endpoint, im_user, oracle,
         other = await _history_entry(reader, ack.conversation, kept.message_id)
         assert not other.recalled
         assert other.body == "this one stays"
+    await settled(oracle)
     oracle.assert_ok()
 
 
@@ -65,6 +67,7 @@ async def test_recall_reaches_offline_peer_on_reconnect(endpoint, im_user, oracl
     await bob.reconnect()
     await _wait_recall(bob, ack.message_id, units, offline=True)
     assert (await _history_entry(bob, ack.conversation, ack.message_id)).recalled
+    await settled(oracle)
     oracle.assert_ok()
 
 
@@ -87,12 +90,14 @@ async def test_group_recall_by_sender_or_admin_only(endpoint, im_user, im_group,
     for member, mid in ((bob, by_bob.message_id), (carol, by_bob.message_id),
                         (carol, by_bob2.message_id), (alice, by_bob2.message_id)):
         await _wait_recall(member, mid, units)
+    await settled(oracle)
     oracle.assert_ok()
 
 
 @pytest.mark.capability("history")
 async def test_only_sender_recalls_in_one_to_one(endpoint, im_user, oracle, units):
     """The receiver of a 1:1 message cannot recall it: Forbidden, and it stays in history."""
+    require_server_enforces(endpoint, ServerRule.PEER_RECALL_1TO1, "only the sender recalls 1:1")
     alice = await im_user("alice")
     bob = await im_user("bob")
     ack = await alice.send(bob, "mine to recall")
@@ -103,6 +108,7 @@ async def test_only_sender_recalls_in_one_to_one(endpoint, im_user, oracle, unit
     entry = await _history_entry(alice, ack.conversation, ack.message_id)
     assert not entry.recalled
     assert entry.body == "mine to recall"
+    await settled(oracle)
     oracle.assert_ok()
 
 
@@ -125,4 +131,5 @@ async def test_recall_after_window_is_refused(endpoint, im_user, oracle, units):
     entry = await _history_entry(bob, late.conversation, late.message_id)
     assert not entry.recalled
     assert entry.body == "too late to recall"
+    await settled(oracle)
     oracle.assert_ok()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from harness.contract import ReceiptUpdated
-from suites import sentinel
+from suites import sentinel, settled
 
 pytestmark = pytest.mark.capability("chat", "receipts")
 
@@ -53,6 +53,7 @@ async def test_one_to_one_read_cursor_reaches_sender_and_never_goes_back(
     await bob.client.mark_read(conv, s3)
     await _wait_receipt(alice, conv, bob.id, s3, units)
     assert _receipts(alice, conv, bob.id) == [s2, s3]
+    await settled(oracle)
     oracle.assert_ok()
 
 
@@ -82,6 +83,7 @@ async def test_group_read_cursors_reach_every_other_member(
     await sentinel(bob, alice)
     assert _receipts(alice, conv, bob.id) == [s2]
     assert _receipts(alice, conv, carol.id) == [s1, s2]
+    await settled(oracle)
     oracle.assert_ok()
 
 
@@ -96,6 +98,7 @@ async def test_offline_sender_catches_up_on_receipts(endpoint, im_user, oracle, 
     await bob.client.mark_read(ack.conversation, ack.seq)
     await alice.reconnect()
     await _wait_receipt(alice, ack.conversation, bob.id, ack.seq, units, offline=True)
+    await settled(oracle)
     oracle.assert_ok()
 
 
@@ -113,4 +116,5 @@ async def test_offline_reader_catches_up_then_reads(endpoint, im_user, oracle, u
     assert [m.body for m in got[1:]] == [f"while away {i}" for i in range(3)]
     await bob.client.mark_read(first.conversation, got[-1].seq)
     await _wait_receipt(alice, first.conversation, bob.id, acks[-1].seq, units, offline=False)
+    await settled(oracle)
     oracle.assert_ok()

@@ -29,7 +29,8 @@ LIMITATION = re.compile(
     r"|has no admin API"
     r"|declares no \w+"
     r"|is too large to reach in a suite"
-    r"|has one protocol"
+    r"|does not offer protocol '[\w.-]+'"
+    r"|is not started by the harness"
 )
 
 

@@ -11,6 +11,7 @@ no end-to-end crypto stack (test rooms are unencrypted). How the contract maps o
 - membership is the server's, with two contract rules the adapter applies itself: a former
   member's `group_info`/`history` is Forbidden (Matrix still shows what they saw), and in a 1:1
   room only the sender recalls (a Matrix peer with power may redact the other's messages).
+  `info.client_enforced` declares both, so suites that test a server's enforcement skip them.
   An invited user's client joins before it sends, recalls or reads.
 - recall = redaction, read receipts = `m.read` receipts, mute = power levels (a member at
   -1, or `events_default` 50 for mute-all), offline = `/sync` with the client's since token:
@@ -65,6 +66,7 @@ from harness.contract import (
     MuteChanged,
     ReceiptUpdated,
     Reconnected,
+    ServerRule,
     Target,
     TierLimits,
 )
@@ -89,6 +91,8 @@ CAPABILITIES = frozenset({
     Capability.RECALL, Capability.RECEIPTS, Capability.GROUP_RECEIPTS, Capability.OFFLINE,
     Capability.HISTORY, Capability.IDEMPOTENT_SEND,
 })  # no PUSH: no pusher is wired to a webhook; no TIER_ADMIN: Matrix has no tiers
+# Contract rules Matrix leaves open, refused by this adapter itself (see the module docstring).
+CLIENT_ENFORCED = frozenset({ServerRule.PEER_RECALL_1TO1, ServerRule.FORMER_MEMBER_READS})
 MAX_EVENT_BYTES = 65536  # Synapse's limit on a whole event (envelope included), not the body
 # The body limit the adapter declares and enforces: the event limit minus room for the envelope.
 # Measured envelope of a 1:1 text message (14-character localparts, 34-character client id):
@@ -860,6 +864,7 @@ class MatrixAdapter:
                 recall_window_s=None,
             ),
             send_timeout_s=self.send_timeout_s,
+            client_enforced=CLIENT_ENFORCED,
         )
 
     def __repr__(self) -> str:

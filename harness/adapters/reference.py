@@ -640,6 +640,7 @@ class ReferenceAdapter:
             limits=limits_from(answer.get("limits")),
             keepalive_s=float(answer.get("keepalive_s") or KEEPALIVE_S[protocol]),
             send_timeout_s=self.send_timeout_for(protocol),
+            protocols=frozenset(PROTOCOLS),
         )
 
     async def refresh_info(self) -> EndpointInfo:
