@@ -116,23 +116,34 @@ class World:
         )
         port = service.ws_port
         assert port is not None
-        for index, protocol in enumerate(protocols):
+        settings = self.settings
+
+        async def join(index: int, protocol: str) -> _Member:
             link = await FaultLink(
                 "127.0.0.1", port, timeline=self.context.timeline, name=f"u{index}"
             ).start()
             endpoint = await open_endpoint(
-                dataclasses.replace(self.settings, url=link.url_for(self.settings.url))
+                dataclasses.replace(settings, url=link.url_for(settings.url))
             )
             creds = await endpoint.adapter.provision_user(unique_id(f"u{index}"))
-            user = User(endpoint, creds, self.oracle)
-            self.members.append(_Member(index, protocol, link, user, endpoint))
-            await user.connect(protocol)
-        for members in groups:
+            member = _Member(index, protocol, link, User(endpoint, creds, self.oracle), endpoint)
+            self.members.append(member)
+            await member.user.connect(protocol)
+            return member
+
+        # Concurrently: a service with slow writes (a seeded defect) must not stall every example.
+        joined = await asyncio.gather(*(join(i, p) for i, p in enumerate(protocols)))
+        self.members = sorted(joined, key=lambda m: m.index)
+
+        async def create(number: int, members: list[int]) -> tuple[GroupInfo, list[int]]:
             owner, *rest = members
             info = await self.members[owner].user.client.create_group(
-                f"g{len(self.groups)}", [self.members[i].id for i in rest]
+                f"g{number}", [self.members[i].id for i in rest]
             )
-            self.groups.append((info, members))
+            return info, members
+
+        self.groups = list(await asyncio.gather(*(create(n, m) for n, m in enumerate(groups))))
+        for info, members in self.groups:
             self.conversations[f"g:{info.group_id}"] = set(members)
 
     # -- model queries (deterministic: they decide which rules may run) -------------------------
