@@ -14,6 +14,7 @@ import contextlib
 import itertools
 import json
 import logging
+import os
 import random
 import time
 import uuid
@@ -22,8 +23,12 @@ from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 import aiohttp
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Response
+from websockets.protocol import State
+from websockets.uri import parse_uri
 
 from harness.contract import (
     Ack,
@@ -67,6 +72,9 @@ _SETTINGS_SEND_TIMEOUT_DEFAULT = next(
 _V2_ONLY = frozenset({Capability.RECALL, Capability.RECEIPTS, Capability.GROUP_RECEIPTS})
 _LIMIT_FIELDS = frozenset(f.name for f in fields(TierLimits))
 _END = object()
+MAX_FRAME = 4 * 2**20
+CLOSE_TIMEOUT_S = 2.0
+_encode = json.JSONEncoder(separators=(",", ":")).encode  # compact: fewer bytes per frame
 
 
 def capabilities_from(features: Sequence[str], protocol: str) -> frozenset[Capability]:
@@ -131,11 +139,236 @@ def _event(frame: Mapping[str, Any]) -> Event | None:
     return None
 
 
-@dataclass
+class _Link(asyncio.Protocol):
+    """One WebSocket connection: websockets' sans-I/O client on an asyncio transport.
+
+    Frames are handed to `on_frame` as they are parsed, with no reader task, no per-frame
+    futures and no send lock: a load generator pays this cost for every message. Keepalive:
+    a ping every `ping_interval` s; no pong within `ping_timeout` s fails the connection.
+    """
+
+    def __init__(self, uri: str, *, ping_interval: float | None, ping_timeout: float | None
+                 ) -> None:
+        loop = asyncio.get_running_loop()
+        self.loop = loop
+        self.protocol = ClientProtocol(parse_uri(uri), max_size=MAX_FRAME)
+        self.on_frame: Any = None  # (str | bytes) -> None
+        self.on_lost: Any = None  # (link, reason) -> None
+        self.transport: asyncio.Transport | None = None
+        self.opened: asyncio.Future[None] = loop.create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()
+        self._ping_interval = ping_interval
+        self._ping_timeout = ping_timeout
+        self._ping_data: bytes | None = None
+        self._timers: list[asyncio.TimerHandle] = []
+        self._pong_timer: asyncio.TimerHandle | None = None
+        self._fragments: list[bytes] = []
+        self._text = True  # the message being received is text (not binary)
+        self._paused = False
+        self._drained: asyncio.Future[None] | None = None
+
+    @classmethod
+    async def open(cls, url: str, *, open_timeout: float, ping_interval: float | None,
+                   ping_timeout: float | None) -> _Link:
+        """Connect and complete the opening handshake within `open_timeout` seconds."""
+        wsuri = parse_uri(url)
+        loop = asyncio.get_running_loop()
+        link: _Link | None = None
+
+        def factory() -> _Link:
+            nonlocal link
+            link = cls(url, ping_interval=ping_interval, ping_timeout=ping_timeout)
+            return link
+
+        try:
+            async with asyncio.timeout(open_timeout):
+                await loop.create_connection(
+                    factory, wsuri.host, wsuri.port, ssl=True if wsuri.secure else None,
+                    server_hostname=wsuri.host if wsuri.secure else None)
+                assert link is not None
+                await link.opened
+        except BaseException:
+            if link is not None:
+                link.abort()
+            raise
+        return link
+
+    # -- asyncio.Protocol ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.protocol.send_request(self.protocol.connect())
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        self.protocol.receive_data(data)
+        events = self.protocol.events_received()
+        self._flush()
+        for event in events:
+            if isinstance(event, Frame):
+                self._frame(event)
+            elif isinstance(event, Response):
+                self._handshake_done()
+        if self.protocol.close_expected():
+            self._later(CLOSE_TIMEOUT_S, self.abort)  # the server should close the TCP link
+
+    def eof_received(self) -> None:
+        self.protocol.receive_eof()
+        self.protocol.events_received()
+        self._flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.protocol.receive_eof()  # idempotent; the state is CLOSED from here on
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        if self._pong_timer is not None:
+            self._pong_timer.cancel()
+        if not self.opened.done():
+            self.opened.set_exception(self.protocol.handshake_exc or ConnectionError(
+                "connection closed during the opening handshake"))
+            self.opened.exception()  # retrieved: open() may have given up already
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        self.closed.set_result(None)
+        if self.on_lost is not None:
+            self.on_lost(self, str(self.protocol.close_exc))
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    # -- frames -------------------------------------------------------------------------
+
+    def _handshake_done(self) -> None:
+        if self.opened.done():
+            return
+        if self.protocol.handshake_exc is not None:
+            self.opened.set_exception(self.protocol.handshake_exc)
+            self.opened.exception()
+            self.abort()
+            return
+        self.opened.set_result(None)
+        if self._ping_interval:
+            self._later(self._ping_interval, self._ping)
+
+    def _frame(self, frame: Frame) -> None:
+        opcode = frame.opcode
+        if opcode is Opcode.PONG:
+            if frame.data == self._ping_data and self._pong_timer is not None:
+                self._pong_timer.cancel()
+                self._pong_timer = None
+                self._ping_data = None
+            return
+        if opcode is Opcode.TEXT or opcode is Opcode.BINARY or opcode is Opcode.CONT:
+            if opcode is not Opcode.CONT:
+                self._text = opcode is Opcode.TEXT
+            data = bytes(frame.data)
+            if not frame.fin or self._fragments:
+                self._fragments.append(data)
+                if not frame.fin:
+                    return
+                data = b"".join(self._fragments)
+                self._fragments.clear()
+            if self.on_frame is not None:
+                self.on_frame(data.decode() if self._text else data)
+
+    def _flush(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        for data in self.protocol.data_to_send():
+            if data:
+                transport.write(data)
+            elif transport.can_write_eof() and not transport.is_closing():
+                transport.write_eof()
+
+    def _later(self, delay: float, fn: Any) -> None:
+        now = self.loop.time()
+        self._timers = [t for t in self._timers if t.when() > now and not t.cancelled()]
+        self._timers.append(self.loop.call_later(delay, fn))
+
+    def _ping(self) -> None:
+        if self.protocol.state is not State.OPEN:
+            return
+        if self._ping_data is None:
+            self._ping_data = os.urandom(4)
+            self.protocol.send_ping(self._ping_data)
+            self._flush()
+            if self._ping_timeout:
+                self._pong_timer = self.loop.call_later(self._ping_timeout, self._no_pong)
+        self._later(self._ping_interval or 0.0, self._ping)
+
+    def _no_pong(self) -> None:
+        self._pong_timer = None
+        if self.protocol.state is State.OPEN:
+            self.protocol.fail(1011, "keepalive ping timeout")
+            self._flush()
+        self.abort()
+
+    # -- the client's side --------------------------------------------------------------
+
+    def _not_open(self) -> ConnectionClosed:
+        protocol = self.protocol
+        if protocol.state is State.CLOSED:
+            return protocol.close_exc
+        return ConnectionClosed(protocol.close_rcvd, protocol.close_sent,
+                                protocol.close_rcvd_then_sent)
+
+    def send(self, text: str) -> None:
+        """Write one text message now; ConnectionClosed when the link is not open."""
+        if self.protocol.state is not State.OPEN:
+            raise self._not_open()
+        self.protocol.send_text(text.encode())
+        self._flush()
+
+    async def drain(self) -> None:
+        """Wait while the transport's write buffer is above its high-water mark."""
+        if self._paused and not self.closed.done():
+            if self._drained is None or self._drained.done():
+                self._drained = self.loop.create_future()
+            await self._drained
+
+    async def close(self) -> None:
+        """The closing handshake, then the TCP link; aborted after CLOSE_TIMEOUT_S."""
+        if self.protocol.state is State.OPEN:
+            self.protocol.send_close(1000)
+            self._flush()
+        if not self.closed.done():
+            try:
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    await asyncio.shield(self.closed)
+            except TimeoutError:
+                self.abort()
+        await asyncio.shield(self.closed)
+
+    def abort(self) -> None:
+        """Drop the TCP link at once (no closing handshake)."""
+        if self.transport is not None:
+            self.transport.abort()
+
+    async def wait_closed(self) -> None:
+        await asyncio.shield(self.closed)
+
+
+@dataclass(slots=True)
 class _PendingSend:
     frame: dict[str, Any]
     future: asyncio.Future[dict[str, Any]]  # the answer frame
     request_ids: list[int] = field(default_factory=list)
+
+
+class _Expired(Exception):
+    """A send's own timer fired before its ack."""
+
+
+def _expire(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(_Expired())
 
 
 class ReferenceClient:
@@ -154,8 +387,7 @@ class ReferenceClient:
         self.caught_up = asyncio.Event()
         self._events: asyncio.Queue[Any] = asyncio.Queue()
         self._ids = itertools.count(1)
-        self._ws: ClientConnection | None = None
-        self._reader: asyncio.Task[None] | None = None
+        self._ws: _Link | None = None
         self._reconnector: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self._state = "new"  # connected | reconnecting | dropped | closed | failed
@@ -193,33 +425,48 @@ class ReferenceClient:
     # -- connection lifecycle -------------------------------------------------------------
 
     async def _open(self, *, reconnected: int = 0) -> None:
-        """Connect, log in from the cursor, start the reader and resend unacked sends."""
+        """Connect, log in from the cursor, start dispatching and resend unacked sends."""
         settings = self._adapter.settings
         ping = self._adapter.options.get("ping_interval_s", KEEPALIVE_S[self._protocol])
         try:
-            ws = await connect(
-                self._url, proxy=None, open_timeout=settings.connect_timeout_s,
-                ping_interval=ping, ping_timeout=ping, close_timeout=2, max_size=4 * 2**20,
-            )
+            ws = await _Link.open(self._url, open_timeout=settings.connect_timeout_s,
+                                  ping_interval=ping, ping_timeout=ping)
         except (OSError, InvalidHandshake, TimeoutError) as exc:
             raise ConnectionLost(f"cannot connect to {self._url}: {type(exc).__name__}: {exc}",
                                  ) from exc
-        early: list[dict[str, Any]] = []
+        rid = next(self._ids)
+        frames: list[Any] = []  # everything but the login answer, in arrival order
+        answered: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+
+        def collect(raw: str | bytes) -> None:
+            if answered.done():
+                frames.append(raw)
+                return
+            try:
+                frame = json.loads(raw)
+            except ValueError as exc:
+                answered.set_exception(exc)
+                return
+            if isinstance(frame, dict) and frame.get("re") == rid:
+                answered.set_result(frame)
+            else:
+                frames.append(frame)
+
+        def lost(link: _Link, reason: str) -> None:
+            if not answered.done():
+                answered.set_exception(link._not_open())
+
+        ws.on_frame, ws.on_lost = collect, lost
         try:
-            rid = next(self._ids)
             login = {"id": rid, "op": "login", "token": self._credentials.token,
                      "cursor": self.cursor, "app": settings.app_id}
-            await ws.send(json.dumps(login))
+            ws.send(_encode(login))
             async with asyncio.timeout(settings.connect_timeout_s):
-                while True:
-                    frame = json.loads(await ws.recv())
-                    if isinstance(frame, dict) and frame.get("re") == rid:
-                        break
-                    early.append(frame)
+                frame = await answered
             if not frame.get("ok"):
                 raise self._error(frame, "login")
         except BaseException as exc:
-            ws.transport.abort()
+            ws.abort()
             if isinstance(exc, ConnectionClosed | TimeoutError | ValueError):
                 raise ConnectionLost(f"login to {self._url} failed: {type(exc).__name__}: {exc}")\
                     from exc
@@ -231,34 +478,41 @@ class ReferenceClient:
         self._connected.set()
         if reconnected:
             self._events.put_nowait(Reconnected(attempts=reconnected))
-        for early_frame in early:
-            self._dispatch(early_frame)
-        self._reader = asyncio.create_task(self._read(ws), name=f"reader-{self.user_id}")
+        ws.on_frame, ws.on_lost = self._receive, self._link_lost
+        for early in frames:
+            if isinstance(early, str | bytes):
+                self._receive(early)  # arrived after the answer: still raw
+            elif isinstance(early, dict):
+                self._dispatch(early)
+        if ws.closed.done():
+            self._link_lost(ws, str(ws.protocol.close_exc))
+            return
         for pending in list(self._sends.values()):
             if not pending.future.done():
-                await self._transmit(pending)
+                self._transmit(pending)
 
-    async def _read(self, ws: ClientConnection) -> None:
-        reason = "connection closed"
+    def _receive(self, raw: str | bytes) -> None:
+        """One text message from the link: parse and dispatch (a failure drops the link)."""
         try:
-            while True:
-                raw = await ws.recv()
-                try:
-                    frame = json.loads(raw)
-                except ValueError:
-                    log.warning("%s: ignoring a frame that is not JSON", self)
-                    continue
-                if isinstance(frame, dict):
-                    self._dispatch(frame)
-        except ConnectionClosed as exc:
-            reason = f"connection closed ({exc})"
-        except Exception as exc:  # a reader must never die silently
+            frame = json.loads(raw)
+        except ValueError:
+            log.warning("%s: ignoring a frame that is not JSON", self)
+            return
+        if not isinstance(frame, dict):
+            return
+        try:
+            self._dispatch(frame)
+        except Exception as exc:  # dispatching must never die silently
             log.exception("%s: reader failed", self)
-            reason = f"reader failed: {type(exc).__name__}: {exc}"
-            ws.transport.abort()
-        self._lost(ws, reason)
+            ws = self._ws
+            if ws is not None:
+                self._lost(ws, f"reader failed: {type(exc).__name__}: {exc}")
+                ws.abort()
 
-    def _lost(self, ws: ClientConnection, reason: str) -> None:
+    def _link_lost(self, ws: _Link, reason: str) -> None:
+        self._lost(ws, f"connection closed ({reason})")
+
+    def _lost(self, ws: _Link, reason: str) -> None:
         if ws is not self._ws:
             return
         self._ws = None
@@ -322,12 +576,6 @@ class ReferenceClient:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def _await_reader(self) -> None:
-        task, self._reader = self._reader, None
-        if task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
     async def _start(self) -> None:
         await self._open()
 
@@ -341,7 +589,9 @@ class ReferenceClient:
                 await self._call_on(ws, "logout", {}, limit=min(2.0, self.send_timeout_s))
             with contextlib.suppress(Exception):
                 await ws.close()
-        await self._await_reader()
+        if ws is not None:
+            ws.abort()
+            await ws.wait_closed()
         self._ws = None
         self._connected.clear()
         self._fail_requests(ConnectionLost(f"{self}: closed"))
@@ -353,8 +603,8 @@ class ReferenceClient:
         await self._stop_background()
         ws = self._ws
         if ws is not None:
-            ws.transport.abort()
-        await self._await_reader()
+            ws.abort()
+            await ws.wait_closed()
         self._ws = None
         self._connected.clear()
         self._fail_requests(ConnectionLost(f"{self}: dropped"))
@@ -415,14 +665,15 @@ class ReferenceClient:
         else:
             self._events.put_nowait(event)
 
-    async def _call_on(self, ws: ClientConnection, op: str, params: Mapping[str, Any],
+    async def _call_on(self, ws: _Link, op: str, params: Mapping[str, Any],
                        *, limit: float) -> dict[str, Any]:
         rid = next(self._ids)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._requests[rid] = fut
         try:
-            await ws.send(json.dumps({"id": rid, "op": op, **params}))
             async with asyncio.timeout(limit):
+                ws.send(_encode({"id": rid, "op": op, **params}))
+                await ws.drain()
                 frame = await fut
         except ConnectionClosed as exc:
             raise ConnectionLost(f"{self}: {op}: connection lost ({exc})") from exc
@@ -447,7 +698,7 @@ class ReferenceClient:
             raise ConnectionLost(f"{self}: {op}: not connected; call reconnect() first")
         return await self._call_on(ws, op, params, limit=limit)
 
-    async def _transmit(self, pending: _PendingSend) -> None:
+    def _transmit(self, pending: _PendingSend) -> None:
         ws = self._ws
         if ws is None:
             return  # sent after the next (re)connect
@@ -455,7 +706,7 @@ class ReferenceClient:
         pending.request_ids.append(rid)
         self._send_ids[rid] = pending.future
         with contextlib.suppress(ConnectionClosed):  # the reconnect resends it
-            await ws.send(json.dumps({"id": rid, **pending.frame}))
+            ws.send(_encode({"id": rid, **pending.frame}))
 
     # -- IMClient operations --------------------------------------------------------------
 
@@ -476,18 +727,25 @@ class ReferenceClient:
         frame = {"op": "send", "to": target, "kind": "custom" if custom is not None else "text",
                  "body": body, "custom": dict(custom) if custom is not None else None,
                  "client_id": cid}
-        pending = _PendingSend(frame, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        pending = _PendingSend(frame, future)
         key = next(self._send_keys)
         self._sends[key] = pending
         limit = self.send_timeout_s if timeout is None else timeout
+        # A timer on the future, not asyncio.timeout(): cheaper on the load generator's hot path.
+        timer = loop.call_later(limit, _expire, future)
         try:
-            await self._transmit(pending)
+            self._transmit(pending)
+            ws = self._ws
+            if ws is not None:
+                await ws.drain()
             try:
-                async with asyncio.timeout(limit):
-                    answer = await pending.future
-            except TimeoutError:
+                answer = await future
+            except _Expired:
                 raise IMTimeout(f"{self}: send {cid}: no ack within {limit:.1f}s") from None
         finally:
+            timer.cancel()
             del self._sends[key]
             for rid in pending.request_ids:
                 self._send_ids.pop(rid, None)
