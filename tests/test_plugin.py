@@ -341,3 +341,62 @@ def test_unreachable_endpoint_is_a_usage_error(
     monkeypatch.setenv("STAGING_ADMIN", service.admin_token)
     message = usage_error(project.runpytest_subprocess("-n", "2", timeout=60))
     assert message.startswith(f"endpoint 'staging' (reference) at {dead_ws} is unreachable: ")
+
+
+FAULT_SUITE = '''
+import dataclasses
+
+
+async def test_user_behind_a_link(endpoint, im_user, fault_link, fault_timeline, units):
+    link = await fault_link()
+    bob = await im_user("bob", via_link=link, adapter_options={"backoff_base_s": 0.05})
+    alice = await im_user("alice")
+    assert len(link.connections) == 1  # bob's client, and only bob's, goes through the link
+    await link.reset_now()
+    await alice.send(bob, "after the reset")
+    await bob.recorder.wait_messages(1, timeout=units(5))
+    assert link.timeline is fault_timeline
+    assert fault_timeline.of_kind("reset_now")
+
+
+async def test_not_tcp(endpoint, fault_link):
+    settings = dataclasses.replace(endpoint.settings, url="inproc://service")
+    await fault_link(dataclasses.replace(endpoint, settings=settings))
+
+
+async def test_restart_keeps_acked(endpoint, restart_service, im_user, fault_timeline, units):
+    alice = await im_user("alice")
+    bob = await im_user("bob", connect=False)
+    await alice.send(bob, "durable")
+    await restart_service(kill=True)
+    await bob.connect()
+    await bob.recorder.wait_messages(1, timeout=units(5))
+    [record] = fault_timeline.of_kind("server_restart")
+    assert record.params["kill"] is True and record.duration_s > 0
+
+
+async def test_failure_shows_timeline(endpoint, fault_link):
+    link = await fault_link(name="flaky")
+    with link.latency(ms=5):
+        pass
+    raise AssertionError("boom")
+'''
+
+
+def test_fault_fixtures_link_restart_skip_and_timeline(project: pytest.Pytester) -> None:
+    project.makepyfile(test_faulty=FAULT_SUITE)
+    basetemp = project.path / "basetemp"
+    result = project.runpytest_subprocess(
+        "test_faulty.py", "--im-endpoints", "new", "-rs", f"--basetemp={basetemp}", timeout=120
+    )
+    assert outcomes(result) == {"passed": 2, "skipped": 1, "failed": 1}, result.stdout.str()
+    result.stdout.fnmatch_lines([
+        "*SKIPPED*endpoint 'new' (reference v2, tier pro): adapter 'reference' is not "
+        "TCP-based (url scheme 'inproc')*",
+    ])
+    # A failed test's report carries its fault timeline.
+    result.stdout.fnmatch_lines(["*fault timeline*", "*flaky*latency*ms=5*"])
+    texts = sorted(basetemp.rglob("fault-timeline.txt"))
+    assert len(texts) == 3, texts  # every test that recorded a fault or a connection
+    assert any("server_restart" in p.read_text() for p in texts)
+    assert all(p.with_suffix(".json").exists() for p in texts)
