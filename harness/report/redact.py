@@ -1,0 +1,84 @@
+"""Secret redaction: configured secret values never reach a results file, a log or a report."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from harness.config import HarnessConfig
+    from harness.session import HarnessSession
+
+MASK = "<redacted>"
+MIN_SECRET_LEN = 4  # shorter values would mask ordinary words
+
+
+class Redactor:
+    """Replaces every known secret value with `MASK`; secrets can be added as they appear."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._secrets: set[str] = set()
+        self.add(secrets)
+
+    def __repr__(self) -> str:
+        return f"<Redactor {len(self._secrets)} secret(s)>"
+
+    def add(self, secrets: Iterable[str]) -> None:
+        self._secrets.update(s for s in secrets if s and len(s) >= MIN_SECRET_LEN)
+
+    def __bool__(self) -> bool:
+        return bool(self._secrets)
+
+    def text(self, value: str) -> str:
+        # Longest first, so a secret that contains another is masked whole.
+        for secret in sorted(self._secrets, key=len, reverse=True):
+            value = value.replace(secret, MASK)
+        return value
+
+    def data(self, value: bytes) -> bytes:
+        for secret in sorted(self._secrets, key=len, reverse=True):
+            value = value.replace(secret.encode(), MASK.encode())
+        return value
+
+    def tree(self, root: str | Path) -> list[Path]:
+        """Redact every file under `root` in place; returns the files that held a secret."""
+        changed: list[Path] = []
+        if not self._secrets:
+            return changed
+        for path in sorted(Path(root).rglob("*")):
+            if not path.is_file():
+                continue
+            raw = path.read_bytes()
+            clean = self.data(raw)
+            if clean != raw:
+                tmp = path.with_name(path.name + ".redacting")
+                tmp.write_bytes(clean)
+                os.replace(tmp, path)
+                changed.append(path)
+        return changed
+
+
+def config_secrets(config: HarnessConfig, environ: dict[str, str] | None = None) -> set[str]:
+    """The values of every secret variable the configuration names that is set."""
+    env = os.environ if environ is None else environ
+    return {
+        env[var]
+        for ep in config.endpoints.values()
+        for var in ep.secrets_env.values()
+        if env.get(var)
+    }
+
+
+def session_secrets(session: HarnessSession) -> set[str]:
+    """Secrets a running session holds: resolved settings, embedded app keys, admin tokens."""
+    found = config_secrets(session.config)
+    for name in session.names:
+        try:
+            found.update(session.settings(name).secrets.values())
+        except Exception:  # not started yet: nothing resolved for it
+            continue
+    found.update(app.app_key for app in session.apps.values())
+    found.update(service.admin_token for service in session.services.values())
+    return {s for s in found if isinstance(s, str)}
