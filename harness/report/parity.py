@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -35,6 +36,14 @@ class Cell:
                 "skipped_not_supported": self.not_supported, "skipped_other": self.skipped}
 
 
+def _missing(reason: str, rows: tuple[str, ...]) -> tuple[str, ...]:
+    """The rows a not-supported skip is about: the capability its reason names."""
+    named = re.findall(r"capability '([a-z_]+)'", reason)
+    if "has no admin API" in reason:
+        named.append("tier_admin")
+    return tuple(named) or rows
+
+
 @dataclass
 class ParityTable:
     """Rows are capabilities (or areas for tests that declare none), columns endpoints."""
@@ -46,10 +55,13 @@ class ParityTable:
     def build(cls, outcomes: Iterable[Outcome], endpoints: Sequence[str]) -> ParityTable:
         table = cls(list(endpoints))
         for outcome in outcomes:
+            rows = outcome.rows
+            if outcome.not_supported:
+                rows = _missing(outcome.message, rows)
             for endpoint in outcome.endpoints:
                 if endpoint not in table.endpoints:
                     continue
-                for row in outcome.rows:
+                for row in rows:
                     cell = table.cells.setdefault(row, {e: Cell() for e in table.endpoints})[
                         endpoint]
                     if outcome.status == "passed":

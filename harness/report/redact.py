@@ -42,22 +42,23 @@ class Redactor:
             value = value.replace(secret.encode(), MASK.encode())
         return value
 
+    def tree_file(self, path: str | Path) -> bool:
+        """Redact one file in place; True when it held a secret."""
+        file = Path(path)
+        raw = file.read_bytes()
+        clean = self.data(raw)
+        if clean == raw:
+            return False
+        tmp = file.with_name(file.name + ".redacting")
+        tmp.write_bytes(clean)
+        os.replace(tmp, file)
+        return True
+
     def tree(self, root: str | Path) -> list[Path]:
         """Redact every file under `root` in place; returns the files that held a secret."""
-        changed: list[Path] = []
         if not self._secrets:
-            return changed
-        for path in sorted(Path(root).rglob("*")):
-            if not path.is_file():
-                continue
-            raw = path.read_bytes()
-            clean = self.data(raw)
-            if clean != raw:
-                tmp = path.with_name(path.name + ".redacting")
-                tmp.write_bytes(clean)
-                os.replace(tmp, path)
-                changed.append(path)
-        return changed
+            return []
+        return [p for p in sorted(Path(root).rglob("*")) if p.is_file() and self.tree_file(p)]
 
 
 def config_secrets(config: HarnessConfig, environ: dict[str, str] | None = None) -> set[str]:

@@ -1,0 +1,356 @@
+"""`im-harness`: the upgrade sign-off in one command, plus serve, run, load and doctor.
+
+Example::
+
+    im-harness signoff                  # suites old vs new, load on new, report, GO/NO-GO
+    im-harness signoff -k recall --scenario chat --load-time 3s
+
+Exit codes: 0 GO (or success), 1 NO-GO (or failures), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from harness.config import HarnessConfig, load_config, split_names
+from harness.errors import ConfigError, HarnessError
+from harness.report.allure import NODE_HINT, allure_command
+from harness.report.parity import ParityTable
+from harness.report.signoff import (
+    DEFAULT_SCENARIOS,
+    PROJECT_ROOT,
+    Outcome,
+    Plan,
+    finish,
+    run_load,
+    run_suites,
+)
+
+EXIT_GO, EXIT_NO_GO, EXIT_USAGE = 0, 1, 2
+
+app = typer.Typer(
+    name="im-harness", add_completion=False, no_args_is_help=True,
+    help="Regression and load sign-off of an IM upgrade: old vs new endpoint.",
+)
+console = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+class RichUI:
+    """Progress bars for the long steps, one line per message."""
+
+    def __init__(self, out: Console) -> None:
+        self.out = out
+
+    @contextlib.contextmanager
+    def task(self, description: str, total: float | None = None
+             ) -> Iterator[Callable[[float], None]]:
+        columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                   TextColumn("{task.completed:.0f}/{task.total:.0f}") if total else TextColumn(""),
+                   TimeElapsedColumn()]
+        with Progress(*columns, console=self.out, transient=False) as progress:
+            task = progress.add_task(description, total=total)
+            yield lambda completed: progress.update(task, completed=completed)
+            if total:
+                progress.update(task, completed=total)
+
+    def line(self, text: str) -> None:
+        self.out.print(text)
+
+
+def usage(message: str) -> typer.Exit:
+    err.print(f"im-harness: {message}", markup=False, soft_wrap=True)
+    return typer.Exit(EXIT_USAGE)
+
+
+def _config(path: str | None, endpoints: str) -> tuple[HarnessConfig, tuple[str, str]]:
+    """The validated configuration and the two endpoints (old first); ConfigError otherwise."""
+    from harness.session import HarnessSession
+
+    config = load_config(path)
+    names = split_names(endpoints)
+    if len(names) != 2:
+        raise ConfigError(f"--endpoints {endpoints!r} must name two endpoints, old first, "
+                          "e.g. old,new")
+    HarnessSession(config, names).resolve()  # unknown names, unset secret variables
+    return config, (names[0], names[1])
+
+
+def parity_table(table: ParityTable) -> Table:
+    out = Table(title="Parity: capability x endpoint", title_justify="left")
+    out.add_column("capability")
+    for endpoint in table.endpoints:
+        out.add_column(endpoint)
+    for row in table.cells:
+        cells = []
+        for endpoint in table.endpoints:
+            cell = table.cell(row, endpoint)
+            style = "red" if cell.failed else ("green" if cell.passed else "dim")
+            cells.append(f"[{style}]{cell.short()}[/]")
+        out.add_row(row, *cells)
+    return out
+
+
+def _show(outcome: Outcome, reports: Path, verdict: bool = True) -> None:
+    console.print(parity_table(outcome.table))
+    for lo in outcome.loads:
+        state = "within budget" if lo.ok else ("NO RESULT: " + lo.problem if lo.summary is None
+                                               else "OVER BUDGET: " + "; ".join(
+                                                   lo.failed_budgets()))
+        console.print(f"load {lo.scenario}: {state}", markup=False)
+    if outcome.report:
+        console.print(f"report: {outcome.report}", markup=False)
+    elif outcome.report_problem:
+        err.print(f"im-harness: no HTML report: {outcome.report_problem}", markup=False)
+    if not verdict:
+        return
+    v = outcome.verdict
+    for note in v.notes:
+        console.print(f"note: {note}", markup=False, soft_wrap=True)
+    for reason in v.reasons:
+        console.print(f"[red]-[/] {reason}", soft_wrap=True)
+    style = "bold green" if v.go else "bold red"
+    console.print(f"[{style}]{v.label}[/] {v.headline()}", soft_wrap=True)
+    console.print(f"verdict: {reports / 'verdict.json'}", markup=False)
+
+
+ConfigOpt = Annotated[str | None, typer.Option("--config", "-c", help="im-harness.toml")]
+ReportsOpt = Annotated[Path, typer.Option("--reports", help="output folder")]
+EndpointsOpt = Annotated[str, typer.Option("--endpoints", help="old,new: two endpoint names")]
+KeywordOpt = Annotated[str | None, typer.Option("-k", help="pytest -k expression (a subset)")]
+PathOpt = Annotated[list[str] | None, typer.Option("--path", help="suite path (repeatable)")]
+ScenarioOpt = Annotated[list[str] | None, typer.Option(
+    "--scenario", help=f"load scenario (repeatable; default {','.join(DEFAULT_SCENARIOS)})")]
+UsersOpt = Annotated[int, typer.Option("--users", min=1, help="load users per scenario")]
+TimeOpt = Annotated[str, typer.Option("--load-time", help="load run time per scenario, e.g. 5s")]
+BudgetsOpt = Annotated[str | None, typer.Option(
+    "--budgets-dir", help="folder of <scenario>.toml budgets (default: loadtests/budgets)")]
+HtmlOpt = Annotated[bool, typer.Option("--html/--no-html", help="build the Allure HTML report")]
+
+
+def _check_load(run_time: str, budgets_dir: str | None, scenarios: list[str]) -> None:
+    import re
+
+    from harness.load.scenarios import SCENARIOS
+
+    if not re.fullmatch(r"\d+(\.\d+)?[smh]?", run_time.strip()):
+        raise ConfigError(f"--load-time {run_time!r} is not a duration; use e.g. 5s or 2m")
+    for name in scenarios:
+        if name not in SCENARIOS:
+            raise ConfigError(f"--scenario {name!r} is not a load scenario; known: "
+                              f"{', '.join(SCENARIOS)}")
+        if budgets_dir and not (Path(budgets_dir) / f"{name}.toml").is_file():
+            raise ConfigError(f"--budgets-dir {budgets_dir!r} has no {name}.toml; add it or "
+                              "point at another folder")
+
+
+def _node_hint(html: bool) -> None:
+    if html and allure_command(PROJECT_ROOT) is None:
+        err.print(f"im-harness: {NODE_HINT}; the JSON verdict and parity table are still "
+                  "produced", markup=False, soft_wrap=True)
+
+
+@app.command()
+def signoff(
+    config: ConfigOpt = None,
+    reports: ReportsOpt = Path("reports"),
+    endpoints: EndpointsOpt = "old,new",
+    keyword: KeywordOpt = None,
+    path: PathOpt = None,
+    scenario: ScenarioOpt = None,
+    users: UsersOpt = 10,
+    load_time: TimeOpt = "5s",
+    budgets_dir: BudgetsOpt = None,
+    load: Annotated[bool, typer.Option("--load/--no-load", help="run the load scenarios")] = True,
+    html: HtmlOpt = True,
+) -> None:
+    """Suites on old and new, load on new against budgets, report, parity and GO/NO-GO."""
+    scenarios = list(scenario or DEFAULT_SCENARIOS) if load else []
+    try:
+        hc, names = _config(config, endpoints)
+        _check_load(load_time, budgets_dir, scenarios)
+    except ConfigError as exc:
+        raise usage(str(exc)) from None
+    plan = Plan(reports=reports, config=config, endpoints=names, paths=list(path or []),
+                keyword=keyword, scenarios=scenarios, users=users, run_time=load_time,
+                budgets_dir=budgets_dir, html=html)
+    reports.mkdir(parents=True, exist_ok=True)
+    _node_hint(html)
+    ui = RichUI(console)
+    suite = run_suites(plan, ui)
+    loads = [run_load(plan, name, ui) for name in scenarios]
+    outcome = finish(plan, suite, loads, ui, hc, load_expected=load)
+    _show(outcome, reports)
+    raise typer.Exit(EXIT_GO if outcome.verdict.go else EXIT_NO_GO)
+
+
+@app.command()
+def run(
+    config: ConfigOpt = None,
+    reports: ReportsOpt = Path("reports"),
+    endpoints: EndpointsOpt = "old,new",
+    keyword: KeywordOpt = None,
+    path: PathOpt = None,
+    html: HtmlOpt = True,
+) -> None:
+    """The suites only, on old and new: parity table and Allure report (no verdict)."""
+    try:
+        hc, names = _config(config, endpoints)
+    except ConfigError as exc:
+        raise usage(str(exc)) from None
+    plan = Plan(reports=reports, config=config, endpoints=names, paths=list(path or []),
+                keyword=keyword, scenarios=(), html=html)
+    reports.mkdir(parents=True, exist_ok=True)
+    _node_hint(html)
+    ui = RichUI(console)
+    suite = run_suites(plan, ui)
+    outcome = finish(plan, suite, [], ui, hc, load_expected=False, decide_verdict=False)
+    _show(outcome, reports, verdict=False)
+    if suite.problem:
+        err.print(f"im-harness: {suite.problem}", markup=False, soft_wrap=True)
+    bad = any(o.bad for o in outcome.results.outcomes) or bool(suite.problem)
+    raise typer.Exit(EXIT_NO_GO if bad or not outcome.results.outcomes else EXIT_GO)
+
+
+@app.command("load")
+def load_cmd(
+    config: ConfigOpt = None,
+    reports: ReportsOpt = Path("reports"),
+    endpoint: Annotated[str, typer.Option("--endpoint", help="endpoint to load")] = "new",
+    scenario: ScenarioOpt = None,
+    users: UsersOpt = 10,
+    load_time: TimeOpt = "5s",
+    budgets_dir: BudgetsOpt = None,
+) -> None:
+    """Load scenarios on one endpoint against their budgets (exit 1 when one is over)."""
+    scenarios = list(scenario or DEFAULT_SCENARIOS)
+    try:
+        load_config(config).selected([endpoint])
+        _check_load(load_time, budgets_dir, scenarios)
+    except ConfigError as exc:
+        raise usage(str(exc)) from None
+    plan = Plan(reports=reports, config=config, scenarios=scenarios, users=users,
+                run_time=load_time, budgets_dir=budgets_dir)
+    reports.mkdir(parents=True, exist_ok=True)
+    ui = RichUI(console)
+    ok = True
+    for name in scenarios:
+        outcome, _, text = run_load(plan, name, ui, endpoint=endpoint)
+        if outcome.summary is None:
+            ok = False
+            console.print(f"load {name}: NO RESULT: {outcome.problem}", markup=False)
+            continue
+        from harness.load.summary import render
+
+        console.print(render(outcome.summary), markup=False)
+        ok = ok and outcome.ok
+    raise typer.Exit(EXIT_GO if ok else EXIT_NO_GO)
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = None,
+    env_file: Annotated[Path, typer.Option(
+        "--env-file", help="where the app keys go (mode 0600); never printed")] = Path(
+        "reports/serve.env"),
+) -> None:
+    """Start the embedded reference endpoints, print their URLs; Ctrl-C stops them."""
+    from harness.session import HarnessSession
+
+    try:
+        hc = load_config(config)
+        names = [n for n in hc.selected() if hc.endpoints[n].embedded]
+        if not names:
+            raise ConfigError("no embedded endpoint is configured (every endpoint has a url); "
+                              "nothing to serve")
+    except ConfigError as exc:
+        raise usage(str(exc)) from None
+    session = HarnessSession(hc, names)
+    try:
+        with RichUI(console).task("starting the reference services", None):
+            session.start()
+    except HarnessError as exc:
+        err.print(f"im-harness: {exc}", markup=False)
+        raise typer.Exit(EXIT_NO_GO) from None
+    try:
+        env_file.parent.mkdir(parents=True, exist_ok=True)
+        lines = []
+        for name in names:
+            settings = session.settings(name)
+            var = f"{name.upper().replace('-', '_')}_APP_KEY"
+            lines.append(f"{var}={settings.secrets.get('app_key', '')}")
+            console.print(
+                f"{name}: {settings.url}  api {settings.options.get('api_url', '-')}  "
+                f"app {settings.app_id}  protocol {settings.protocol}  tier {settings.tier}  "
+                f"(app key in ${var})", markup=False)
+        fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write("\n".join(lines) + "\n")
+        console.print(f"app keys: {env_file} (source it); Ctrl-C stops", markup=False)
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        with contextlib.suppress(KeyboardInterrupt):
+            while not stop.wait(0.5):
+                pass
+    finally:
+        session.stop()
+        console.print("stopped", markup=False)
+
+
+@app.command()
+def doctor(config: ConfigOpt = None, endpoints: EndpointsOpt = "old,new") -> None:
+    """Validate the config, reach every endpoint, print capabilities and limits."""
+    from dataclasses import asdict
+
+    from harness.session import HarnessSession, describe
+
+    try:
+        hc, names = _config(config, endpoints)
+    except ConfigError as exc:
+        raise usage(str(exc)) from None
+    console.print(f"config: {hc.source}", markup=False)
+    session = HarnessSession(hc, list(names))
+    try:
+        with RichUI(console).task("reaching the endpoints", None):
+            session.start()
+    except HarnessError as exc:
+        err.print(f"im-harness: {exc}", markup=False, soft_wrap=True)
+        raise typer.Exit(EXIT_NO_GO) from None
+    try:
+        table = Table(title="Endpoints", title_justify="left")
+        for col in ("endpoint", "what", "url", "capabilities", "limits"):
+            table.add_column(col)
+        for name in names:
+            info = session.infos[name]
+            limits = ", ".join(f"{k}={v:g}" for k, v in asdict(info.limits).items()
+                               if v is not None)
+            table.add_row(name, describe(info), info.url,
+                          ", ".join(sorted(c.value for c in info.capabilities)), limits or "-")
+        console.print(table)
+    finally:
+        session.stop()
+    node = "ok" if allure_command(PROJECT_ROOT) else NODE_HINT
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    console.print(f"allure report: {node}", markup=False, soft_wrap=True)
+    console.print(f"chromium (browser check): {chromium or 'not installed'}", markup=False)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,335 @@
+"""The sign-off job: suites on old and new, load on new, Allure report, parity table, verdict.
+
+Each step runs as a subprocess (pytest, locust, allure), so a crash in one still leaves the
+others' results, and the verdict names what is missing. No framework is imported here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Protocol
+
+from harness.config import HarnessConfig
+from harness.report.allure import (
+    Attachment,
+    ReportError,
+    Result,
+    endpoint_environment,
+    generate,
+    write_config,
+    write_environment,
+    write_executor,
+    write_result,
+)
+from harness.report.loadreport import load_result
+from harness.report.parity import ParityTable
+from harness.report.redact import Redactor, config_secrets
+from harness.report.results import Results, read_results
+from harness.report.verdict import LoadOutcome, Verdict, decide, verdict_document, write_json
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_SCENARIOS = ("chat", "group")
+PYTEST_EXIT = {2: "interrupted", 3: "internal error", 4: "usage error", 5: "no tests collected"}
+
+
+class UI(Protocol):
+    """What the job reports progress to (rich in the CLI, nothing in tests)."""
+
+    def task(self, description: str, total: float | None = None
+             ) -> contextlib.AbstractContextManager[Callable[[float], None]]: ...
+
+    def line(self, text: str) -> None: ...
+
+
+class QuietUI:
+    """A UI that shows nothing."""
+
+    @contextlib.contextmanager
+    def task(self, description: str, total: float | None = None
+             ) -> Iterator[Callable[[float], None]]:
+        yield lambda completed: None
+
+    def line(self, text: str) -> None:
+        pass
+
+
+@dataclass
+class Plan:
+    """What to run and where the results go."""
+
+    reports: Path = Path("reports")
+    config: str | None = None
+    endpoints: tuple[str, str] = ("old", "new")
+    paths: list[str] = field(default_factory=list)  # suite paths; default: the suites/ folder
+    keyword: str | None = None
+    pytest_args: list[str] = field(default_factory=list)
+    scenarios: Sequence[str] = DEFAULT_SCENARIOS
+    users: int = 10
+    run_time: str = "5s"
+    budgets_dir: str | None = None  # <dir>/<scenario>.toml; default: the load layer's own
+    html: bool = True
+    suite_timeout_s: float = 1800.0
+
+    @property
+    def full_run(self) -> bool:
+        return not self.paths and not self.keyword
+
+    @property
+    def results_dir(self) -> Path:
+        return self.reports / "allure-results"
+
+    @property
+    def junit(self) -> Path:
+        return self.reports / "junit.xml"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.reports / "allure-report"
+
+
+@dataclass
+class SuiteRun:
+    exit_code: int | None
+    problem: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class Outcome:
+    """Everything the job produced."""
+
+    verdict: Verdict
+    table: ParityTable
+    results: Results
+    document: dict[str, Any]
+    report: Path | None
+    report_problem: str = ""
+    loads: list[LoadOutcome] = field(default_factory=list)
+
+
+def suite_paths(plan: Plan) -> list[str]:
+    if plan.paths:
+        return list(plan.paths)
+    local = Path("suites")
+    return [str(local if local.is_dir() else PROJECT_ROOT / "suites")]
+
+
+def _allure_plugin_args() -> list[str]:
+    """`-p harness.pytest_allure` unless the package registers it as a pytest11 entry point."""
+    registered = any(ep.value == "harness.pytest_allure" for ep in entry_points(group="pytest11"))
+    return [] if registered else ["-p", "harness.pytest_allure"]
+
+
+def _pytest_base(plan: Plan) -> list[str]:
+    cmd = [sys.executable, "-m", "pytest", *suite_paths(plan), "-p", "no:cacheprovider",
+           "--im-endpoints", ",".join(plan.endpoints)]
+    if plan.config:
+        cmd += ["--im-config", plan.config]
+    if plan.keyword:
+        cmd += ["-k", plan.keyword]
+    return cmd + list(plan.pytest_args)
+
+
+def count_tests(plan: Plan) -> int | None:
+    """How many tests the suites will run (for the progress bar)."""
+    done = subprocess.run([*_pytest_base(plan), "--co", "-q"], capture_output=True, text=True,
+                          timeout=120, check=False)
+    match = re.search(r"(\d+)(?:/\d+)? tests? (?:collected|selected)", done.stdout)
+    return int(match.group(1)) if match else None
+
+
+def run_suites(plan: Plan, ui: UI) -> SuiteRun:
+    """pytest with --alluredir and --junitxml; the progress bar follows the result files."""
+    shutil.rmtree(plan.results_dir, ignore_errors=True)
+    plan.results_dir.mkdir(parents=True, exist_ok=True)
+    plan.junit.unlink(missing_ok=True)
+    total = count_tests(plan)
+    cmd = [*_pytest_base(plan), *_allure_plugin_args(), "--alluredir", str(plan.results_dir),
+           "--junitxml", str(plan.junit), "-q", "-rfE"]
+    log = plan.reports / "suites.log"
+    started = time.monotonic()
+    with log.open("w", encoding="utf-8") as out, ui.task(
+        f"suites on {' and '.join(plan.endpoints)}", total
+    ) as advance:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            while proc.poll() is None:
+                advance(len(list(plan.results_dir.glob("*-result.json"))))
+                if time.monotonic() - started > plan.suite_timeout_s:
+                    proc.kill()
+                    proc.wait()
+                    return SuiteRun(None, f"the suites did not finish within "
+                                    f"{plan.suite_timeout_s:g}s and were stopped; see {log}",
+                                    time.monotonic() - started)
+                time.sleep(0.25)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        advance(len(list(plan.results_dir.glob("*-result.json"))))
+    code = proc.returncode
+    seconds = time.monotonic() - started
+    if code in (0, 1):
+        return SuiteRun(code, "", seconds)
+    what = PYTEST_EXIT.get(code, f"exit code {code}" if code >= 0 else f"signal {-code}")
+    tail = " | ".join(ln.strip() for ln in log.read_text(errors="replace").splitlines()[-3:])
+    return SuiteRun(code, f"the suites did not complete ({what}): {tail}", seconds)
+
+
+def _seconds(run_time: str) -> float:
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", run_time)
+    if not match:
+        return 60.0
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+
+
+def run_load(plan: Plan, scenario: str, ui: UI, endpoint: str | None = None
+             ) -> tuple[LoadOutcome, Path, str]:
+    """One headless locust run of `scenario` on the new endpoint, via the load layer."""
+    from harness.load.__main__ import DEFAULT_LOCUSTFILE
+
+    name = endpoint or plan.endpoints[1]
+    folder = plan.reports / "load"
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = folder / f"{scenario}-{name}"
+    summary_path = Path(f"{stem}.json")
+    summary_path.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "locust", "-f", str(DEFAULT_LOCUSTFILE), "--headless",
+           "-u", str(plan.users), "-r", str(plan.users), "-t", plan.run_time,
+           "--scenario", scenario, "--endpoint", name, "--summary-json", str(summary_path),
+           "--csv", str(stem), "--csv-full-history", "--only-summary"]
+    if plan.config:
+        cmd += ["--im-config", plan.config]
+    if plan.budgets_dir:
+        cmd += ["--budgets", str(Path(plan.budgets_dir) / f"{scenario}.toml")]
+    limit = _seconds(plan.run_time)
+    started = time.monotonic()
+    with ui.task(f"load {scenario} on {name} ({plan.run_time})", limit) as advance:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+        try:
+            while proc.poll() is None:
+                advance(min(limit, time.monotonic() - started))
+                if time.monotonic() - started > limit + 120:
+                    proc.kill()
+                time.sleep(0.25)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        text = proc.stdout.read() if proc.stdout else ""
+        advance(limit)
+    history = Path(f"{stem}_stats_history.csv")
+    try:
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        last = " | ".join(ln.strip() for ln in text.strip().splitlines()[-2:])
+        problem = f"locust exited {proc.returncode} without a summary: {last or 'no output'}"
+        return LoadOutcome(scenario, None, problem), history, text
+    return LoadOutcome(scenario, summary), history, text
+
+
+def _endpoints_info(plan: Plan) -> dict[str, Any]:
+    from harness.pytest_allure import ENDPOINTS_FILE
+
+    try:
+        return dict(json.loads((plan.results_dir / ENDPOINTS_FILE).read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
+def verdict_result(verdict: Verdict, table: ParityTable, endpoints: dict[str, Any]) -> Result:
+    """The sign-off itself as a result at the top of the report."""
+    import html
+
+    items = "".join(f"<li>{html.escape(r)}</li>" for r in verdict.reasons)
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in verdict.notes)
+    described = "".join(f"<li>{html.escape(n)}: {html.escape(str(i.get('describe')))}</li>"
+                        for n, i in endpoints.items())
+    body = (f"<h2>Verdict: {verdict.label}</h2><p>{html.escape(verdict.headline())}</p>"
+            + (f"<h3>Reasons</h3><ul>{items}</ul>" if items else "")
+            + (f"<h3>Notes</h3><ul>{notes}</ul>" if notes else "")
+            + f"<h3>Endpoints</h3><ul>{described}</ul><h3>Parity</h3>{table.to_html()}")
+    return Result(
+        name=f"Sign-off verdict: {verdict.label}", full_name="signoff.verdict",
+        status="passed" if verdict.go else "failed",
+        labels=[("epic", "Sign-off"), ("feature", "verdict"), ("severity", "blocker"),
+                ("parentSuite", "sign-off")],
+        message="" if verdict.go else "\n".join(verdict.reasons),
+        description_html=body,
+        attachments=[Attachment("parity table", table.to_text().encode())],
+    )
+
+
+def report_variables(verdict: Verdict, table: ParityTable) -> dict[str, str]:
+    """Shown in the report's header: the verdict and one line per parity row."""
+    out = {"Verdict": verdict.headline()}
+    for row in table.cells:
+        out[f"parity {row}"] = "; ".join(f"{e}: {table.cell(row, e).short()}"
+                                         for e in table.endpoints)
+    return out
+
+
+def finish(plan: Plan, suite: SuiteRun | None, loads: Sequence[tuple[LoadOutcome, Path, str]],
+           ui: UI, config: HarnessConfig | None, *, load_expected: bool = True,
+           decide_verdict: bool = True) -> Outcome:
+    """Read everything back, decide, write the Allure results, the HTML and verdict.json."""
+    old, new = plan.endpoints
+    results = read_results(plan.results_dir, plan.junit, plan.endpoints)
+    endpoints = _endpoints_info(plan)
+    table = ParityTable.build(results.outcomes, plan.endpoints)
+    problems = [suite.problem] if suite and suite.problem else []
+    promised = endpoints.get(new, {}).get("capabilities")
+    verdict = decide(results, table, promised=promised, loads=[lo for lo, _, _ in loads],
+                     problems=problems, old=old, new=new, full_run=plan.full_run,
+                     load_expected=load_expected)
+    redactor = Redactor(config_secrets(config) if config else ())
+    for outcome, history, text in loads:
+        write_result(plan.results_dir, load_result(outcome, history_csv=history, text=text),
+                     redactor)
+    if decide_verdict:
+        write_result(plan.results_dir, verdict_result(verdict, table, endpoints), redactor)
+    if endpoints:
+        write_environment(plan.results_dir, endpoint_environment(endpoints))
+    write_executor(plan.results_dir)
+    for target in (plan.results_dir, plan.reports / "load"):
+        if target.exists():
+            redactor.tree(target)
+    for file in (plan.junit, plan.reports / "suites.log"):
+        if file.is_file():
+            redactor.tree_file(file)
+    report: Path | None = None
+    report_problem = ""
+    if plan.html:
+        title = f"im-harness sign-off: {verdict.label}" if decide_verdict else "im-harness run"
+        cfg = write_config(plan.reports / "allurerc.json", name=title,
+                           output=plan.report_dir.resolve(),
+                           history=(plan.reports / "allure-history.jsonl").resolve(),
+                           variables=report_variables(verdict, table) if decide_verdict else {})
+        with ui.task("Allure report", None):
+            try:
+                report = generate([plan.results_dir.resolve()], plan.report_dir.resolve(), cfg,
+                                  project_root=PROJECT_ROOT)
+            except ReportError as exc:
+                report_problem = str(exc)
+    document = verdict_document(
+        verdict, table, results=results, endpoints=endpoints,
+        loads=[lo for lo, _, _ in loads], suite_exit=suite.exit_code if suite else None,
+        report=str(report) if report else None,
+    )
+    if report_problem:
+        document["report_problem"] = report_problem
+    if decide_verdict:
+        write_json(document, plan.reports / "verdict.json")
+    return Outcome(verdict, table, results, document, report, report_problem,
+                   [lo for lo, _, _ in loads])
