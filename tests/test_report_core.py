@@ -1,0 +1,147 @@
+"""The report core on real files: results read back, parity, verdict, redaction, Allure config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from harness.report.allure import CATEGORIES, Result, executor, write_config, write_result
+from harness.report.parity import ParityTable
+from harness.report.redact import MASK, Redactor
+from harness.report.results import read_allure, read_junit, read_results
+from harness.report.verdict import LoadOutcome, decide
+
+
+def suite_result(folder: Path, name: str, endpoint: str, status: str, caps: list[str],
+                 kind: str = "", message: str = "") -> None:
+    data = {
+        "uuid": name + endpoint, "name": f"{name}[{endpoint}]", "fullName": f"suites.x#{name}",
+        "status": status, "statusDetails": {"message": message},
+        "labels": [{"name": "epic", "value": "Chat"}, {"name": "im_endpoint", "value": endpoint},
+                   {"name": "im_case", "value": f"suites/x.py::{name}"},
+                   *({"name": "im_capability", "value": c} for c in caps),
+                   *([{"name": "im_failure", "value": kind}] if kind else [])],
+    }
+    (folder / f"{name}-{endpoint}-result.json").write_text(json.dumps(data))
+
+
+def world(tmp_path: Path) -> Path:
+    suite_result(tmp_path, "send", "old", "passed", ["chat"])
+    suite_result(tmp_path, "send", "new", "passed", ["chat"])
+    suite_result(tmp_path, "recall", "old", "skipped", ["chat", "recall"], "unsupported",
+                 "endpoint 'old' (reference v1, tier free) does not offer capability 'recall'")
+    suite_result(tmp_path, "recall", "new", "passed", ["chat", "recall"])
+    return tmp_path
+
+
+SUMMARY_OK = {"within_budget": True, "budgets": {"verdicts": [
+    {"budget": "send_ack.p99_ms", "limit": 1000, "actual": 12.5, "ok": True}]}}
+SUMMARY_OVER = {"within_budget": False, "budgets": {"verdicts": [
+    {"budget": "send_ack.p99_ms", "limit": 10, "actual": 12.5, "ok": False}]}}
+
+
+def test_parity_counts_a_not_supported_skip_only_under_the_missing_capability(tmp_path):
+    table = ParityTable.build(read_allure(world(tmp_path)), ["old", "new"])
+    assert table.cell("chat", "old").to_dict() == {
+        "passed": 1, "failed": 0, "skipped_not_supported": 0, "skipped_other": 0}
+    assert table.cell("recall", "old").not_supported == 1
+    assert (table.cell("chat", "new").passed, table.cell("recall", "new").passed) == (2, 1)
+    assert "1 not supported" in table.to_text() and "| recall |" in table.to_markdown()
+
+
+def test_go_needs_every_promise_passing_and_every_budget(tmp_path):
+    results = read_results(world(tmp_path))
+    table = ParityTable.build(results.outcomes, ["old", "new"])
+    ok = decide(results, table, promised=["chat", "recall", "custom"],
+                loads=[LoadOutcome("chat", SUMMARY_OK)])
+    assert ok.go, ok.reasons
+    assert any("'custom'" in n and "no test" in n for n in ok.notes)
+    over = decide(results, table, promised=["chat"], loads=[LoadOutcome("chat", SUMMARY_OVER)])
+    assert not over.go
+    assert over.reasons == ["budget exceeded in load scenario 'chat': send_ack.p99_ms 12.5 "
+                            "(limit 10)"]
+    crashed = decide(results, table, promised=["chat"],
+                     loads=[LoadOutcome("chat", None, "locust exited 1")])
+    assert "produced no result: locust exited 1" in crashed.reasons[0]
+    unknown = decide(results, table, promised=None, loads=[LoadOutcome("chat", SUMMARY_OK)])
+    assert not unknown.go and "never reached" in unknown.reasons[0]
+
+
+def test_regression_on_new_is_no_go_but_a_failure_on_both_is_a_note(tmp_path):
+    folder = world(tmp_path)
+    suite_result(folder, "burst", "new", "failed", ["chat"], "product", "AssertionError: order")
+    suite_result(folder, "unicode", "old", "failed", ["chat"], "product", "garbled")
+    suite_result(folder, "unicode", "new", "failed", ["chat"], "product", "garbled")
+    results = read_results(folder)
+    table = ParityTable.build(results.outcomes, ["old", "new"])
+    verdict = decide(results, table, promised=["chat"], loads=[LoadOutcome("chat", SUMMARY_OK)])
+    regressions = [r for r in verdict.reasons if r.startswith("product regression")]
+    assert regressions == ["product regression on new: burst[new]: AssertionError: order"]
+    assert any("unicode[new]" in n and "not a regression" in n for n in verdict.notes)
+    assert any("'chat' promised by new has 2 failing" in r for r in verdict.reasons)
+
+
+def test_harness_errors_and_an_empty_run_are_no_go(tmp_path):
+    folder = world(tmp_path)
+    suite_result(folder, "boom", "new", "broken", ["chat"], "harness", "OSError: refused")
+    results = read_results(folder)
+    verdict = decide(results, ParityTable.build(results.outcomes, ["old", "new"]),
+                     promised=["chat"], loads=[LoadOutcome("chat", SUMMARY_OK)])
+    assert any("harness or infrastructure" in r and "OSError" in r for r in verdict.reasons)
+    empty = read_results(tmp_path / "missing")
+    assert not decide(empty, ParityTable(["old", "new"]), promised=[], load_expected=False).go
+
+
+def test_junit_fallback_reads_endpoint_and_skip_reason(tmp_path):
+    xml = tmp_path / "j.xml"
+    xml.write_text(
+        '<testsuites><testsuite name="pytest">'
+        '<testcase classname="suites.test_recall" name="test_r[old]">'
+        "<skipped message=\"endpoint 'old' (reference v1, tier free) does not offer capability "
+        "'recall'\"/></testcase>"
+        '<testcase classname="suites.test_recall" name="test_r[new]">'
+        '<failure message="AssertionError: lost">x</failure></testcase>'
+        "</testsuite></testsuites>")
+    results = read_results(tmp_path / "none", xml)
+    assert results.source == "junit" and results.junit_total == 2
+    old, new = read_junit(xml)
+    assert (old.endpoint, old.not_supported, old.case) == ("old", True, new.case)
+    assert (new.status, new.kind, new.area) == ("failed", "product", "Recall")
+
+
+def test_redactor_masks_secrets_in_text_and_files(tmp_path):
+    secret = "s3cr3t-value-123"
+    redactor = Redactor([secret, "ab"])  # too short to mask safely: ignored
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.txt").write_text(f"key={secret} lab")
+    (tmp_path / "b.bin").write_bytes(b"nothing here")
+    assert redactor.text(f"x {secret} y") == f"x {MASK} y"
+    assert redactor.tree(tmp_path) == [tmp_path / "sub" / "a.txt"]
+    assert (tmp_path / "sub" / "a.txt").read_text() == f"key={MASK} lab"
+
+
+def test_written_results_are_marked_and_redacted(tmp_path):
+    redactor = Redactor(["top-secret-token"])
+    write_result(tmp_path, Result(name="load chat", full_name="load.chat", status="failed",
+                                  message="token top-secret-token leaked"), redactor)
+    [path] = tmp_path.glob("*-result.json")
+    assert "top-secret-token" not in path.read_text()
+    assert read_allure(tmp_path) == []  # generated results are not suite outcomes
+
+
+def test_allure_config_has_the_four_categories_and_single_file(tmp_path):
+    cfg = json.loads(write_config(tmp_path / "allurerc.json", name="n", output="o",
+                                  history="h.jsonl").read_text())
+    names = [c["name"] for c in cfg["categories"]["rules"]]
+    assert names == [c["name"] for c in CATEGORIES] == [
+        "Product regression", "Budget exceeded", "Harness or infrastructure error",
+        "Capability not supported"]
+    assert cfg["plugins"]["awesome"]["options"]["singleFile"] is True
+    assert cfg["historyPath"] == "h.jsonl"
+
+
+def test_executor_from_ci_variables():
+    gh = executor({"GITHUB_ACTIONS": "true", "GITHUB_SERVER_URL": "https://github.com",
+                   "GITHUB_REPOSITORY": "a/b", "GITHUB_RUN_ID": "7", "GITHUB_RUN_NUMBER": "3"})
+    assert gh is not None and gh["buildUrl"].endswith("a/b/actions/runs/7")
+    assert executor({}) is None
