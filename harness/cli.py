@@ -122,7 +122,7 @@ def _show(outcome: Outcome, reports: Path, verdict: bool = True) -> None:
     for reason in v.reasons:
         console.print(f"[red]-[/] {reason}", soft_wrap=True)
     style = "bold green" if v.go else "bold red"
-    console.print(f"[{style}]{v.label}[/] {v.headline()}", soft_wrap=True)
+    console.print(f"[{style}]{v.headline()}[/]", soft_wrap=True, markup=True)
     console.print(f"verdict: {reports / 'verdict.json'}", markup=False)
 
 
