@@ -21,6 +21,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -98,7 +99,7 @@ def parity_table(table: ParityTable) -> Table:
         for endpoint in table.endpoints:
             cell = table.cell(row, endpoint)
             style = "red" if cell.failed else ("green" if cell.passed else "dim")
-            cells.append(f"[{style}]{cell.short()}[/]")
+            cells.append(f"[{style}]{escape(cell.short())}[/]")
         out.add_row(row, *cells)
     return out
 
@@ -120,9 +121,9 @@ def _show(outcome: Outcome, reports: Path, verdict: bool = True) -> None:
     for note in v.notes:
         console.print(f"note: {note}", markup=False, soft_wrap=True)
     for reason in v.reasons:
-        console.print(f"[red]-[/] {reason}", soft_wrap=True)
+        console.print(f"[red]-[/] {escape(reason)}", soft_wrap=True)
     style = "bold green" if v.go else "bold red"
-    console.print(f"[{style}]{v.headline()}[/]", soft_wrap=True, markup=True)
+    console.print(f"[{style}]{escape(v.headline())}[/]", soft_wrap=True)
     console.print(f"verdict: {reports / 'verdict.json'}", markup=False)
 
 

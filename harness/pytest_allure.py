@@ -35,8 +35,8 @@ try:
     import allure
     import allure_commons
 except ImportError:  # allure-pytest is optional
-    allure = None
-    allure_commons = None
+    allure = None  # type: ignore[assignment]
+    allure_commons = None  # type: ignore[assignment]
 
 ENDPOINTS_FILE = "im-endpoints.json"  # what the sign-off reads the promised capabilities from
 DOCS = Path(__file__).resolve().parent.parent

@@ -11,7 +11,11 @@ ROOT = Path(__file__).resolve().parent.parent
 HARNESS = ROOT / "harness"
 FRAMEWORKS = {"pytest", "_pytest", "pytest_asyncio", "locust", "gevent", "allure", "allure_commons"}
 # The thin framework layers: the only modules allowed to import a test or load framework.
-FRAMEWORK_LAYERS = {"harness/pytest_plugin.py", "harness/load/bridge.py"}
+FRAMEWORK_LAYERS = {
+    "harness/pytest_plugin.py",  # pytest
+    "harness/pytest_allure.py",  # pytest + allure-pytest (the report labels)
+    "harness/load/bridge.py",  # gevent/locust
+}
 SERVICE = {"server.py", "state.py", "store.py", "api.py", "__main__.py", "tiers.py", "defects.py"}
 
 

@@ -68,7 +68,8 @@ def test_labels_attachments_and_no_secret_in_results(pytester: pytest.Pytester, 
     assert labels(failed, "im_case") == ["test_chat.py::test_send"]
     params = {p["name"]: p["value"] for p in failed["parameters"]}
     assert {"endpoint", "adapter", "protocol", "tier"} <= set(params)
-    assert failed["links"] and failed["links"][0]["url"].startswith("file://")
+    assert failed["links"]
+    assert failed["links"][0]["url"].startswith("file://")
     names = {a["name"] for a in failed.get("attachments", [])}
     assert {"oracle: explanation and transcript", "hypothesis: shrunk steps and seed",
             "fault timeline"} <= names

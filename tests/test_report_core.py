@@ -46,7 +46,8 @@ def test_parity_counts_a_not_supported_skip_only_under_the_missing_capability(tm
         "passed": 1, "failed": 0, "skipped_not_supported": 0, "skipped_other": 0}
     assert table.cell("recall", "old").not_supported == 1
     assert (table.cell("chat", "new").passed, table.cell("recall", "new").passed) == (2, 1)
-    assert "1 not supported" in table.to_text() and "| recall |" in table.to_markdown()
+    assert "1 not supported" in table.to_text()
+    assert "| recall |" in table.to_markdown()
 
 
 def test_go_needs_every_promise_passing_and_every_budget(tmp_path):
@@ -64,7 +65,8 @@ def test_go_needs_every_promise_passing_and_every_budget(tmp_path):
                      loads=[LoadOutcome("chat", None, "locust exited 1")])
     assert "produced no result: locust exited 1" in crashed.reasons[0]
     unknown = decide(results, table, promised=None, loads=[LoadOutcome("chat", SUMMARY_OK)])
-    assert not unknown.go and "never reached" in unknown.reasons[0]
+    assert not unknown.go
+    assert "never reached" in unknown.reasons[0]
 
 
 def test_regression_on_new_is_no_go_but_a_failure_on_both_is_a_note(tmp_path):
@@ -103,7 +105,8 @@ def test_junit_fallback_reads_endpoint_and_skip_reason(tmp_path):
         '<failure message="AssertionError: lost">x</failure></testcase>'
         "</testsuite></testsuites>")
     results = read_results(tmp_path / "none", xml)
-    assert results.source == "junit" and results.junit_total == 2
+    assert results.source == "junit"
+    assert results.junit_total == 2
     old, new = read_junit(xml)
     assert (old.endpoint, old.not_supported, old.case) == ("old", True, new.case)
     assert (new.status, new.kind, new.area) == ("failed", "product", "Recall")
@@ -143,5 +146,6 @@ def test_allure_config_has_the_four_categories_and_single_file(tmp_path):
 def test_executor_from_ci_variables():
     gh = executor({"GITHUB_ACTIONS": "true", "GITHUB_SERVER_URL": "https://github.com",
                    "GITHUB_REPOSITORY": "a/b", "GITHUB_RUN_ID": "7", "GITHUB_RUN_NUMBER": "3"})
-    assert gh is not None and gh["buildUrl"].endswith("a/b/actions/runs/7")
+    assert gh is not None
+    assert gh["buildUrl"].endswith("a/b/actions/runs/7")
     assert executor({}) is None

@@ -212,8 +212,8 @@ def generate(results_dirs: Sequence[str | Path], output: str | Path, config: str
     out = Path(output)
     if out.exists():
         shutil.rmtree(out)  # allure nests a new report inside an existing folder
-    cmd = [*command, "generate", "--config", str(config), "--output", str(out),
-           *(str(d) for d in results_dirs)]
+    cmd = [*command, "generate", "--config", str(Path(config).resolve()), "--output",
+           str(out.resolve()), *(str(Path(d).resolve()) for d in results_dirs)]
     env = dict(os.environ, NO_COLOR="1", FORCE_COLOR="0")
     try:
         done = subprocess.run(cmd, cwd=str(project_root), capture_output=True, text=True,
@@ -222,6 +222,8 @@ def generate(results_dirs: Sequence[str | Path], output: str | Path, config: str
         raise ReportError(f"allure generate took over {timeout:g}s; see {out}") from None
     index = out / "index.html"
     if done.returncode != 0 or not index.is_file():
-        tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        errors = [ln.strip() for ln in lines if "error" in ln.lower() and " at " not in ln]
+        tail = " | ".join(errors[:2] or lines[-3:])
         raise ReportError(f"allure generate exited {done.returncode}: {tail}")
     return index
