@@ -149,3 +149,11 @@ def test_executor_from_ci_variables():
     assert gh is not None
     assert gh["buildUrl"].endswith("a/b/actions/runs/7")
     assert executor({}) is None
+
+
+def test_checked_in_allurerc_matches_the_generated_categories():
+    """`npx allure generate reports/allure-results` from the root uses the same categories."""
+    root = Path(__file__).resolve().parent.parent
+    cfg = json.loads((root / "allurerc.json").read_text())
+    assert cfg["categories"]["rules"] == CATEGORIES
+    assert cfg["historyPath"] == "reports/allure-history.jsonl"
