@@ -285,6 +285,9 @@ def serve(
     except HarnessError as exc:
         err.print(f"im-harness: {exc}", markup=False)
         raise typer.Exit(EXIT_NO_GO) from None
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # also when started with SIGINT ignored
+        signal.signal(sig, lambda *_: stop.set())
     try:
         env_file.parent.mkdir(parents=True, exist_ok=True)
         lines = []
@@ -300,11 +303,8 @@ def serve(
         with os.fdopen(fd, "w") as fh:
             fh.write("\n".join(lines) + "\n")
         console.print(f"app keys: {env_file} (source it); Ctrl-C stops", markup=False)
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        with contextlib.suppress(KeyboardInterrupt):
-            while not stop.wait(0.5):
-                pass
+        while not stop.wait(0.5):
+            pass
     finally:
         session.stop()
         console.print("stopped", markup=False)

@@ -170,3 +170,42 @@ api_url = "{service.api_url}"
             assert value.encode() not in body, f"{var}'s value is in {path}"
     for value in secrets.values():
         assert value not in done.stdout + done.stderr
+
+
+def test_doctor_reaches_the_endpoints_and_prints_capabilities(tmp_path):
+    done = cli("doctor", cwd=tmp_path, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "reference v2, tier pro" in done.stdout
+    assert "receipts" in done.stdout
+    assert "max_message_bytes=" in done.stdout
+
+
+def test_serve_prints_urls_keeps_keys_in_a_private_file_and_stops_on_ctrl_c(tmp_path):
+    import signal
+    import subprocess
+
+    from harness.timing import until
+
+    env_file = tmp_path / "serve.env"
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "serve", "--env-file",
+                             str(env_file)], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "COLUMNS": "200"})
+    try:
+        import asyncio
+
+        asyncio.run(until(env_file.exists, timeout=units(30), what="serve.env"))
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=units(30))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out
+    assert "old: ws://127.0.0.1:" in out
+    assert "new: ws://127.0.0.1:" in out
+    assert out.rstrip().endswith("stopped")
+    assert env_file.stat().st_mode & 0o777 == 0o600
+    keys = [line.split("=", 1)[1] for line in env_file.read_text().split()]
+    assert len(keys) == 2
+    assert all(k and k not in out for k in keys)
