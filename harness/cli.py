@@ -300,6 +300,7 @@ def serve(
                 f"app {settings.app_id}  protocol {settings.protocol}  tier {settings.tier}  "
                 f"(app key in ${var})", markup=False)
         fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # also when the file existed with wider permissions
         with os.fdopen(fd, "w") as fh:
             fh.write("\n".join(lines) + "\n")
         console.print(f"app keys: {env_file} (source it); Ctrl-C stops", markup=False)
