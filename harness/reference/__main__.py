@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import resource
 import signal
 import sys
 import tempfile
@@ -144,6 +146,15 @@ async def _serve(args: argparse.Namespace, db_path: str) -> None:
         await store.close()
 
 
+def _raise_fd_limit() -> None:
+    """Each session is a socket: let the service hold as many as the hard limit allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -153,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.log_level != "DEBUG":
         logging.getLogger("websockets").setLevel(logging.WARNING)
     defects.configure(args.defect, seed=args.seed, rate=args.defect_rate)
+    _raise_fd_limit()
     tmpdir = None
     db_path = args.db
     if db_path is None:
