@@ -31,8 +31,8 @@ DEFAULT_PROFILE = "ci"
 _QUIET_CHECKS = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
 
 PROFILES: dict[str, dict[str, Any]] = {
-    # One example is a fresh app on a live service, most of a second: 25 fit the ci minute.
-    "ci": {"max_examples": 25, "stateful_step_count": 20},
+    # One example is a fresh app on a live service, most of a second: 40 fit the ci minute.
+    "ci": {"max_examples": 40, "stateful_step_count": 20},
     "deep": {"max_examples": 400, "stateful_step_count": 60},
 }
 # Seconds hypothesis may spend shrinking one failure (its own default is 300).
@@ -95,7 +95,7 @@ def replay_command(nodeid: str, seed_value: int, profile: str, extra: Sequence[s
 
 
 def run_machine(
-    factory: Callable[[], RuleBasedStateMachine],
+    factory: type[RuleBasedStateMachine],
     *,
     test: str,
     profile: str = DEFAULT_PROFILE,

@@ -32,7 +32,7 @@ PROPERTY_DEFECTS = [
 ]
 FAULT_DEFECTS = ["keepalive_dead", "ack_before_persist", "duplicate_on_reconnect"]
 CONFIG = "[harness]\nkeepalive_v1 = 2\nkeepalive_v2 = 1\n"
-RUN_TIMEOUT_S = 420.0
+RUN_TIMEOUT_S = 600.0
 WORKERS = 2  # two cores
 KIND_RE = re.compile(r"\[(loss|duplicate|order|group_order|recall|receipt|history|unexpected)\]")
 REPLAY_RE = re.compile(r"^\s*(pytest \S+ --hypothesis-seed=\d+.*)$", re.M)

@@ -162,10 +162,13 @@ class World:
         ]
 
     def readable(self, reader: int) -> list[str]:
-        return sorted(
+        """The reader's conversations with messages, the most recently active first."""
+        recent = [s.ack.conversation for s in reversed(self.sent)]
+        convs = {
             conv for conv, people in self.conversations.items()
             if reader in people and self.last_seq.get(conv, 0) > 0
-        )
+        }
+        return sorted(convs, key=recent.index)
 
     # -- actions --------------------------------------------------------------------------------
 
@@ -390,27 +393,30 @@ class WorldMachine(RuleBasedStateMachine):
         return bool(self.world.connected())
 
     @precondition(_has_connected)
-    @rule(sender=_users, to=_users)
-    def send(self, sender: int, to: int) -> None:
-        """A connected user sends a 1:1 message to another user (who may be away)."""
+    @rule(sender=_users, to=_users, count=st.integers(min_value=1, max_value=3))
+    def send(self, sender: int, to: int, count: int) -> None:
+        """A connected user sends a few 1:1 messages in a row to another user (maybe away)."""
         s = self._pick_connected(sender)
         t = self._user(to)
         if t == s:
             t = (t + 1) % len(self.world.members)
         peer = self.world.members[t].user
-        self._run(self.world.send(s, peer, f"step {self.steps}: u{s} to u{t}", {t}))
+        for n in range(count):
+            self._run(self.world.send(s, peer, f"step {self.steps}.{n}: u{s} to u{t}", {t}))
 
     @precondition(_has_connected)
-    @rule(group=st.integers(min_value=0, max_value=1), sender=_users)
-    def send_to_group(self, group: int, sender: int) -> None:
-        """A connected member posts to one of its groups."""
+    @rule(group=st.integers(min_value=0, max_value=1), sender=_users,
+          count=st.integers(min_value=1, max_value=3))
+    def send_to_group(self, group: int, sender: int, count: int) -> None:
+        """A connected member posts a few messages in a row to one of its groups."""
         info, people = self.world.groups[group % len(self.world.groups)]
         candidates = [i for i in people if self.world.members[i].connected]
         if not candidates:
             return
         s = candidates[sender % len(candidates)]
-        body = f"step {self.steps}: u{s} to {info.name}"
-        self._run(self.world.send(s, info, body, set(people) - {s}))
+        for n in range(count):
+            body = f"step {self.steps}.{n}: u{s} to {info.name}"
+            self._run(self.world.send(s, info, body, set(people) - {s}))
 
     @precondition(lambda self: bool(self.world.recallable()))
     @rule(pick=st.integers(min_value=0, max_value=1000))
@@ -427,14 +433,16 @@ class WorldMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: bool(self._readers()))
     @rule(reader=_users, conversation=st.integers(min_value=0, max_value=10),
-          behind=st.integers(min_value=0, max_value=3))
-    def mark_read(self, reader: int, conversation: int, behind: int) -> None:
-        """A v2 user marks a conversation read up to `behind` messages before its last one."""
+          behind=st.lists(st.integers(min_value=0, max_value=3), min_size=1, max_size=3))
+    def mark_read(self, reader: int, conversation: int, behind: list[int]) -> None:
+        """A v2 user's read marks for one conversation, as a scrolling view (or two devices)
+        sends them: each `behind` messages before the last, not necessarily in order."""
         readers = self._readers()
         r = readers[reader % len(readers)]
         convs = self.world.readable(r)
         conv = convs[conversation % len(convs)]
-        self._run(self.world.mark_read(r, conv, max(1, self.world.last_seq[conv] - behind)))
+        for b in behind:
+            self._run(self.world.mark_read(r, conv, max(1, self.world.last_seq[conv] - b)))
 
     @precondition(_has_connected)
     @rule(user=_users, how=st.sampled_from(["close", "drop"]))
