@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from harness.errors import ConfigError
 from harness.load.budgets import parse_budgets
-from harness.load.metrics import LoadMetrics
+from harness.load.metrics import HIGHEST_US, LoadMetrics, new_histogram
 from harness.load.scenarios import plan
 from harness.load.summary import build_summary, compare_table
 
@@ -84,3 +86,34 @@ def test_compare_table_has_ratios() -> None:
     assert "send_ack p50 ms" in table
     assert "0.50x" in table
     assert "2.00x" in table
+
+
+def test_batched_recording_matches_hdrhistogram_exactly() -> None:
+    rng = random.Random(7)
+    seconds = [rng.lognormvariate(-5, 1.5) for _ in range(5000)] + [-0.001, 0.0, 7200.0]
+    batched, direct = LoadMetrics(), new_histogram()
+    for s in seconds:
+        batched.record("delivery", s)
+        direct.record_value(min(max(int(s * 1_000_000), 1), HIGHEST_US))
+    hist = batched.histograms["delivery"]
+    assert list(hist.counts) == list(direct.counts)
+    assert hist.get_total_count() == direct.get_total_count() == len(seconds)
+    assert hist.get_min_value() == direct.get_min_value()
+    assert hist.get_max_value() == direct.get_max_value()
+    assert hist.get_value_at_percentile(99.9) == direct.get_value_at_percentile(99.9)
+    batched.record("delivery", 0.5)  # recorded after a read: still counted
+    assert batched.samples("delivery") == len(seconds) + 1
+
+
+def test_summary_histogram_counts_every_sample_in_order() -> None:
+    m = _metrics([1.0] * 30 + [2.0] * 50 + [40.0] * 20)
+    summary = build_summary(m, scenario="chat", endpoint={"name": "new"})
+    rows = summary["histogram_ms"]["send_ack"]
+    assert set(summary["histogram_ms"]) == {"send_ack"}  # metrics with no samples are left out
+    assert sum(n for _, n in rows) == 100
+    uppers = [upper for upper, _ in rows]
+    assert uppers == sorted(uppers)
+    assert [n for _, n in rows] == [30, 50, 20]
+    assert uppers[0] == pytest.approx(1.0, rel=0.01)
+    assert uppers[-1] == pytest.approx(40.0, rel=0.01)
+    assert len(m.histogram_ms("send_ack", buckets=10)) <= 11

@@ -38,6 +38,7 @@ def build_summary(
         "processes": metrics.sources,
         "latency_ms": {m: metrics.percentiles_ms(m) for m in METRICS},
         "samples": {m: metrics.samples(m) for m in METRICS},
+        "histogram_ms": {m: metrics.histogram_ms(m) for m in METRICS if metrics.samples(m)},
         "counts": {name: metrics.counts[name] for name in COUNTERS},
         "errors": dict(metrics.errors),
         "ratios": {
