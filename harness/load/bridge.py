@@ -25,11 +25,23 @@ from gevent import monkey
 
 from harness.errors import HarnessError, IMTimeout
 
+try:  # libuv's loop: its sockets and timers are native, not gevent's patched Python ones
+    import uvloop
+except ImportError:  # pragma: no cover - the load extra installs it
+    uvloop = None
+
 T = TypeVar("T")
 
 _start_new_thread = monkey.get_original("_thread", "start_new_thread")
 _allocate_lock = monkey.get_original("_thread", "allocate_lock")
 _DefaultSelector = monkey.get_original("selectors", "DefaultSelector")
+
+
+def new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's loop when installed, else asyncio's on the unpatched selector."""
+    if uvloop is not None:
+        return uvloop.new_event_loop()
+    return asyncio.SelectorEventLoop(_DefaultSelector())
 
 
 class Pending(gevent.event.AsyncResult):
@@ -59,7 +71,7 @@ class AsyncBridge:
         self.loop: asyncio.AbstractEventLoop | None = None
 
         def main() -> None:
-            loop = asyncio.SelectorEventLoop(_DefaultSelector())
+            loop = new_loop()
             asyncio.set_event_loop(loop)
             self.loop = loop
             ready.release()
