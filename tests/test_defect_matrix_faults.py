@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -80,15 +81,18 @@ def _execute(run: Run, workdir: Path, config: Path) -> Run:
         cmd += ["--im-defect", run.defect]
     env = {k: v for k, v in os.environ.items() if not k.startswith("IM_HARNESS_")}
     start = time.monotonic()
+    # Its own session, so a timeout kills the whole group: pytest and the services it started.
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )
     try:
-        proc = subprocess.run(
-            cmd, cwd=ROOT, env=env, capture_output=True, text=True,
-            timeout=units(RUN_TIMEOUT_S),
-        )
-        run.returncode, run.output = proc.returncode, proc.stdout + proc.stderr
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-        run.output = f"timed out after {exc.timeout:.0f}s\n{out}"
+        out, _ = proc.communicate(timeout=units(RUN_TIMEOUT_S))
+        run.returncode, run.output = proc.returncode, out
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        run.output = f"timed out after {units(RUN_TIMEOUT_S):.0f}s\n{out}"
     run.seconds = time.monotonic() - start
     if junit.exists():
         for case in ET.parse(junit).getroot().iter("testcase"):
