@@ -705,8 +705,10 @@ class ReferenceClient:
         rid = next(self._ids)
         pending.request_ids.append(rid)
         self._send_ids[rid] = pending.future
-        with contextlib.suppress(ConnectionClosed):  # the reconnect resends it
+        try:
             ws.send(_encode({"id": rid, **pending.frame}))
+        except ConnectionClosed:
+            pass  # the reconnect resends it
 
     # -- IMClient operations --------------------------------------------------------------
 
@@ -738,7 +740,7 @@ class ReferenceClient:
         try:
             self._transmit(pending)
             ws = self._ws
-            if ws is not None:
+            if ws is not None and ws._paused:
                 await ws.drain()
             try:
                 answer = await future
