@@ -193,3 +193,24 @@ def _wait_for_messages(service: ReferenceService, timeout: float) -> None:
             await admin.aclose()
 
     asyncio.run(poll())
+
+
+@pytest.mark.parametrize("with_uvloop", [True, False], ids=["uvloop", "asyncio-fallback"])
+def test_bridge_runs_coroutines_on_uvloop_or_the_fallback_loop(
+        monkeypatch: pytest.MonkeyPatch, with_uvloop: bool) -> None:
+    from harness.load import bridge as bridge_module
+
+    if not with_uvloop:
+        monkeypatch.setattr(bridge_module, "uvloop", None)
+    elif bridge_module.uvloop is None:
+        pytest.fail("uvloop is part of the load extra; install it")
+    bridge = bridge_module.AsyncBridge()
+    try:
+        async def loop_kind() -> str:
+            await asyncio.sleep(0.001)
+            return type(asyncio.get_running_loop()).__module__
+
+        kind = bridge.run(loop_kind(), timeout=units(5))
+    finally:
+        bridge.close()
+    assert kind.startswith("uvloop") if with_uvloop else kind.startswith("asyncio")

@@ -28,7 +28,7 @@ from harness.errors import HarnessError, IMTimeout
 try:  # libuv's loop: its sockets and timers are native, not gevent's patched Python ones
     import uvloop
 except ImportError:  # pragma: no cover - the load extra installs it
-    uvloop = None
+    uvloop = None  # type: ignore[assignment]
 
 T = TypeVar("T")
 

@@ -72,20 +72,20 @@ class Budgets:
         limits = {**DEFAULTS, **self.limits}
         for key, limit in limits.items():
             if key == "max_error_ratio":
-                actual: float | None = round(metrics.error_ratio(), 6)
-                out.append(Verdict(key, limit, actual, actual <= limit))
+                ratio = round(metrics.error_ratio(), 6)
+                out.append(Verdict(key, limit, ratio, ratio <= limit))
             elif key == "max_behind_schedule_ratio":
-                actual = round(metrics.behind_schedule_ratio(), 6)
-                out.append(Verdict(key, limit, actual, actual <= limit))
+                ratio = round(metrics.behind_schedule_ratio(), 6)
+                out.append(Verdict(key, limit, ratio, ratio <= limit))
             elif key == "min_connect_success_ratio":
-                actual = metrics.connect_success_ratio()
+                success = metrics.connect_success_ratio()
                 detail = ""
                 if metrics.counts["limit_reached"]:
                     detail = f"{metrics.counts['limit_reached']} refused at the connection cap"
-                if actual is None:
+                if success is None:
                     out.append(Verdict(key, limit, None, False, "no connects attempted"))
                 else:
-                    out.append(Verdict(key, limit, round(actual, 6), actual >= limit, detail))
+                    out.append(Verdict(key, limit, round(success, 6), success >= limit, detail))
             else:
                 counter = key.removeprefix("max_")
                 value = float(metrics.counts[counter])
