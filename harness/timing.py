@@ -42,7 +42,7 @@ class WaitTimeout(HarnessError, AssertionError):
 async def until(
     condition: Callable[[], object | Awaitable[object]],
     *,
-    timeout: float | None = None,
+    timeout: float | None = None,  # noqa: ASYNC109 - a wait helper: the timeout is its point
     what: str = "condition",
     interval: float = 0.01,
 ) -> object:
