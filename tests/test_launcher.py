@@ -174,11 +174,11 @@ _ORPHAN_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("ending", ["exit", "sigterm"])
+@pytest.mark.parametrize("ending", ["exit", "sigterm", "sigkill"])
 def test_children_die_with_the_parent(ending: str) -> None:
-    """A parent that forgets stop() (atexit) or is SIGTERMed leaves no service behind."""
+    """A parent that forgets stop() (atexit), is SIGTERMed or is killed -9 leaves no service."""
     parent = subprocess.Popen(
-        [sys.executable, "-c", _ORPHAN_SCRIPT, "wait" if ending == "sigterm" else "exit"],
+        [sys.executable, "-c", _ORPHAN_SCRIPT, "exit" if ending == "exit" else "wait"],
         stdout=subprocess.PIPE, text=True,
     )
     try:
@@ -186,9 +186,9 @@ def test_children_die_with_the_parent(ending: str) -> None:
         line = parent.stdout.readline()
         assert line.strip().isdigit(), f"parent did not report a child pid: {line!r}"
         child = int(line)
-        if ending == "sigterm":
+        if ending != "exit":
             assert _alive(child)
-            parent.send_signal(signal.SIGTERM)
+            parent.send_signal(signal.SIGTERM if ending == "sigterm" else signal.SIGKILL)
         parent.wait(timeout=units(15))
     finally:
         if parent.poll() is None:

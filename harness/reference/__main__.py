@@ -71,6 +71,9 @@ def _parser() -> _Parser:
                    help="default recall window in seconds (an app may set its own)")
     p.add_argument("--max-frame-bytes", type=int, default=1024 * 1024,
                    help="frames above this get too_large (hard cap 4 MiB closes with 1009)")
+    p.add_argument("--exit-with-parent", action="store_true",
+                   help="shut down when the process that started this one goes away (a crashed "
+                        "test run must not leave a service behind)")
     p.add_argument("--log-level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="stderr log level")
     return p
@@ -102,6 +105,17 @@ def _check(p: _Parser, args: argparse.Namespace) -> None:
             p.error(f"--db {args.db!r}: directory {parent!r} does not exist; create it first")
 
 
+async def _watch_parent(stop: asyncio.Event, interval: float = 0.5) -> None:
+    """Set `stop` once this process is re-parented: its starter died (even by kill -9)."""
+    parent = os.getppid()
+    while not stop.is_set():
+        await asyncio.sleep(interval)
+        if os.getppid() != parent:
+            log = logging.getLogger("harness.reference")
+            log.warning("parent %d is gone; shutting down", parent)
+            stop.set()
+
+
 async def _serve(args: argparse.Namespace, db_path: str) -> None:
     store = Store(db_path)
     config = Config(keepalive_v1=args.keepalive_v1, keepalive_v2=args.keepalive_v2,
@@ -129,7 +143,10 @@ async def _serve(args: argparse.Namespace, db_path: str) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        watchdog = asyncio.create_task(_watch_parent(stop)) if args.exit_with_parent else None
         await stop.wait()
+        if watchdog is not None:
+            watchdog.cancel()
         logging.getLogger("harness.reference").info("shutting down")
     finally:
         if ws_server is not None:

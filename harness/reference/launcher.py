@@ -149,7 +149,8 @@ class ReferenceService:
     def _command(self, ws_port: int, api_port: int) -> list[str]:
         assert self.db_path is not None
         cmd = [sys.executable, "-m", "harness.reference", "--host", "127.0.0.1",
-               "--port", str(ws_port), "--api-port", str(api_port), "--db", str(self.db_path)]
+               "--port", str(ws_port), "--api-port", str(api_port), "--db", str(self.db_path),
+               "--exit-with-parent"]
         for name in self.defects:
             cmd += ["--defect", name]
         if self.keepalive_v1 is not None:
