@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness import reaper
 from harness.contract import EndpointSettings
 from harness.errors import ConfigError, HarnessError
 from harness.timing import units
@@ -224,6 +225,7 @@ class SynapseServer:
     )
     port: int | None = field(default=None, init=False)
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    _reaper: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _own_dir: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -351,6 +353,7 @@ class SynapseServer:
         with _live_lock:
             _live[proc.pid] = proc
         self._proc = proc
+        self._reaper = reaper.watch(proc.pid)  # a harness killed -9 must not leave Synapse
         self._wait_ready()
         return self
 
@@ -394,6 +397,10 @@ class SynapseServer:
         if self._proc is not None:
             with _live_lock:
                 _live.pop(self._proc.pid, None)
+        reaper_proc, self._reaper = self._reaper, None
+        if reaper_proc is not None:  # it exits within one poll once the server is gone
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                reaper_proc.wait(timeout=2)
 
     def stop(self) -> None:
         """SIGTERM, wait, then SIGKILL; the data directory stays for `restart()`."""

@@ -105,9 +105,8 @@ def _check(p: _Parser, args: argparse.Namespace) -> None:
             p.error(f"--db {args.db!r}: directory {parent!r} does not exist; create it first")
 
 
-async def _watch_parent(stop: asyncio.Event, interval: float = 0.5) -> None:
+async def _watch_parent(stop: asyncio.Event, parent: int, interval: float = 0.5) -> None:
     """Set `stop` once this process is re-parented: its starter died (even by kill -9)."""
-    parent = os.getppid()
     while not stop.is_set():
         await asyncio.sleep(interval)
         if os.getppid() != parent:
@@ -143,7 +142,8 @@ async def _serve(args: argparse.Namespace, db_path: str) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        watchdog = asyncio.create_task(_watch_parent(stop)) if args.exit_with_parent else None
+        watchdog = (asyncio.create_task(_watch_parent(stop, args.parent_pid))
+                    if args.exit_with_parent else None)
         await stop.wait()
         if watchdog is not None:
             watchdog.cancel()
@@ -175,6 +175,7 @@ def _raise_fd_limit() -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    args.parent_pid = os.getppid()  # read first: the parent may die while we start
     _check(parser, args)
     logging.basicConfig(stream=sys.stderr, level=args.log_level,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
