@@ -35,6 +35,7 @@ from harness.report.signoff import (
     Outcome,
     Plan,
     finish,
+    plugins_missing,
     run_load,
     run_suites,
 )
@@ -76,10 +77,13 @@ def usage(message: str) -> typer.Exit:
     return typer.Exit(EXIT_USAGE)
 
 
-def _config(path: str | None, endpoints: str) -> tuple[HarnessConfig, tuple[str, str]]:
+def _config(path: str | None, endpoints: str, *, pytest: bool = False
+            ) -> tuple[HarnessConfig, tuple[str, str]]:
     """The validated configuration and the two endpoints (old first); ConfigError otherwise."""
     from harness.session import HarnessSession
 
+    if pytest and (problem := plugins_missing()):
+        raise ConfigError(problem)
     config = load_config(path)
     names = split_names(endpoints)
     if len(names) != 2:
@@ -180,7 +184,7 @@ def signoff(
     """Suites on old and new, load on new against budgets, report, parity and GO/NO-GO."""
     scenarios = list(scenario or DEFAULT_SCENARIOS) if load else []
     try:
-        hc, names = _config(config, endpoints)
+        hc, names = _config(config, endpoints, pytest=True)
         _check_load(load_time, budgets_dir, scenarios)
     except ConfigError as exc:
         raise usage(str(exc)) from None
@@ -208,7 +212,7 @@ def run(
 ) -> None:
     """The suites only, on old and new: parity table and Allure report (no verdict)."""
     try:
-        hc, names = _config(config, endpoints)
+        hc, names = _config(config, endpoints, pytest=True)
     except ConfigError as exc:
         raise usage(str(exc)) from None
     plan = Plan(reports=reports, config=config, endpoints=names, paths=list(path or []),

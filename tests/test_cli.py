@@ -67,7 +67,7 @@ def test_signoff_subset_is_go_with_parity_load_and_report(tmp_path):
                     (reports / "allure-results").glob("*-result.json")]
     [load] = [r for r in load_results if r["fullName"].startswith("load.chat")]
     assert load["status"] == "passed"
-    assert {"latency over time", "latency distribution", "summary"} <= {
+    assert {"latency over time", "latency histogram", "summary"} <= {
         a["name"] for a in load["attachments"]}
 
 
@@ -170,6 +170,15 @@ api_url = "{service.api_url}"
             assert value.encode() not in body, f"{var}'s value is in {path}"
     for value in secrets.values():
         assert value not in done.stdout + done.stderr
+
+
+def test_signoff_refuses_to_run_the_suites_without_the_harness_plugins(tmp_path):
+    done = cli("signoff", "--no-load", cwd=tmp_path, timeout=30,
+               env={"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"})
+    assert done.returncode == 2, done.stdout + done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert "PYTEST_DISABLE_PLUGIN_AUTOLOAD" in line
+    assert not (tmp_path / "reports").exists()
 
 
 def test_doctor_reaches_the_endpoints_and_prints_capabilities(tmp_path):

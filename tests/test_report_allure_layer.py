@@ -1,4 +1,7 @@
-"""The allure-pytest layer, run for real through pytester against the embedded services."""
+"""The allure-pytest layer, run for real through pytester against the embedded services.
+
+The layer arrives through its `pytest11` entry point, as in a user's run: no `-p` here.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ INI = """
 [pytest]
 asyncio_mode = auto
 asyncio_default_fixture_loop_scope = function
-addopts = -p no:cacheprovider -p harness.pytest_allure
+addopts = -p no:cacheprovider
 """
 
 SUITE = '''

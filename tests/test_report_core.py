@@ -5,7 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+from harness.load.metrics import LoadMetrics
+from harness.load.summary import build_summary
 from harness.report.allure import CATEGORIES, Result, executor, write_config, write_result
+from harness.report.loadreport import histogram_bars, load_result
 from harness.report.parity import ParityTable
 from harness.report.redact import MASK, Redactor
 from harness.report.results import read_allure, read_junit, read_results
@@ -157,3 +162,37 @@ def test_checked_in_allurerc_matches_the_generated_categories():
     cfg = json.loads((root / "allurerc.json").read_text())
     assert cfg["categories"]["rules"] == CATEGORIES
     assert cfg["historyPath"] == "reports/allure-history.jsonl"
+
+
+def load_summary() -> dict:
+    """A real load summary: 90 sends acked at 2-4 ms and 10 slow ones at 40 ms."""
+    metrics = LoadMetrics()
+    for i in range(90):
+        metrics.record("send_ack", 0.002 + 0.002 * i / 89)
+    for _ in range(10):
+        metrics.record("send_ack", 0.040)
+    metrics.record("connect", 0.001)
+    return build_summary(metrics, scenario="chat", endpoint={"name": "new", "describe": "x"})
+
+
+def test_load_result_draws_the_histogram_the_load_layer_measured():
+    summary = load_summary()
+    rows = summary["histogram_ms"]["send_ack"]
+    bars = histogram_bars(rows)
+    assert sum(n for _, _, n in bars) == 100
+    widths = {round(w, 6) for _, w, _ in bars}
+    assert len(widths) == 1  # equal steps, also across the left-out empty ones
+    assert all(left + width == pytest.approx(upper)
+               for (left, width, _), (upper, _) in zip(bars, rows, strict=True))
+    assert max(bars, key=lambda b: b[0])[2] == 10  # the slow tail is its own bar
+    result = load_result(LoadOutcome("chat", summary))
+    shots = {a.name: a for a in result.attachments if a.mime == "image/png"}
+    assert set(shots) == {"latency histogram"}  # no locust history given: no time plot
+    assert shots["latency histogram"].body.startswith(b"\x89PNG")
+
+
+def test_a_summary_without_histogram_gets_the_percentile_chart():
+    summary = {k: v for k, v in load_summary().items() if k != "histogram_ms"}
+    result = load_result(LoadOutcome("chat", summary))
+    assert [a.name for a in result.attachments if a.mime == "image/png"] == [
+        "latency distribution"]

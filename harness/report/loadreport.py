@@ -65,6 +65,13 @@ def read_history(path: str | Path) -> dict[str, list[tuple[float, float, float]]
             for name, points in series.items()}
 
 
+def _from_first_sample(points: list[tuple[float, float, float]]
+                       ) -> list[tuple[float, float, float]]:
+    """Without the leading rows where locust writes 0 ms because nothing was timed yet."""
+    first = next((i for i, (_, p50, p95) in enumerate(points) if p50 or p95), len(points))
+    return points[first:]
+
+
 def _png(fig: Any) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
@@ -73,7 +80,7 @@ def _png(fig: Any) -> bytes:
 
 def plots(summary: Mapping[str, Any], history: Mapping[str, list[tuple[float, float, float]]]
           ) -> list[Attachment]:
-    """Latency over time (from the history) and the latency distribution, as PNGs."""
+    """Latency over time (from the history) and the latency histogram, as PNGs."""
     try:
         import matplotlib
     except ImportError:  # plots are a bonus: the table and the verdict do not need them
@@ -83,7 +90,8 @@ def plots(summary: Mapping[str, Any], history: Mapping[str, list[tuple[float, fl
 
     out: list[Attachment] = []
     scenario = summary.get("scenario", "?")
-    timed = {k: v for k, v in history.items() if k and k != "Aggregated" and v}
+    timed = {k: v for k, v in ((k, _from_first_sample(v)) for k, v in history.items())
+             if k and k != "Aggregated" and v}
     if timed:
         fig, ax = plt.subplots(figsize=(8, 3.5))
         for name, points in sorted(timed.items()):
@@ -92,35 +100,61 @@ def plots(summary: Mapping[str, Any], history: Mapping[str, list[tuple[float, fl
             ax.plot(xs, [p[2] for p in points], linestyle="--", color=line.get_color(),
                     label=f"{name} p95")
         ax.set(xlabel="seconds into the run", ylabel="latency (ms)",
-               title=f"{scenario}: latency over time")
+               title=f"{scenario}: latency over time (locust's rolling window, whole ms)")
         ax.legend(fontsize="small")
         ax.grid(alpha=0.3)
         out.append(Attachment("latency over time", _png(fig), "image/png", "png"))
         plt.close(fig)
-    buckets = summary.get("histogram_ms") or {}
-    rows = percentile_rows(summary)
-    if buckets or rows:
+    buckets = {m: rows for m, rows in (summary.get("histogram_ms") or {}).items() if rows}
+    if buckets:
+        out.append(Attachment("latency histogram", _png(_histogram_figure(plt, scenario, buckets)),
+                              "image/png", "png"))
+    elif rows := percentile_rows(summary):  # a summary from before the load layer's histogram
         fig, ax = plt.subplots(figsize=(8, 3.5))
-        if buckets:  # {metric: [[upper_ms, count], ...]} when the load layer provides it
-            for metric, pairs in sorted(buckets.items()):
-                uppers = [float(u) for u, _ in pairs]
-                counts = [int(c) for _, c in pairs]
-                ax.step(uppers, counts, where="post", label=metric)
-            ax.set(xlabel="latency (ms)", ylabel="operations", xscale="log",
-                   title=f"{scenario}: latency histogram")
-        else:
-            for metric, _n, pct in rows:
-                keys = [p for p in PERCENTILES if isinstance(pct.get(p), int | float)]
-                ax.bar([f"{metric}\n{k}" for k in keys], [pct[k] for k in keys], label=metric)
-            ax.set(ylabel="latency (ms)", yscale="log",
-                   title=f"{scenario}: latency distribution (percentiles)")
-            ax.tick_params(axis="x", labelsize=6)
+        for metric, _n, pct in rows:
+            keys = [p for p in PERCENTILES if isinstance(pct.get(p), int | float)]
+            ax.bar([f"{metric}\n{k}" for k in keys], [pct[k] for k in keys], label=metric)
+        ax.set(ylabel="latency (ms)", yscale="log",
+               title=f"{scenario}: latency distribution (percentiles)")
+        ax.tick_params(axis="x", labelsize=6)
         ax.legend(fontsize="small")
         ax.grid(alpha=0.3, axis="y")
-        name = "latency histogram" if buckets else "latency distribution"
-        out.append(Attachment(name, _png(fig), "image/png", "png"))
-        plt.close(fig)
+        out.append(Attachment("latency distribution", _png(fig), "image/png", "png"))
+    plt.close("all")
     return out
+
+
+def histogram_bars(rows: list[list[float]]) -> list[tuple[float, float, int]]:
+    """The summary's `[[upper_ms, count], ...]` as bars `(left_ms, width_ms, count)`.
+
+    The load layer's steps are equal and empty ones are left out, so the width is the smallest
+    gap between two bounds; a row counts the values up to its bound from one step below it.
+    """
+    uppers = [float(u) for u, _ in rows]
+    gaps = [b - a for a, b in zip(uppers, uppers[1:], strict=False) if b > a]
+    width = min(gaps) if gaps else max(uppers[0] * 0.05, 0.001)
+    return [(u - width, width, int(c)) for u, (_, c) in zip(uppers, rows, strict=True)]
+
+
+def _histogram_figure(plt: Any, scenario: str, buckets: Mapping[str, list[list[float]]]) -> Any:
+    """One panel per metric: each has its own latency range (connect is not send -> ack)."""
+    metrics = [m for m in ("connect", "send_ack", "delivery", "history") if m in buckets]
+    metrics += sorted(set(buckets) - set(metrics))
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(8, 1.9 * len(metrics) + 0.6),
+                             squeeze=False)
+    for ax, metric in zip(axes[:, 0], metrics, strict=True):
+        bars = histogram_bars(buckets[metric])
+        ax.bar([b[0] for b in bars], [b[2] for b in bars], width=[b[1] for b in bars],
+               align="edge", color="tab:blue", edgecolor="white", linewidth=0.3)
+        ax.set_ylabel("operations")
+        ax.set_title(f"{metric} ({sum(b[2] for b in bars)} samples)", fontsize="medium",
+                     loc="left")
+        ax.yaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3, axis="y")
+    axes[-1, 0].set_xlabel("latency (ms)")
+    fig.suptitle(f"{scenario}: latency histogram")
+    fig.tight_layout()
+    return fig
 
 
 def load_result(outcome: LoadOutcome, *, history_csv: str | Path | None = None,

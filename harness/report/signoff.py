@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -124,10 +125,21 @@ def suite_paths(plan: Plan) -> list[str]:
     return [str(local if local.is_dir() else PROJECT_ROOT / "suites")]
 
 
-def _allure_plugin_args() -> list[str]:
-    """`-p harness.pytest_allure` unless the package registers it as a pytest11 entry point."""
-    registered = any(ep.value == "harness.pytest_allure" for ep in entry_points(group="pytest11"))
-    return [] if registered else ["-p", "harness.pytest_allure"]
+def plugins_missing() -> str:
+    """Why pytest would run the suites without the harness's plugins ('' when it would not).
+
+    Both plugins arrive through their `pytest11` entry points only: naming one with `-p` as well
+    would register it twice and stop pytest.
+    """
+    if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
+        return ("PYTEST_DISABLE_PLUGIN_AUTOLOAD is set, so pytest would not load the harness's "
+                "plugins; unset it for im-harness")
+    loaded = {ep.value for ep in entry_points(group="pytest11")}
+    missing = [m for m in ("harness.pytest_plugin", "harness.pytest_allure") if m not in loaded]
+    if missing:
+        return (f"pytest plugin {', '.join(missing)} is not registered in this Python; install "
+                "the project into it: pip install -e \".[dev]\"")
+    return ""
 
 
 def _pytest_base(plan: Plan) -> list[str]:
@@ -154,7 +166,7 @@ def run_suites(plan: Plan, ui: UI) -> SuiteRun:
     plan.results_dir.mkdir(parents=True, exist_ok=True)
     plan.junit.unlink(missing_ok=True)
     total = count_tests(plan)
-    cmd = [*_pytest_base(plan), *_allure_plugin_args(), "--alluredir", str(plan.results_dir),
+    cmd = [*_pytest_base(plan), "--alluredir", str(plan.results_dir),
            "--junitxml", str(plan.junit), "-q", "-rfE"]
     log = plan.reports / "suites.log"
     started = time.monotonic()
