@@ -59,14 +59,14 @@ class RichUI:
     @contextlib.contextmanager
     def task(self, description: str, total: float | None = None
              ) -> Iterator[Callable[[float], None]]:
-        columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+        columns = [SpinnerColumn(finished_text="[green]✓[/]"), TextColumn("{task.description}"),
+                   BarColumn(),
                    TextColumn("{task.completed:.0f}/{task.total:.0f}") if total else TextColumn(""),
                    TimeElapsedColumn()]
         with Progress(*columns, console=self.out, transient=False) as progress:
             task = progress.add_task(description, total=total)
             yield lambda completed: progress.update(task, completed=completed)
-            if total:
-                progress.update(task, completed=total)
+            progress.update(task, total=total or 1, completed=total or 1)  # shown as done
 
     def line(self, text: str) -> None:
         self.out.print(text)

@@ -223,14 +223,17 @@ class AllureLayer:
         endpoint = item.stash.get(_ENDPOINT, "")
         infos = self._infos()
         names = [n for n in endpoint.split("+") if n]
+        own = set(getattr(getattr(item, "callspec", None), "params", ()))
         for name in names:
             info = infos.get(name)
             if info is None:
                 continue
-            prefix = "" if len(names) == 1 else f"{name} "
-            allure.dynamic.parameter(f"{prefix}adapter", info.adapter)
-            allure.dynamic.parameter(f"{prefix}protocol", info.protocol or "?")
-            allure.dynamic.parameter(f"{prefix}tier", info.tier or "?")
+            for key, value in (("adapter", info.adapter), ("protocol", info.protocol or "?"),
+                               ("tier", info.tier or "?")):
+                # The test's own parameter of that name (a client protocol) must stay: Allure
+                # tells results apart by their parameters.
+                label = f"{name} {key}" if len(names) > 1 or key in own else key
+                allure.dynamic.parameter(label, value)
         adapter = infos[names[0]].adapter if names and names[0] in infos else "reference"
         area = area_of(item)
         if adapter == "matrix" and area in MATRIX_DOCS:

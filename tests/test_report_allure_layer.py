@@ -44,6 +44,11 @@ async def test_send(im_user, endpoint, oracle, fault_timeline):
 @pytest.mark.capability("recall")
 async def test_recall_needs_capability(endpoint):
     pass
+
+
+@pytest.mark.parametrize("protocol", ["v1", "v2"])
+async def test_client_protocol(endpoint, protocol):
+    pass
 '''
 
 
@@ -62,7 +67,7 @@ def test_labels_attachments_and_no_secret_in_results(pytester: pytest.Pytester, 
     pytester._monkeypatch.setenv("SECRETS_FILE", str(secrets_file))
     out = tmp_path / "allure"
     run = pytester.runpytest_subprocess(f"--alluredir={out}", timeout=120)
-    run.assert_outcomes(passed=2, failed=1, skipped=1)
+    run.assert_outcomes(passed=6, failed=1, skipped=1)
     by_name = {r["name"]: r for r in results(out)}
     failed = by_name["test_send[new]"]
     assert labels(failed, "epic") == ["Chat"]
@@ -78,6 +83,11 @@ def test_labels_attachments_and_no_secret_in_results(pytester: pytest.Pytester, 
             "fault timeline"} <= names
     hyp = next(a for a in failed["attachments"] if a["name"].startswith("hypothesis"))
     assert "seed 4242" in (out / hyp["source"]).read_text()
+    own = {tuple(sorted((p["name"], p["value"]) for p in r["parameters"]))
+           for n, r in by_name.items() if n.startswith("test_client_protocol")}
+    assert len(own) == 4  # the test's protocol is not overwritten by the endpoint's
+    client = {p["name"]: p["value"] for p in by_name["test_client_protocol[new-v1]"]["parameters"]}
+    assert (client["protocol"], client["new protocol"]) == ("'v1'", "'v2'")
     skipped = by_name["test_recall_needs_capability[old]"]
     assert labels(skipped, "im_failure") == ["unsupported"]
     endpoints = json.loads((out / "im-endpoints.json").read_text())

@@ -80,6 +80,7 @@ class Plan:
     budgets_dir: str | None = None  # <dir>/<scenario>.toml; default: the load layer's own
     html: bool = True
     suite_timeout_s: float = 1800.0
+    started_ms: int = field(default_factory=lambda: int(time.time() * 1000))
 
     @property
     def full_run(self) -> bool:
@@ -260,8 +261,13 @@ def _endpoints_info(plan: Plan) -> dict[str, Any]:
         return {}
 
 
-def verdict_result(verdict: Verdict, table: ParityTable, endpoints: dict[str, Any]) -> Result:
-    """The sign-off itself as a result at the top of the report."""
+def verdict_result(verdict: Verdict, table: ParityTable, endpoints: dict[str, Any],
+                   started_ms: int = 0) -> Result:
+    """The sign-off itself as a result at the top of the report.
+
+    It spans the whole job, so it starts before every other result and the report's default
+    order (earliest first) shows it first.
+    """
     import html
 
     items = "".join(f"<li>{html.escape(r)}</li>" for r in verdict.reasons)
@@ -280,6 +286,7 @@ def verdict_result(verdict: Verdict, table: ParityTable, endpoints: dict[str, An
         message="" if verdict.go else "\n".join(verdict.reasons),
         description_html=body,
         attachments=[Attachment("parity table", table.to_text().encode())],
+        start_ms=started_ms, stop_ms=int(time.time() * 1000) if started_ms else 0,
     )
 
 
@@ -310,7 +317,8 @@ def finish(plan: Plan, suite: SuiteRun | None, loads: Sequence[tuple[LoadOutcome
         write_result(plan.results_dir, load_result(outcome, history_csv=history, text=text),
                      redactor)
     if decide_verdict:
-        write_result(plan.results_dir, verdict_result(verdict, table, endpoints), redactor)
+        write_result(plan.results_dir,
+                     verdict_result(verdict, table, endpoints, plan.started_ms), redactor)
     if endpoints:
         write_environment(plan.results_dir, endpoint_environment(endpoints))
     write_executor(plan.results_dir)
