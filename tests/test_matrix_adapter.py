@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import secrets
 import socket
@@ -21,6 +22,7 @@ from harness.adapters.matrix import MAX_BODY_BYTES, MatrixAdapter, MatrixClient,
 from harness.contract import (
     Credentials,
     Disconnected,
+    EndpointSettings,
     Event,
     MembershipChanged,
     MessageRecalled,
@@ -32,6 +34,7 @@ from harness.contract import (
 )
 from harness.errors import (
     ConfigError,
+    ConnectionLost,
     Forbidden,
     HarnessError,
     IMTimeout,
@@ -397,6 +400,123 @@ async def test_fault_link_in_front_of_synapse(synapse: SynapseServer) -> None:
         finally:
             await linked.aclose()
             await direct.aclose()
+
+
+@contextlib.asynccontextmanager
+async def behind_a_link(
+    synapse: SynapseServer, **options: object
+) -> AsyncIterator[tuple[FaultLink, MatrixClient, Inbox, MatrixClient, Inbox]]:
+    """Alice through a FaultLink (with extra adapter options), Bob directly; both inboxes."""
+    async with FaultLink("127.0.0.1", synapse.port) as link:
+        direct = await MatrixAdapter.open(synapse.endpoint_settings("direct"))
+        base = synapse.endpoint_settings("linked")
+        linked = await MatrixAdapter.open(replace(
+            base, url=link.url_for(synapse.base_url), options={**base.options, **options},
+        ))
+        inboxes: list[Inbox] = []
+        try:
+            alice = await linked.provision_user(f"alice-{secrets.token_hex(4)}")
+            bob = await direct.provision_user(f"bob-{secrets.token_hex(4)}")
+            ca, cb = await linked.connect(alice), await direct.connect(bob)
+            inboxes += [Inbox(ca), Inbox(cb)]
+            yield link, ca, inboxes[0], cb, inboxes[1]
+        finally:
+            for inbox in inboxes:
+                await inbox.stop()
+            await linked.aclose()
+            await direct.aclose()
+
+
+def _within_backoff(delays: list[float], base: float, cap: float) -> bool:
+    """Full jitter: delay k is drawn from [0, min(cap, base * 2**k)]."""
+    return all(0 <= d <= min(cap, base * 2**k) for k, d in enumerate(delays))
+
+
+async def test_send_cut_by_a_reset_is_retried_with_backoff_and_stored_once(
+    synapse: SynapseServer,
+) -> None:
+    """A reset kills the PUT in flight; the adapter retries (same txn id) with jittered,
+    exponentially capped delays until the link heals; one event; /sync reconnects too."""
+    base, cap = units(0.1), units(0.4)
+    async with behind_a_link(
+        synapse, backoff_base_s=base, backoff_cap_s=cap, send_timeout_s=units(15)
+    ) as (link, ca, ia, cb, ib):
+        to_bob = Target.to_user(cb.user_id)
+        await ca.send(to_bob, "warm up")  # the direct room exists from here on
+        await ib.wait_bodies("warm up")
+        partition = link.partition()  # holds the bytes of open connections, refuses new ones
+        sending = asyncio.create_task(ca.send(to_bob, "through the reset"))
+        await until(
+            lambda: partition.refused or any(c.held("up") for c in link.connections),
+            timeout=units(5), what="the send request in flight",
+        )
+        await link.reset_now()  # the held request never reached Synapse
+        await until(lambda: len(ca.send_retries) >= 4, timeout=units(10),
+                    what="4 refused send retries")
+        partition.stop()
+        attempts = len(ca.send_retries) + len(ca.reconnect_attempts) + 1  # + the first PUT
+        ack = await asyncio.wait_for(sending, units(10))
+
+        # One connection per attempt: nothing below the adapter retries behind its back.
+        assert partition.refused <= attempts, (partition.refused, attempts)
+
+        assert not ack.duplicate, "Synapse never saw the first request: no resend to recognise"
+        delays = ca.send_retry_delays
+        assert _within_backoff(delays, base, cap), delays
+        assert len(set(delays)) == len(delays), f"the delays are not jittered: {delays}"
+        # Each retry comes its drawn delay after the previous (refused at once) attempt.
+        for k, (before, after) in enumerate(itertools.pairwise(ca.send_retries[:4]), start=1):
+            assert delays[k] - 0.01 <= after - before <= delays[k] + units(0.15), (
+                k, after - before, delays)
+        await ca.send(to_bob, "marker")
+        await ib.wait_bodies("marker")
+        assert [m.message.body for m in ib.messages()] == ["warm up", "through the reset",
+                                                           "marker"]
+        # The /sync long-poll was cut as well: noticed, retried with the same backoff, resumed.
+        await ia.wait(lambda e: isinstance(e, Reconnected), "the sync reconnected")
+        kinds = [type(e) for e in ia.events]
+        assert kinds.index(Disconnected) < kinds.index(Reconnected)
+        assert ca.reconnect_attempts
+        assert _within_backoff(ca.reconnect_delays, base, cap), ca.reconnect_delays
+
+
+async def test_resend_after_a_lost_ack_is_recognised_as_a_duplicate(
+    synapse: SynapseServer,
+) -> None:
+    """The ack is held back, the send times out; a resend with the same txn id gets the same
+    event, marked duplicate because this client saw the event before resending."""
+    async with behind_a_link(synapse) as (link, ca, _, cb, ib):
+        to_bob = Target.to_user(cb.user_id)
+        await ca.send(to_bob, "warm up")
+        with link.blackhole(direction="down"), pytest.raises(IMTimeout):
+            await ca.send(to_bob, "once", client_id="cid-lost", timeout=units(0.5))
+        assert not ca.send_retries, "a timeout is the send's end, not a network error to retry"
+        # White box: wait until the sync delivered the event itself (the precondition).
+        await until(lambda: "cid-lost" in ca._state.sent, timeout=units(10),
+                    what="alice's own event through /sync")
+        again = await ca.send(to_bob, "once", client_id="cid-lost")
+        assert again.duplicate
+        (got,) = await ib.wait_bodies("once")
+        assert got.message.message_id == again.message_id
+        fresh = await ca.send(to_bob, "fresh")
+        assert not fresh.duplicate
+        await ib.wait_bodies("fresh")
+        assert [m.message.body for m in ib.messages()] == ["warm up", "once", "fresh"]
+        await ca.drop()
+        with pytest.raises(ConnectionLost, match="not connected"):
+            await ca.send(to_bob, "while dropped")
+        assert not ca.send_retries, "a dropped client is not retried behind the caller's back"
+
+
+def test_bad_backoff_options_name_the_key() -> None:
+    for bad in (-1, "fast", True):
+        settings = EndpointSettings("old", "matrix", "http://127.0.0.1:8008",
+                                    options={"backoff_base_s": bad})
+        with pytest.raises(ConfigError, match=r"'old'.*options\.backoff_base_s=.* >= 0"):
+            MatrixAdapter(settings)
+    ok = MatrixAdapter(EndpointSettings("old", "matrix", "http://127.0.0.1:8008",
+                                        options={"backoff_cap_s": 2}))
+    assert (ok.backoff_base_s, ok.backoff_cap_s) == (0.5, 2.0)
 
 
 def test_failed_start_raises_with_the_log(synapse: SynapseServer) -> None:

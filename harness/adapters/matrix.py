@@ -22,12 +22,19 @@ no end-to-end crypto stack (test rooms are unencrypted). How the contract maps o
   On one homeserver both orders are the room's timeline order, so clients of the same server
   agree, but the number is derived by the adapter, not issued by the server.
 - idempotent send: `PUT .../send/m.room.message/{client_id}`; Synapse deduplicates a
-  transaction id per device, and a client keeps its device across drop/reconnect.
+  transaction id per device, and a client keeps its device across drop/reconnect. A send whose
+  request fails on the network is retried, like a Matrix SDK does, with the same transaction id
+  (exponential backoff, full jitter) until its send timeout; an ack is `duplicate` when the
+  event it names was already known to this client before that request went out.
+- connection: HTTP, no persistent connection (`info.keepalive_s` is None). The `/sync`
+  long-poll reconnects with the same backoff after a network error and resumes from its since
+  token; it reports `Disconnected` at the first failure and `Reconnected` when a sync works.
 
 Options (`EndpointSettings.options`): `server_name` (else learned at the first login),
 `sync_timeout_s` (long-poll, default 20), `send_timeout_s` (overrides the settings' one),
 `room_version` (for rooms the adapter creates; default the server's), `send_rate_per_user` /
-`send_burst` (the server's limits, for `info.limits`).
+`send_burst` (the server's limits, for `info.limits`), `backoff_base_s` / `backoff_cap_s`
+(retry and reconnect backoff, default 0.5 s / 10 s), `jitter_seed` (seed of the jitter).
 Secrets: `registration_shared_secret` (register through the admin API; without it, open
 registration with a dummy auth stage is used).
 """
@@ -40,11 +47,13 @@ import copy
 import hashlib
 import hmac
 import json
+import random
 import secrets
+import time
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -108,7 +117,10 @@ CUSTOM_KEY = "im_harness.custom"
 KIND_KEY = "im_harness.kind"
 PAIR_KEY = "im_harness.pair"
 PAGE = 100
+BACKOFF_BASE_S = 0.5
+BACKOFF_CAP_S = 10.0
 _END = object()
+_R = TypeVar("_R")
 
 _ERRCODES: dict[str, type[IMError]] = {
     "M_FORBIDDEN": Forbidden,
@@ -153,6 +165,16 @@ class _Secret(str):
 
     def __repr__(self) -> str:
         return "'<hidden>'"
+
+
+def _http_session() -> aiohttp.ClientSession:
+    """An HTTP session whose failed requests reach the adapter, which owns every retry."""
+    http = aiohttp.ClientSession()
+    # aiohttp silently repeats a failed idempotent request once, at once, on a new connection:
+    # that would double every attempt, defeat the backoff and hide the failure from `/sync`.
+    if hasattr(http, "_retry_connection"):
+        http._retry_connection = False
+    return http
 
 
 def _redacts(event: Mapping[str, Any]) -> str | None:
@@ -209,6 +231,11 @@ class MatrixClient:
         self._waiters: dict[str, asyncio.Future[tuple[int, float]]] = {}
         self._caught_up = asyncio.Event()
         self._status = "new"
+        self._rng = random.Random(adapter.options.get("jitter_seed"))
+        self.reconnect_attempts: list[float] = []  # time.monotonic() of each /sync retry
+        self.reconnect_delays: list[float] = []  # the jittered delay drawn before each one
+        self.send_retries: list[float] = []  # time.monotonic() of each repeated send request
+        self.send_retry_delays: list[float] = []  # the jittered delay drawn before each one
 
     def __repr__(self) -> str:
         return f"MatrixClient({self.user_id!r}, {self._status})"
@@ -235,7 +262,7 @@ class MatrixClient:
 
     async def _login(self) -> None:
         if self._http is None or self._http.closed:
-            self._http = aiohttp.ClientSession()
+            self._http = _http_session()
         try:
             answer = await self._login_request()
         except (Forbidden, BadRequest) as exc:  # a wrong or empty password: refused either way
@@ -254,12 +281,17 @@ class MatrixClient:
             "initial_device_display_name": "im-harness",
         })
 
+    def _backoff_s(self, attempt: int) -> float:
+        """Full jitter: uniform in [0, min(cap, base * 2**attempt)] (attempt counts from 0)."""
+        base, cap = self._adapter.backoff_base_s, self._adapter.backoff_cap_s
+        return self._rng.uniform(0.0, min(cap, base * 2 ** min(attempt, 60)))
+
     async def _start(self, *, reconnected: bool) -> None:
         self._caught_up.clear()
         self._status = "connected"
-        if reconnected:
-            self._events.put_nowait(Reconnected(attempts=1))
-        self._sync_task = asyncio.create_task(self._sync_loop(), name=f"matrix-sync {self.user_id}")
+        self._sync_task = asyncio.create_task(
+            self._sync_loop(reconnected=reconnected), name=f"matrix-sync {self.user_id}"
+        )
         waiter = asyncio.ensure_future(self._caught_up.wait())
         done, _ = await asyncio.wait(
             {waiter, self._sync_task}, timeout=self._adapter.settings.connect_timeout_s * 4,
@@ -267,15 +299,18 @@ class MatrixClient:
         )
         if waiter not in done:
             waiter.cancel()
-            if self._sync_task in done:
-                self._sync_task.result()  # raises the loop's error
+            failed = self._sync_task
+            await self._stop_sync()
+            self._status = "dropped"  # a later reconnect() starts over
+            if failed in done:
+                failed.result()  # raises the loop's error
             raise IMTimeout(f"{self!r}: the first sync did not complete in time")
 
     # -- sync -----------------------------------------------------------------------------
 
-    async def _sync_loop(self) -> None:
+    async def _sync_loop(self, *, reconnected: bool) -> None:
         catching_up = True
-        failures = 0
+        failures = 1 if reconnected else 0  # a reconnect() says Reconnected before what it missed
         poll = float(self._adapter.options.get("sync_timeout_s", 20))
         filt = json.dumps({
             "room": {"timeline": {"limit": 50}, "state": {"lazy_load_members": False}},
@@ -288,22 +323,27 @@ class MatrixClient:
                 params["since"] = self._state.since
             try:
                 data = await self._call("GET", "/sync", params=params, within=poll + 10)
+                if failures:
+                    self._events.put_nowait(Reconnected(attempts=failures))
+                    failures = 0
+                # A batch whose follow-up requests fail is fetched again: the since token
+                # moves only after the whole batch is applied, and applying is idempotent.
+                joined = await self._process(data, offline=catching_up)
             except (ConnectionLost, IMTimeout) as exc:
                 if not self._caught_up.is_set():
                     raise
-                failures += 1
-                if failures == 1:
+                if not failures:
                     self._events.put_nowait(Disconnected(reason=str(exc)))
-                await asyncio.sleep(min(0.2 * 2 ** failures, 5.0))
+                delay = self._backoff_s(failures)
+                failures += 1
+                self.reconnect_delays.append(delay)
+                await asyncio.sleep(delay)
+                self.reconnect_attempts.append(time.monotonic())
                 continue
             except Unauthorized as exc:
                 self._events.put_nowait(Disconnected(reason=str(exc)))
                 self._status = "closed"
                 return
-            if failures and self._caught_up.is_set():
-                self._events.put_nowait(Reconnected(attempts=failures))
-            failures = 0
-            joined = await self._process(data, offline=catching_up)
             self._state.since = data["next_batch"]
             # Rooms joined from invites during catch-up bring their backlog in the next batch.
             catching_up = catching_up and joined
@@ -315,11 +355,15 @@ class MatrixClient:
         rooms = data.get("rooms") or {}
         joined = False
         for room_id in rooms.get("invite") or {}:
-            with contextlib.suppress(IMError):  # a room that vanished meanwhile
+            try:
                 await self._call("POST", f"/join/{quote(room_id)}", {})
                 joined = True
-        for room_id, joined in (rooms.get("join") or {}).items():
-            await self._process_room(room_id, joined, offline=offline)
+            except ConnectionLost:
+                raise  # the batch is fetched and the invite accepted again
+            except IMError:  # a room that vanished meanwhile
+                pass
+        for room_id, room in (rooms.get("join") or {}).items():
+            await self._process_room(room_id, room, offline=offline)
         for room_id, left in (rooms.get("leave") or {}).items():
             await self._process_room(room_id, left, offline=offline)
         return joined
@@ -329,8 +373,9 @@ class MatrixClient:
         events = list(timeline.get("events") or [])
         room = self._state.rooms.get(room_id)
         if room is None:
-            room = self._state.rooms[room_id] = _Room()
+            # Known only once its backfill arrived, so a failed backfill is redone in full.
             events = await self._room_from_start(room_id) + events
+            room = self._state.rooms[room_id] = _Room()
         elif timeline.get("limited") and timeline.get("prev_batch"):
             events = await self._fill_gap(room_id, room, timeline["prev_batch"]) + events
         for event in events:
@@ -386,6 +431,9 @@ class MatrixClient:
             waiter = self._waiters.pop(event_id, None)
             if waiter is not None and not waiter.done():
                 waiter.set_result((seq, ts))
+            txn = (event.get("unsigned") or {}).get("transaction_id")
+            if mine and txn:  # our device's transaction: a resend of it gets this event back
+                self._state.sent.setdefault(str(txn), event_id)
             if not mine:
                 self._emit(MessageReceived(self._message(room_id, room, event, seq), offline))
             return
@@ -492,30 +540,56 @@ class MatrixClient:
         if custom is not None:
             content.update(msgtype="im_harness.custom", body=body or json.dumps(custom),
                            **{CUSTOM_KEY: dict(custom)})
+        retries_before = len(self.send_retries)
+
+        async def attempt() -> tuple[str, dict[str, Any], str | None]:
+            known = self._state.sent.get(client_id)  # an event this request would repeat
+            room_id = await self._room_for(to)
+            path = f"/rooms/{quote(room_id)}/send/m.room.message/{quote(client_id, safe='')}"
+            try:
+                answer = await self._call("PUT", path, content, within=limit)
+            except Forbidden:
+                if not await self._accept_invite(room_id):
+                    raise
+                answer = await self._call("PUT", path, content, within=limit)
+            return room_id, answer, known
+
         try:
             async with asyncio.timeout(limit):
-                room_id = await self._room_for(to)
-                path = f"/rooms/{quote(room_id)}/send/m.room.message/{quote(client_id, safe='')}"
-                try:
-                    answer = await self._call("PUT", path, content, within=limit)
-                except Forbidden:
-                    if not await self._accept_invite(room_id):
-                        raise
-                    answer = await self._call("PUT", path, content, within=limit)
+                room_id, answer, known = await self._repeat(attempt)
                 event_id = answer["event_id"]
-                duplicate = self._state.sent.get(client_id) == event_id
+                # Honest only one way: the event existed before the request that got this ack.
+                duplicate = known == event_id
                 self._state.sent[client_id] = event_id
                 seq, ts = await self._seen(room_id, event_id)
         except TimeoutError:
-            raise IMTimeout(f"{self!r}: send {client_id!r} not acknowledged in {limit}s") from None
+            retried = len(self.send_retries) - retries_before
+            raise IMTimeout(f"{self!r}: send {client_id!r} not acknowledged in {limit}s "
+                            f"({retried} retries after network errors)") from None
         return Ack(client_id, event_id, room_id, seq, ts, duplicate)
+
+    async def _repeat(self, request: Callable[[], Awaitable[_R]]) -> _R:
+        """An idempotent request, repeated after network errors with backoff until cancelled."""
+        tries = 0
+        while True:
+            try:
+                return await request()
+            except ConnectionLost:
+                if self._status != "connected":
+                    raise  # dropped or closed on purpose: the caller reconnects
+                delay = self._backoff_s(tries)
+                tries += 1
+                self.send_retry_delays.append(delay)
+                await asyncio.sleep(delay)
+                self.send_retries.append(time.monotonic())
 
     async def _seen(self, room_id: str, event_id: str) -> tuple[int, float]:
         """Wait for the sync loop to place our own event in the room's order."""
         room = self._state.rooms.get(room_id)
         if room is not None and event_id in room.position:
             seq = room.position[event_id]
-            event = await self._call("GET", f"/rooms/{quote(room_id)}/event/{quote(event_id)}")
+            path = f"/rooms/{quote(room_id)}/event/{quote(event_id)}"
+            event = await self._repeat(lambda: self._call("GET", path))
             return seq, float(event.get("origin_server_ts", 0)) / 1000.0
         fut = self._waiters.get(event_id)
         if fut is None:
@@ -797,7 +871,7 @@ class MatrixClient:
         if self._status == "connected":
             await self.drop()
         if self._http is None or self._http.closed:
-            self._http = aiohttp.ClientSession()
+            self._http = _http_session()
         if self._token is None:
             await self._login()
         await self._start(reconnected=True)
@@ -849,6 +923,15 @@ class MatrixAdapter:
         self._http: aiohttp.ClientSession | None = None
         self._users: dict[str, _UserState] = {}
         self.send_timeout_s = float(self.options.get("send_timeout_s", settings.send_timeout_s))
+        for key in ("backoff_base_s", "backoff_cap_s"):
+            value = self.options.get(key)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0
+            ):
+                raise ConfigError(f"{where}: options.{key}={value!r} must be a number >= 0 "
+                                  f"(seconds), e.g. {key} = 0.5")
+        self.backoff_base_s = float(self.options.get("backoff_base_s", BACKOFF_BASE_S))
+        self.backoff_cap_s = float(self.options.get("backoff_cap_s", BACKOFF_CAP_S))
         self._clients: list[MatrixClient] = []
         self._info = EndpointInfo(
             name=settings.name,
@@ -891,7 +974,7 @@ class MatrixAdapter:
 
     def _session(self) -> aiohttp.ClientSession:
         if self._http is None or self._http.closed:
-            self._http = aiohttp.ClientSession()
+            self._http = _http_session()
         return self._http
 
     async def request(
