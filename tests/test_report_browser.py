@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import shutil
@@ -52,6 +53,16 @@ def test_report_shows_verdict_and_parity_in_a_real_browser(tmp_path):
     recall = doc["parity"]["recall"]
     assert f"old: {recall['old']['skipped_not_supported']} not supported" in page
     assert f"new: {recall['new']['passed']} passed" in page
+    # The verdict's own page: the parity table and the load results, as the release owner reads
+    # them (Allure 3 routes a result by its id after the '#').
+    ids = json.loads((Path(doc["report"]).parent / "test-results.json").read_text())
+    ids = next(iter(ids.values())) if len(ids) == 1 else ids
+    [verdict_id] = [i for i, r in ids.items() if r["name"].startswith("Sign-off verdict")]
+    shown = chromium(f"{url}#{verdict_id}", tmp_path / "profile-verdict", "--dump-dom").stdout
+    page = html.unescape(shown)  # the description is rendered in an iframe's srcdoc
+    assert f"Verdict: {doc['verdict']}" in page
+    assert f"{recall['new']['passed']} passed, 0 failed, 0 not supported" in page
+    assert "<th>chat</th>" in page.split('class="load"')[1]
     SHOT.parent.mkdir(parents=True, exist_ok=True)
     SHOT.unlink(missing_ok=True)
     shot = chromium(url, tmp_path / "profile-shot", f"--screenshot={SHOT}")

@@ -58,10 +58,10 @@ def test_parity_counts_a_not_supported_skip_only_under_the_missing_capability(tm
 def test_go_needs_every_promise_passing_and_every_budget(tmp_path):
     results = read_results(world(tmp_path))
     table = ParityTable.build(results.outcomes, ["old", "new"])
-    ok = decide(results, table, promised=["chat", "recall", "custom"],
+    ok = decide(results, table, promised=["chat", "recall", "custom", "mute"],
                 loads=[LoadOutcome("chat", SUMMARY_OK)])
     assert ok.go, ok.reasons
-    assert any("'custom'" in n and "no test" in n for n in ok.notes)
+    assert ok.notes == ["promised by new but exercised by no test in this run: 'custom', 'mute'"]
     over = decide(results, table, promised=["chat"], loads=[LoadOutcome("chat", SUMMARY_OVER)])
     assert not over.go
     assert over.reasons == ["budget exceeded in load scenario 'chat': send_ack.p99_ms 12.5 "
@@ -196,3 +196,29 @@ def test_a_summary_without_histogram_gets_the_percentile_chart():
     result = load_result(LoadOutcome("chat", summary))
     assert [a.name for a in result.attachments if a.mime == "image/png"] == [
         "latency distribution"]
+
+
+def test_verdict_page_shows_parity_and_load_and_comes_first(tmp_path):
+    from harness.report.signoff import verdict_result
+
+    table = ParityTable.build(read_allure(world(tmp_path)), ("old", "new"))
+    over = load_summary() | SUMMARY_OVER
+    loads = [LoadOutcome("chat", load_summary() | {"within_budget": True}),
+             LoadOutcome("group", over)]
+    verdict = decide(read_results(tmp_path, None, ("old", "new")), table, promised=None,
+                     loads=loads, old="old", new="new", full_run=False)
+    result = verdict_result(verdict, table, {}, started_ms=1_000, loads=loads)
+    page = result.description_html
+    assert "<h2>Verdict: NO-GO</h2>" in page
+    assert "<th>recall</th><td>0 passed, 0 failed, 1 not supported</td>" in page
+    load = page.split('<table class="load"')[1]
+    chat, group = load.split("<th>chat</th>")[1], load.split("<th>group</th>")[1]
+    assert "within budget" in chat.split("</tr>")[0]
+    assert "OVER BUDGET: send_ack.p99_ms 12.5 (limit 10)" in group.split("</tr>")[0]
+    assert result.start_ms == 1_000 < result.stop_ms
+
+
+def test_load_page_shows_the_plots_inline():
+    result = load_result(LoadOutcome("chat", load_summary(), started_ms=5, stopped_ms=9))
+    assert result.description_html.count('src="data:image/png;base64,') == 1
+    assert (result.start_ms, result.stop_ms) == (5, 9)

@@ -6,6 +6,7 @@ Reads the load layer's JSON summary (`harness.load.summary`) and locust's
 
 from __future__ import annotations
 
+import base64
 import csv
 import html
 import io
@@ -96,9 +97,10 @@ def plots(summary: Mapping[str, Any], history: Mapping[str, list[tuple[float, fl
         fig, ax = plt.subplots(figsize=(8, 3.5))
         for name, points in sorted(timed.items()):
             xs = [p[0] for p in points]
-            line = ax.plot(xs, [p[1] for p in points], label=f"{name} p50")[0]
-            ax.plot(xs, [p[2] for p in points], linestyle="--", color=line.get_color(),
-                    label=f"{name} p95")
+            # Markers: a run of a few seconds has one or two points, which a line alone hides.
+            line = ax.plot(xs, [p[1] for p in points], marker="o", label=f"{name} p50")[0]
+            ax.plot(xs, [p[2] for p in points], linestyle="--", marker="x",
+                    color=line.get_color(), label=f"{name} p95")
         ax.set(xlabel="seconds into the run", ylabel="latency (ms)",
                title=f"{scenario}: latency over time (locust's rolling window, whole ms)")
         ax.legend(fontsize="small")
@@ -169,6 +171,7 @@ def load_result(outcome: LoadOutcome, *, history_csv: str | Path | None = None,
             status="broken", labels=[*labels, (FAILURE_LABEL, "harness")],
             message=outcome.problem or "the load run wrote no summary",
             attachments=[Attachment("locust output", text.encode())] if text else [],
+            start_ms=outcome.started_ms, stop_ms=outcome.stopped_ms,
         )
     endpoint = summary.get("endpoint") or {}
     failed = outcome.failed_budgets()
@@ -188,10 +191,16 @@ def load_result(outcome: LoadOutcome, *, history_csv: str | Path | None = None,
         f"<th>actual</th></tr>{rows}</table>"
     )
     history = read_history(history_csv) if history_csv else {}
+    images = plots(summary, history)
+    # The plots also go inline, so the page shows them without opening an attachment.
+    description += "".join(
+        f'<h4>{html.escape(img.name)}</h4><img alt="{html.escape(img.name)}" '
+        f'style="max-width:100%" src="data:image/png;base64,'
+        f'{base64.b64encode(img.body).decode("ascii")}"/>' for img in images)
     attachments = [
         Attachment("summary", json.dumps(summary, indent=2).encode(), "application/json",
                    "json"),
-        *plots(summary, history),
+        *images,
     ]
     if text:
         attachments.append(Attachment("run output", text.encode()))
@@ -206,4 +215,5 @@ def load_result(outcome: LoadOutcome, *, history_csv: str | Path | None = None,
         parameters=[("endpoint", str(endpoint.get("name", "?"))),
                     ("describe", str(endpoint.get("describe", "?")))],
         message="; ".join(failed), description_html=description, attachments=attachments,
+        start_ms=outcome.started_ms, stop_ms=outcome.stopped_ms,
     )

@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -227,6 +227,7 @@ def run_load(plan: Plan, scenario: str, ui: UI, endpoint: str | None = None
         cmd += ["--budgets", str(Path(plan.budgets_dir) / f"{scenario}.toml")]
     limit = _seconds(plan.run_time)
     started = time.monotonic()
+    started_ms = int(time.time() * 1000)
     with ui.task(f"load {scenario} on {name} ({plan.run_time})", limit) as advance:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True)
@@ -243,13 +244,15 @@ def run_load(plan: Plan, scenario: str, ui: UI, endpoint: str | None = None
         text = proc.stdout.read() if proc.stdout else ""
         advance(limit)
     history = Path(f"{stem}_stats_history.csv")
+    stopped_ms = int(time.time() * 1000)
     try:
         summary = json.loads(summary_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         last = " | ".join(ln.strip() for ln in text.strip().splitlines()[-2:])
         problem = f"locust exited {proc.returncode} without a summary: {last or 'no output'}"
-        return LoadOutcome(scenario, None, problem), history, text
-    return LoadOutcome(scenario, summary), history, text
+        return (LoadOutcome(scenario, None, problem, started_ms, stopped_ms), history,
+                text)
+    return LoadOutcome(scenario, summary, "", started_ms, stopped_ms), history, text
 
 
 def _endpoints_info(plan: Plan) -> dict[str, Any]:
@@ -261,8 +264,38 @@ def _endpoints_info(plan: Plan) -> dict[str, Any]:
         return {}
 
 
+def load_table_html(loads: Sequence[LoadOutcome]) -> str:
+    """One row per load scenario: its budget verdict and the latencies a release owner asks for."""
+    import html
+
+    rows = []
+    for lo in loads:
+        s = lo.summary or {}
+        lat = s.get("latency_ms") or {}
+
+        def ms(metric: str, p: str, lat: Mapping[str, Any] = lat) -> str:
+            value = (lat.get(metric) or {}).get(p)
+            return f"{value:.1f}" if isinstance(value, int | float) else "-"
+
+        state = ("within budget" if lo.ok else "no result: " + lo.problem if lo.summary is None
+                 else "OVER BUDGET: " + "; ".join(lo.failed_budgets()))
+        style = "" if lo.ok else ' style="color:#c00"'
+        endpoint = (s.get("endpoint") or {}).get("name", "-")
+        rate = s.get("deliveries_per_s")
+        rows.append(
+            f"<tr><th>{html.escape(lo.scenario)}</th><td>{html.escape(str(endpoint))}</td>"
+            f"<td{style}>{html.escape(state)}</td><td>{ms('send_ack', 'p95')}</td>"
+            f"<td>{ms('send_ack', 'p99')}</td><td>{ms('delivery', 'p95')}</td>"
+            f"<td>{ms('delivery', 'p99')}</td><td>{'-' if rate is None else rate}</td></tr>")
+    return ('<table class="load" border="1" cellpadding="4"><tr><th rowspan="2">scenario</th>'
+            '<th rowspan="2">endpoint</th><th rowspan="2">budgets</th>'
+            '<th colspan="2">send&rarr;ack (ms)</th><th colspan="2">delivery (ms)</th>'
+            '<th rowspan="2">deliveries/s</th></tr>'
+            f"<tr><th>p95</th><th>p99</th><th>p95</th><th>p99</th></tr>{''.join(rows)}</table>")
+
+
 def verdict_result(verdict: Verdict, table: ParityTable, endpoints: dict[str, Any],
-                   started_ms: int = 0) -> Result:
+                   started_ms: int = 0, loads: Sequence[LoadOutcome] = ()) -> Result:
     """The sign-off itself as a result at the top of the report.
 
     It spans the whole job, so it starts before every other result and the report's default
@@ -277,7 +310,9 @@ def verdict_result(verdict: Verdict, table: ParityTable, endpoints: dict[str, An
     body = (f"<h2>Verdict: {verdict.label}</h2><p>{html.escape(verdict.headline())}</p>"
             + (f"<h3>Reasons</h3><ul>{items}</ul>" if items else "")
             + (f"<h3>Notes</h3><ul>{notes}</ul>" if notes else "")
-            + f"<h3>Endpoints</h3><ul>{described}</ul><h3>Parity</h3>{table.to_html()}")
+            + f"<h3>Endpoints</h3><ul>{described}</ul><h3>Parity</h3>{table.to_html()}"
+            + (f"<h3>Load (details in the Load epic)</h3>{load_table_html(loads)}"
+               if loads else ""))
     return Result(
         name=f"Sign-off verdict: {verdict.label}", full_name="signoff.verdict",
         status="passed" if verdict.go else "failed",
@@ -318,7 +353,8 @@ def finish(plan: Plan, suite: SuiteRun | None, loads: Sequence[tuple[LoadOutcome
                      redactor)
     if decide_verdict:
         write_result(plan.results_dir,
-                     verdict_result(verdict, table, endpoints, plan.started_ms), redactor)
+                     verdict_result(verdict, table, endpoints, plan.started_ms,
+                                    [lo for lo, _, _ in loads]), redactor)
     if endpoints:
         write_environment(plan.results_dir, endpoint_environment(endpoints))
     write_executor(plan.results_dir)

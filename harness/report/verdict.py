@@ -24,6 +24,8 @@ class LoadOutcome:
     scenario: str
     summary: Mapping[str, Any] | None = None
     problem: str = ""
+    started_ms: int = 0  # wall clock of the run, for the report's timeline
+    stopped_ms: int = 0
 
     @property
     def ok(self) -> bool:
@@ -105,17 +107,20 @@ def decide(
     if promised is None:
         reasons.append(f"the capabilities of endpoint {new!r} are unknown (it was never reached)")
     else:
+        untested = []
         for cap in sorted(set(promised) - NOT_A_PROMISE):
             cell = table.cell(cap, new)
             if cell.failed:
                 reasons.append(f"capability {cap!r} promised by {new} has {cell.failed} failing "
                                "test(s)")
             elif cell.total == 0:
-                notes.append(f"capability {cap!r} promised by {new} is exercised by no test "
-                             "in this run")
+                untested.append(cap)
             elif not cell.passed:
                 reasons.append(f"capability {cap!r} promised by {new} has no passing test "
                                f"({cell.short()})")
+        if untested:
+            which = ", ".join(repr(c) for c in untested)
+            notes.append(f"promised by {new} but exercised by no test in this run: {which}")
 
     for load in loads:
         if load.summary is None:
