@@ -315,6 +315,16 @@ def serve(
         console.print("stopped", markup=False)
 
 
+def _limit(key: str, value: float) -> str:
+    """`max_connections=10000`, `history_retention_s=90d`: durations in the unit people use."""
+    if key.endswith("_s"):
+        for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+            if value >= size and value % size == 0:
+                return f"{key}={value / size:g}{unit}"
+        return f"{key}={value:g}s"
+    return f"{key}={value:g}"
+
+
 @app.command()
 def doctor(config: ConfigOpt = None, endpoints: EndpointsOpt = "old,new") -> None:
     """Validate the config, reach every endpoint, print capabilities and limits."""
@@ -340,8 +350,8 @@ def doctor(config: ConfigOpt = None, endpoints: EndpointsOpt = "old,new") -> Non
             table.add_column(col)
         for name in names:
             info = session.infos[name]
-            limits = ", ".join(f"{k}={v:g}" for k, v in asdict(info.limits).items()
-                               if v is not None)
+            limits = "\n".join(_limit(k, v) for k, v in asdict(info.limits).items()
+                                if v is not None)
             table.add_row(name, describe(info), info.url,
                           ", ".join(sorted(c.value for c in info.capabilities)), limits or "-")
         console.print(table)
