@@ -172,6 +172,18 @@ api_url = "{service.api_url}"
         assert value not in done.stdout + done.stderr
 
 
+def test_run_gives_parity_and_report_and_drops_a_stale_verdict(tmp_path):
+    stale = tmp_path / "reports" / "verdict.json"
+    stale.parent.mkdir()
+    stale.write_text('{"verdict": "GO"}')
+    done = cli("run", "-k", RECALL_ONLINE, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Parity" in done.stdout
+    assert "not supported" in done.stdout  # recall on old
+    assert (tmp_path / "reports" / "allure-report" / "index.html").is_file()
+    assert not stale.exists()
+
+
 def test_signoff_refuses_to_run_the_suites_without_the_harness_plugins(tmp_path):
     done = cli("signoff", "--no-load", cwd=tmp_path, timeout=30,
                env={"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"})
