@@ -222,3 +222,25 @@ def test_load_page_shows_the_plots_inline():
     result = load_result(LoadOutcome("chat", load_summary(), started_ms=5, stopped_ms=9))
     assert result.description_html.count('src="data:image/png;base64,') == 1
     assert (result.start_ms, result.stop_ms) == (5, 9)
+
+
+HISTORY = """Timestamp,User Count,Type,Name,Requests/s,Failures/s,50%,95%
+1700000000,0,,Aggregated,0.0,0.0,N/A,N/A
+1700000001,4,IM,send_ack,0.0,0.0,0,0
+1700000002,4,IM,send_ack,8.0,0.0,4,6
+1700000003,4,IM,send_ack,8.0,0.0,5,7
+"""
+
+
+def test_latency_over_time_starts_at_the_first_measured_row(tmp_path):
+    from harness.report.loadreport import _from_first_sample, read_history
+
+    csv_file = tmp_path / "chat_stats_history.csv"
+    csv_file.write_text(HISTORY)
+    points = read_history(csv_file)["send_ack"]
+    assert _from_first_sample(points) == [(1.0, 4.0, 6.0), (2.0, 5.0, 7.0)]
+    result = load_result(LoadOutcome("chat", load_summary()), history_csv=csv_file)
+    assert "latency over time" in {a.name for a in result.attachments}
+    csv_file.write_text(HISTORY.splitlines()[0] + "\n" + HISTORY.splitlines()[2] + "\n")
+    result = load_result(LoadOutcome("chat", load_summary()), history_csv=csv_file)
+    assert "latency over time" not in {a.name for a in result.attachments}
