@@ -137,6 +137,36 @@ async def test_ack_fields_are_sane(endpoint, im_user, oracle, units):
     oracle.assert_ok()
 
 
+@pytest.mark.capability("custom", "groups", "history")
+async def test_custom_messages_arrive_structured(endpoint, im_user, im_group, oracle, units):
+    """A custom (structured) message arrives 1:1 and in a group intact, and so in history."""
+    alice = await im_user("alice")
+    bob = await im_user("bob")
+    carol = await im_user("carol")
+    payload = {
+        "type": "order.shipped",
+        "order": {"id": 4711, "items": [{"sku": "café-☕", "qty": 2}], "total": 12.5},
+        "flags": [True, False, None],
+        "note": "emoji 👍🏽 and \"quotes\"",
+    }
+    direct = await alice.send(bob, custom=payload)
+    group = await im_group(alice, [bob, carol])
+    in_group = await alice.send(group, custom=payload)
+
+    [one] = await bob.recorder.wait_messages(1, conversation=direct.conversation, timeout=units(5))
+    for user in (bob, carol):
+        await user.recorder.wait_messages(1, conversation=in_group.conversation, timeout=units(5))
+    got = [one] + [u.recorder.messages(in_group.conversation)[0] for u in (bob, carol)]
+    for message in got:
+        assert message.kind == "custom", f"{message.message_id} arrived as {message.kind!r}"
+        assert dict(message.custom or {}) == payload, f"the structure changed: {message.custom!r}"
+    page = await bob.client.history(direct.conversation, limit=10)
+    [stored] = [m for m in page.messages if m.message_id == direct.message_id]
+    assert (stored.kind, dict(stored.custom or {})) == ("custom", payload)
+    await settled(oracle)
+    oracle.assert_ok()
+
+
 @pytest.mark.capability("idempotent_send")
 @pytest.mark.capability("history")
 async def test_idempotent_resend_creates_no_duplicate(endpoint, im_user, oracle, units):
