@@ -1,4 +1,10 @@
-"""A tiny raw client for the reference service's tests: process fixture, WebSocket, HTTP."""
+"""A tiny raw client for the reference service's tests: process, fixtures, WebSocket, HTTP.
+
+A test module takes the shared fixtures by name (pytest finds fixtures among module globals):
+
+    svc = service_fixture("core", "--log-level", "DEBUG")
+    api, clients = service_client.api, service_client.clients
+"""
 
 from __future__ import annotations
 
@@ -14,11 +20,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
+from aiohttp import web
 from websockets.asyncio.client import ClientConnection, connect
 
 from harness.timing import units
@@ -275,3 +283,59 @@ class Client:
         self._reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._reader
+
+
+def service_fixture(name: str, *args: str) -> Any:
+    """A module-scoped `svc` fixture: one service started with `args`, stopped cleanly after."""
+
+    @pytest.fixture(scope="module")
+    def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Svc]:
+        service = Svc(tmp_path_factory.mktemp(name) / "ref.sqlite", *args).start()
+        yield service
+        assert service.stop() == 0
+
+    return svc
+
+
+@pytest.fixture
+async def api(svc: Svc) -> AsyncIterator[Api]:
+    """An `Api` on the module's `svc`, closed after the test."""
+    client = Api(svc)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[list[Client]]:
+    """The test's open connections (see `login`), closed after the test."""
+    opened: list[Client] = []
+    yield opened
+    for c in opened:
+        await c.close()
+
+
+async def login(svc: Svc, token: str, clients: list[Client], **kw: Any) -> Client:
+    """`Client.login_as`, the connection kept in `clients` to be closed after the test."""
+    client = await Client.login_as(svc, token, **kw)
+    clients.append(client)
+    return client
+
+
+@contextlib.asynccontextmanager
+async def push_receiver() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
+    """A webhook on 127.0.0.1, port 0: its URL and the push bodies it has received, in order."""
+    received: list[dict[str, Any]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        return web.json_response({})
+
+    web_app = web.Application()
+    web_app.router.add_post("/push", hook)
+    runner = web.AppRunner(web_app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/push", received
+    finally:
+        await runner.cleanup()

@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import pytest
-from aiohttp import web
-from service_client import Api, Client, Svc
+import service_client
+from service_client import Api, Client, Svc, login, push_receiver, service_fixture
 
 from harness.reference import tokens
 from harness.timing import units
@@ -22,32 +20,8 @@ def uid(name: str) -> str:
     return f"{name}{next(_n)}"
 
 
-@pytest.fixture(scope="module")
-def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Svc]:
-    service = Svc(tmp_path_factory.mktemp("core") / "ref.sqlite").start()
-    yield service
-    assert service.stop() == 0
-
-
-@pytest.fixture
-async def api(svc: Svc) -> AsyncIterator[Api]:
-    client = Api(svc)
-    yield client
-    await client.close()
-
-
-@pytest.fixture
-async def clients() -> AsyncIterator[list[Client]]:
-    opened: list[Client] = []
-    yield opened
-    for c in opened:
-        await c.close()
-
-
-async def login(svc: Svc, token: str, clients: list[Client], **kw: object) -> Client:
-    client = await Client.login_as(svc, token, **kw)  # type: ignore[arg-type]
-    clients.append(client)
-    return client
+svc = service_fixture("core")
+api, clients = service_client.api, service_client.clients
 
 
 async def pro_app(api: Api, **kw: object) -> tuple[str, str]:
@@ -212,21 +186,8 @@ async def test_history_pages_agree_with_live_delivery(svc: Svc, api: Api,
 
 async def test_push_goes_to_webhook_for_offline_recipients_only(
         svc: Svc, api: Api, clients: list[Client]) -> None:
-    received: list[dict[str, object]] = []
-
-    async def hook(request: web.Request) -> web.Response:
-        received.append(await request.json())
-        return web.json_response({})
-
-    web_app = web.Application()
-    web_app.router.add_post("/push", hook)
-    runner = web.AppRunner(web_app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        app, key = await pro_app(api, webhook=f"http://127.0.0.1:{port}/push")
+    async with push_receiver() as (url, received):
+        app, key = await pro_app(api, webhook=url)
         a = await login(svc, await api.user(app, key, "alice"), clients)
         tb = await api.user(app, key, "bob")
         ack = await a.ok("send", to={"user": "bob"}, body="you are offline, " + "x" * 40)
@@ -246,8 +207,6 @@ async def test_push_goes_to_webhook_for_offline_recipients_only(
         assert first["conversation"] == ack["conversation"]
         assert first["seq"] == ack["seq"]
         assert first["preview"] == ("you are offline, " + "x" * 40)[:32]
-    finally:
-        await runner.cleanup()
 
 
 async def test_groups_roles_and_mutes(svc: Svc, api: Api, clients: list[Client]) -> None:

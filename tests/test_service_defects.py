@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from aiohttp import web
-from service_client import Api, Client, Svc
+import service_client
+from service_client import Api, Client, Svc, login, push_receiver, service_fixture
 
 from harness.reference import tokens
 from harness.reference.defects import DEFECTS
@@ -18,14 +18,9 @@ from harness.timing import units, until
 KEEPALIVE = 0.3
 
 
-@pytest.fixture(scope="module")
-def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Svc]:
-    service = Svc(tmp_path_factory.mktemp("defects") / "ref.sqlite", "--defect-rate", "0.5",
-                  "--seed", "7", "--keepalive-v1", str(KEEPALIVE), "--keepalive-v2",
-                  str(KEEPALIVE))
-    service.start()
-    yield service
-    assert service.stop() == 0
+svc = service_fixture("defects", "--defect-rate", "0.5", "--seed", "7", "--keepalive-v1",
+                      str(KEEPALIVE), "--keepalive-v2", str(KEEPALIVE))
+clients = service_client.clients
 
 
 @pytest.fixture
@@ -37,14 +32,6 @@ async def api(svc: Svc) -> AsyncIterator[Api]:
     await client.close()
 
 
-@pytest.fixture
-async def clients() -> AsyncIterator[list[Client]]:
-    opened: list[Client] = []
-    yield opened
-    for c in opened:
-        await c.close()
-
-
 @contextlib.asynccontextmanager
 async def defect(api: Api, name: str) -> AsyncIterator[None]:
     assert (await api.set_defects(**{name: True}))[name] is True
@@ -52,12 +39,6 @@ async def defect(api: Api, name: str) -> AsyncIterator[None]:
         yield
     finally:
         await api.set_defects(**{name: False})
-
-
-async def login(svc: Svc, token: str, clients: list[Client], **kw: object) -> Client:
-    client = await Client.login_as(svc, token, **kw)  # type: ignore[arg-type]
-    clients.append(client)
-    return client
 
 
 async def setup(api: Api, *names: str, **app: object) -> tuple[str, str, list[str]]:
@@ -241,19 +222,7 @@ async def test_keepalive_dead(svc: Svc, api: Api, clients: list[Client]) -> None
 
 
 async def test_no_push(svc: Svc, api: Api, clients: list[Client]) -> None:
-    received: list[dict[str, object]] = []
-
-    async def hook(request: web.Request) -> web.Response:
-        received.append(await request.json())
-        return web.json_response({})
-
-    web_app = web.Application()
-    web_app.router.add_post("/push", hook)
-    runner = web.AppRunner(web_app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        url = f"http://127.0.0.1:{runner.addresses[0][1]}/push"
+    async with push_receiver() as (url, received):
         _, _, (ta, _tb) = await setup(api, "alice", "bob", webhook=url)
         a = await login(svc, ta, clients)
         async with defect(api, "no_push"):
@@ -262,5 +231,3 @@ async def test_no_push(svc: Svc, api: Api, clients: list[Client]) -> None:
         await until(lambda: received, timeout=units(5), what="a push")
         assert [p["message_id"] for p in received] == [kept["message_id"]]
         assert lost["message_id"] != kept["message_id"]
-    finally:
-        await runner.cleanup()

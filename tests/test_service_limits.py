@@ -7,43 +7,16 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from service_client import ROOT, Api, Client, Svc
+import service_client
+from service_client import ROOT, Api, Client, Svc, login, service_fixture
 from websockets.exceptions import ConnectionClosed
 
 from harness.timing import units, until
 
-
-@pytest.fixture(scope="module")
-def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Svc]:
-    service = Svc(tmp_path_factory.mktemp("limits") / "ref.sqlite", "--log-level", "DEBUG",
-                  "--max-frame-bytes", "65536")
-    service.start()
-    yield service
-    assert service.stop() == 0
-
-
-@pytest.fixture
-async def api(svc: Svc) -> AsyncIterator[Api]:
-    client = Api(svc)
-    yield client
-    await client.close()
-
-
-@pytest.fixture
-async def clients() -> AsyncIterator[list[Client]]:
-    opened: list[Client] = []
-    yield opened
-    for c in opened:
-        await c.close()
-
-
-async def login(svc: Svc, token: str, clients: list[Client], **kw: object) -> Client:
-    client = await Client.login_as(svc, token, **kw)  # type: ignore[arg-type]
-    clients.append(client)
-    return client
+svc = service_fixture("limits", "--log-level", "DEBUG", "--max-frame-bytes", "65536")
+api, clients = service_client.api, service_client.clients
 
 
 async def test_connection_cap_per_app(svc: Svc, api: Api, clients: list[Client]) -> None:
