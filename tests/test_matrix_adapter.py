@@ -33,6 +33,7 @@ from harness.contract import (
     Target,
 )
 from harness.errors import (
+    BadRequest,
     ConfigError,
     ConnectionLost,
     Forbidden,
@@ -139,6 +140,21 @@ async def test_direct_messages_both_ways(users: Callable) -> None:
     assert not got1.offline
     assert (got2.message.sender, got2.message.seq) == (bob.user_id, 2)
     assert [m.message.body for m in ia.messages()] == ["hi alice"]  # no echo of one's own
+
+
+async def test_custom_payload_round_trips_with_floats(users: Callable) -> None:
+    """Matrix events hold no floats; the adapter still carries any JSON object intact."""
+    alice, ca, _ = await users("alice")
+    bob, cb, ib = await users("bob")
+    payload = {"total": 12.5, "ratio": 1e-7, "items": [{"sku": "café-☕", "qty": 2}],
+               "flags": [True, False, None], "note": 'say "hi" 👍🏽'}
+    ack = await ca.send(Target.to_user(bob.user_id), custom=payload)
+    [got] = await ib.wait(lambda e: isinstance(e, MessageReceived), "the custom message")
+    assert (got.message.kind, got.message.custom) == ("custom", payload)
+    page = await cb.history(ack.conversation)
+    assert [(m.kind, m.custom) for m in page.messages] == [("custom", payload)]
+    with pytest.raises(BadRequest, match="custom payload is not JSON"):
+        await ca.send(Target.to_user(bob.user_id), custom={"x": float("nan")})
 
 
 async def test_group_fan_out_and_roles(users: Callable) -> None:

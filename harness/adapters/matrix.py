@@ -182,6 +182,15 @@ def _redacts(event: Mapping[str, Any]) -> str | None:
     return event.get("redacts") or (event.get("content") or {}).get("redacts")
 
 
+def _custom_of(content: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The structured payload of a custom message (a JSON string; an object from older events)."""
+    custom = content.get(CUSTOM_KEY)
+    if isinstance(custom, str):
+        with contextlib.suppress(ValueError):
+            custom = json.loads(custom)
+    return dict(custom) if isinstance(custom, Mapping) else None
+
+
 def _is_redacted(event: Mapping[str, Any]) -> bool:
     return "redacted_because" in (event.get("unsigned") or {})
 
@@ -505,7 +514,7 @@ class MatrixClient:
 
     def _message(self, room_id: str, room: _Room, event: Mapping[str, Any], seq: int) -> Message:
         content = event.get("content") or {}
-        custom = content.get(CUSTOM_KEY)
+        custom = _custom_of(content)
         client_id = content.get(CLIENT_ID_KEY) or (event.get("unsigned") or {}).get(
             "transaction_id") or event["event_id"]
         return Message(
@@ -538,8 +547,13 @@ class MatrixClient:
                            f"limit (the event, envelope included, may be {MAX_EVENT_BYTES})")
         content: dict[str, Any] = {"msgtype": "m.text", "body": body, CLIENT_ID_KEY: client_id}
         if custom is not None:
-            content.update(msgtype="im_harness.custom", body=body or json.dumps(custom),
-                           **{CUSTOM_KEY: dict(custom)})
+            try:
+                encoded = json.dumps(dict(custom), ensure_ascii=False, allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                raise BadRequest(f"{self!r}: custom payload is not JSON: {exc}") from None
+            # A string, not an object: Matrix's canonical JSON refuses floats inside events.
+            content.update(msgtype="im_harness.custom", body=body or encoded,
+                           **{CUSTOM_KEY: encoded})
         retries_before = len(self.send_retries)
 
         async def attempt() -> tuple[str, dict[str, Any], str | None]:
