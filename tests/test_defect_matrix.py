@@ -10,21 +10,13 @@ seconds and `keepalive_dead` is observable inside the suite budget.
 
 from __future__ import annotations
 
-import concurrent.futures
-import os
-import subprocess
-import sys
-import time
-import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from matrix_runner import ROOT, Run, publish, run_all
 
 from harness.reference.defects import DEFECTS
-from harness.timing import units
 
-ROOT = Path(__file__).resolve().parents[1]
 ALL_SUITES = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "suites").glob("test_*.py"))
 
 # The suites that concern each defect; a defect missing here runs every suite.
@@ -42,83 +34,18 @@ RELEVANT: dict[str, list[str]] = {
     "keepalive_dead": ["suites/test_offline.py"],
     "no_push": ["suites/test_offline.py"],
 }
-CONFIG = "[harness]\nkeepalive_v1 = 2\nkeepalive_v2 = 1\n"
 RUN_TIMEOUT_S = 240.0
-WORKERS = 2  # the machine has two cores
-
-
-@dataclass
-class Run:
-    """One subprocess run of some suites against a service with `defect` (None: clean)."""
-
-    defect: str | None
-    suites: list[str]
-    returncode: int = -1
-    seconds: float = 0.0
-    passed: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)  # an assertion failed (call phase)
-    errors: list[str] = field(default_factory=list)  # setup/teardown errors
-    skipped: int = 0
-    output: str = ""
-
-    @property
-    def label(self) -> str:
-        return self.defect or "clean"
-
-    def tail(self, lines: int = 40) -> str:
-        return "\n".join(self.output.splitlines()[-lines:])
-
-
-def _test_id(case: ET.Element) -> str:
-    module = case.get("classname", "").replace(".", "/")
-    return f"{module}.py::{case.get('name', '?')}"
-
-
-def _execute(run: Run, workdir: Path, config: Path) -> Run:
-    junit = workdir / f"{run.label}.xml"
-    cmd = [
-        sys.executable, "-m", "pytest", *run.suites, "-q", "-p", "no:cacheprovider",
-        f"--junitxml={junit}", f"--im-config={config}",
-    ]
-    if run.defect:
-        cmd += ["--im-defect", run.defect]
-    env = {k: v for k, v in os.environ.items() if k != "IM_HARNESS_DEFECTS"}
-    start = time.monotonic()
-    try:
-        proc = subprocess.run(
-            cmd, cwd=ROOT, env=env, capture_output=True, text=True,
-            timeout=units(RUN_TIMEOUT_S),
-        )
-        run.returncode, run.output = proc.returncode, proc.stdout + proc.stderr
-    except subprocess.TimeoutExpired as exc:
-        run.output = f"timed out after {exc.timeout:.0f}s\n{exc.stdout or ''}"
-    run.seconds = time.monotonic() - start
-    if junit.exists():
-        for case in ET.parse(junit).getroot().iter("testcase"):
-            if case.find("failure") is not None:
-                run.failed.append(_test_id(case))
-            elif case.find("error") is not None:
-                run.errors.append(_test_id(case))
-            elif case.find("skipped") is not None:
-                run.skipped += 1
-            else:
-                run.passed.append(_test_id(case))
-    return run
 
 
 @pytest.fixture(scope="module")
 def matrix(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
     """Run the clean service and every defect once, two at a time; label -> Run."""
-    workdir = tmp_path_factory.mktemp("defect-matrix")
-    config = workdir / "im-harness.toml"
-    config.write_text(CONFIG)
     runs = [Run(None, ALL_SUITES)]
     runs += [Run(name, RELEVANT.get(name, ALL_SUITES)) for name in DEFECTS]
     # Longest first, so the two workers finish together.
     runs.sort(key=lambda r: -len(r.suites))
-    with concurrent.futures.ThreadPoolExecutor(WORKERS) as pool:
-        done = list(pool.map(lambda r: _execute(r, workdir, config), runs))
-    return {r.label: r for r in done}
+    return run_all(runs, tmp_path_factory.mktemp("defect-matrix"), key=lambda r: r.label,
+                   timeout_s=RUN_TIMEOUT_S, drop_env=("IM_HARNESS_DEFECTS",))
 
 
 def test_clean_service_passes_every_suite(matrix: dict[str, Run]) -> None:
@@ -174,9 +101,5 @@ def render(matrix: dict[str, Run]) -> str:
 def test_write_and_print_matrix(matrix: dict[str, Run], capsys: pytest.CaptureFixture) -> None:
     """The matrix is written to reports/defect-matrix.md and shown on the terminal."""
     text = render(matrix)
-    out = ROOT / "reports" / "defect-matrix.md"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(text)
-    with capsys.disabled():
-        print("\n" + text)
+    publish(text, "defect-matrix.md", capsys)
     assert all(f"`{name}`" in text for name in DEFECTS)
