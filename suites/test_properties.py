@@ -25,9 +25,10 @@ def world_context(im_session) -> WorldContext:
         service = im_session.services.get(name)
         if service is not None:
             return WorldContext(service=service, settings=im_session.settings(name))
+    named = " and ".join(f"endpoint {name!r}" for name in im_session.names)
     pytest.skip(
-        "property tests need a reference service the harness starts itself (they restart it "
-        f"and create apps); endpoints {', '.join(im_session.names)} are all external"
+        f"{named}: not a reference service the harness started (the property tests restart "
+        "the service and create an app per example)"
     )
 
 

@@ -31,6 +31,7 @@ LIMITATION = re.compile(
     r"|is too large to reach in a suite"
     r"|does not offer protocol '[\w.-]+'"
     r"|is not started by the harness"
+    r"|not a reference service the harness started"
 )
 
 
