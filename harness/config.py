@@ -301,7 +301,7 @@ def find_config(rootdir: Path) -> tuple[Path, tuple[str, ...]] | None:
         return candidate, ()
     pyproject = rootdir / "pyproject.toml"
     if pyproject.is_file():
-        data = _read_toml(pyproject)
+        data = read_toml(pyproject)
         if PYPROJECT_TABLE[1] in data.get(PYPROJECT_TABLE[0], {}):
             return pyproject, PYPROJECT_TABLE
     return None
@@ -322,7 +322,7 @@ def load_config(
         if found is None:
             return HarnessConfig()
         file, table = found
-    data: Any = _read_toml(file)
+    data: Any = read_toml(file)
     for part in table:
         data = data.get(part, {})
     if not isinstance(data, dict):
@@ -377,7 +377,8 @@ def _reference_tiers() -> list[str]:
     return list(TIERS)
 
 
-def _read_toml(file: Path) -> dict[str, Any]:
+def read_toml(file: Path, *, missing: str | None = None) -> dict[str, Any]:
+    """Parse a TOML file; a syntax error names file:line:column. `missing`: the error if absent."""
     try:
         with file.open("rb") as fh:
             return tomllib.load(fh)
@@ -393,6 +394,10 @@ def _read_toml(file: Path) -> dict[str, Any]:
         else:
             where, why = str(file), text
         raise ConfigError(f"{where}: invalid TOML: {why}; fix the syntax there") from None
+    except FileNotFoundError:
+        if missing is None:
+            raise ConfigError(f"{file}: cannot read: no such file") from None
+        raise ConfigError(missing) from None
     except OSError as exc:
         raise ConfigError(f"{file}: cannot read: {exc.strerror}") from None
 

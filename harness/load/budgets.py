@@ -14,12 +14,12 @@ Example budgets file::
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.config import read_toml
 from harness.errors import ConfigError
 from harness.load.metrics import METRICS, LoadMetrics
 
@@ -141,14 +141,8 @@ def _number(source: str, key: str, value: Any) -> float:
 def load_budgets(path: str | Path) -> Budgets:
     """Read and validate a budgets TOML file."""
     file = Path(path)
-    try:
-        with file.open("rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"budgets file {str(path)!r} does not exist; pass an existing path")\
-            from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"budgets {file}: invalid TOML: {exc}; fix the syntax there") from None
+    data = read_toml(file, missing=f"budgets file {str(path)!r} does not exist; "
+                                   "pass an existing path")
     return parse_budgets(data, source=str(file))
 
 

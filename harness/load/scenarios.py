@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.config import read_toml
 from harness.errors import ConfigError
 
 # scenario -> parameter -> default; every parameter is a number.
@@ -87,14 +87,8 @@ def load_params(path: str | Path | None) -> dict[str, dict[str, float]]:
     if path is None:
         return params
     file = Path(path)
-    try:
-        with file.open("rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"--scenarios-file {str(path)!r} does not exist; pass an existing path")\
-            from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"scenarios {file}: invalid TOML: {exc}; fix the syntax there") from None
+    data = read_toml(file, missing=f"--scenarios-file {str(path)!r} does not exist; "
+                                   "pass an existing path")
     for name, table in data.items():
         if name not in DEFAULTS:
             raise ConfigError(
