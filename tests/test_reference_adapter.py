@@ -19,7 +19,6 @@ from harness.contract import (
     Capability,
     Disconnected,
     EndpointSettings,
-    Event,
     MembershipChanged,
     MessageRecalled,
     MessageReceived,
@@ -28,6 +27,7 @@ from harness.contract import (
     Target,
 )
 from harness.errors import FeatureDisabled, IMTimeout, RateLimited, Unauthorized, Unsupported
+from harness.recorder import Recorder
 from harness.reference.admin import AppHandle
 from harness.reference.launcher import ReferenceService
 from harness.timing import units, until
@@ -74,43 +74,23 @@ def uid(name: str) -> str:
     return f"{name}-{uuid.uuid4().hex[:8]}"
 
 
-class Inbox:
-    """Pumps one client's events into a list."""
-
-    def __init__(self, client: ReferenceClient) -> None:
-        self.client = client
-        self.events: list[Event] = []
-        self._task = asyncio.create_task(self._pump())
-
-    async def _pump(self) -> None:
-        async for event in self.client.events():
-            self.events.append(event)
-
-    def received(self) -> list[MessageReceived]:
-        return [e for e in self.events if isinstance(e, MessageReceived)]
-
-    def bodies(self) -> list[str]:
-        return [e.message.body for e in self.received()]
-
-    def of(self, cls: type) -> list[Any]:
-        return [e for e in self.events if isinstance(e, cls)]
-
-    async def wait(self, n: int, what: str = "messages") -> list[MessageReceived]:
-        await until(lambda: len(self.received()) >= n, timeout=units(5),
-                    what=f"{n} {what} for {self.client.user_id} (have {self.bodies()})")
-        return self.received()
-
-    async def stop(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-
-
 async def user(adapter: ReferenceAdapter, name: str, protocol: str | None = None,
-               ) -> tuple[ReferenceClient, Inbox]:
+               ) -> tuple[ReferenceClient, Recorder]:
     creds = await adapter.provision_user(uid(name))
     client = await adapter.connect(creds, protocol=protocol)
-    return client, Inbox(client)
+    recorder = Recorder(client.user_id, client)
+    recorder.start()
+    return client, recorder
+
+
+def bodies(recorder: Recorder) -> list[str]:
+    return [m.body for m in recorder.messages()]
+
+
+async def received(recorder: Recorder, n: int) -> list[MessageReceived]:
+    """Wait for `n` messages; return every MessageReceived event (with its `offline` flag)."""
+    await recorder.wait_messages(n, timeout=units(5))
+    return recorder.of_type(MessageReceived)
 
 
 # -- the endpoint's description -------------------------------------------------------------
@@ -174,15 +154,15 @@ async def test_one_to_one_both_ways(service: ReferenceService, pro_app: AppHandl
         assert ack2.conversation == ack1.conversation
         assert ack2.seq > ack1.seq
         assert not ack1.duplicate
-        (got,) = await b_in.wait(1)
+        (got,) = await received(b_in, 1)
         assert (got.message.body, got.message.sender, got.offline) == ("hi bob", alice.user_id,
                                                                        False)
         assert got.message.message_id == ack1.message_id
         assert got.message.seq == ack1.seq
-        (back,) = await a_in.wait(1)
+        (back,) = await received(a_in, 1)
         assert back.message.kind == "custom"
         assert back.message.custom == {"kind": "wave"}
-        assert a_in.bodies() == [""], "a sender never receives its own message"
+        assert bodies(a_in) == [""], "a sender never receives its own message"
         page = await alice.history(ack1.conversation)
         assert [m.message_id for m in page.messages] == [ack1.message_id, ack2.message_id]
 
@@ -198,18 +178,18 @@ async def test_group_fan_out_in_order(service: ReferenceService, pro_app: AppHan
         acks = [await alice.send(Target.to_group(group.group_id), f"g{i}") for i in range(5)]
         assert [a.seq for a in acks] == sorted({a.seq for a in acks})
         for inbox in (b_in, c_in):
-            await inbox.wait(5)
-            assert inbox.bodies() == [f"g{i}" for i in range(5)]
-            assert {e.message.group for e in inbox.received()} == {group.group_id}
-        assert a_in.received() == []
+            await received(inbox, 5)
+            assert bodies(inbox) == [f"g{i}" for i in range(5)]
+            assert {m.group for m in inbox.messages()} == {group.group_id}
+        assert a_in.of_type(MessageReceived) == []
         dave, d_in = await user(adapter, "dave")
         await alice.add_member(group.group_id, dave.user_id)
         added = MembershipChanged(group.group_id, dave.user_id, "added", alice.user_id, "member")
         for inbox in (a_in, b_in, d_in):
-            await until(lambda inbox=inbox: added in inbox.of(MembershipChanged),
-                        timeout=units(5), what=f"{added} for {inbox.client.user_id}")
+            await until(lambda inbox=inbox: added in inbox.of_type(MembershipChanged),
+                        timeout=units(5), what=f"{added} for {inbox.user_id}")
         await alice.send(Target.to_group(group.group_id), "welcome")
-        assert [m.message.body for m in await d_in.wait(1)] == ["welcome"]
+        assert [m.message.body for m in await received(d_in, 1)] == ["welcome"]
 
 
 async def test_recall_and_receipts_on_v2(service: ReferenceService, pro_app: AppHandle) -> None:
@@ -217,14 +197,14 @@ async def test_recall_and_receipts_on_v2(service: ReferenceService, pro_app: App
         alice, a_in = await user(adapter, "alice")
         bob, b_in = await user(adapter, "bob")
         ack = await alice.send(Target.to_user(bob.user_id), "oops")
-        await b_in.wait(1)
+        await received(b_in, 1)
         await bob.mark_read(ack.conversation, ack.seq)
-        await until(lambda: a_in.of(ReceiptUpdated), timeout=units(5), what="a receipt")
-        (receipt,) = a_in.of(ReceiptUpdated)
+        await until(lambda: a_in.of_type(ReceiptUpdated), timeout=units(5), what="a receipt")
+        (receipt,) = a_in.of_type(ReceiptUpdated)
         assert (receipt.reader, receipt.up_to_seq) == (bob.user_id, ack.seq)
         await alice.recall(ack.conversation, ack.message_id)
-        await until(lambda: b_in.of(MessageRecalled), timeout=units(5), what="a recall")
-        (recall,) = b_in.of(MessageRecalled)
+        await until(lambda: b_in.of_type(MessageRecalled), timeout=units(5), what="a recall")
+        (recall,) = b_in.of_type(MessageRecalled)
         assert (recall.message_id, recall.by) == (ack.message_id, alice.user_id)
         (stored,) = (await bob.history(ack.conversation)).messages
         assert stored.recalled
@@ -251,8 +231,8 @@ async def test_v1_and_v2_interoperate(service: ReferenceService, pro_app: AppHan
         assert (old.protocol, new.protocol) == ("v1", "v2")
         await old.send(Target.to_user(new.user_id), "from v1")
         await new.send(Target.to_user(old.user_id), "from v2")
-        assert [m.message.body for m in await new_in.wait(1)] == ["from v1"]
-        assert [m.message.body for m in await old_in.wait(1)] == ["from v2"]
+        assert [m.message.body for m in await received(new_in, 1)] == ["from v1"]
+        assert [m.message.body for m in await received(old_in, 1)] == ["from v2"]
 
 
 async def test_resend_with_same_client_id_is_deduplicated_by_the_server(
@@ -266,8 +246,8 @@ async def test_resend_with_same_client_id_is_deduplicated_by_the_server(
         assert again.duplicate
         assert again.message_id == first.message_id
         await alice.send(Target.to_user(bob.user_id), "marker")
-        await b_in.wait(2)
-        assert b_in.bodies() == ["once", "marker"]
+        await received(b_in, 2)
+        assert bodies(b_in) == ["once", "marker"]
 
 
 async def test_rate_limit_raises_with_retry_after(
@@ -312,21 +292,21 @@ async def test_drop_then_reconnect_catches_up_offline(
         alice, _ = await user(adapter, "alice")
         bob, b_in = await user(adapter, "bob")
         await alice.send(Target.to_user(bob.user_id), "live")
-        await b_in.wait(1)
+        await received(b_in, 1)
         await bob.drop()
         assert bob.state == "dropped"
         for i in range(3):
             await alice.send(Target.to_user(bob.user_id), f"missed{i}")
         await bob.reconnect()
-        await b_in.wait(4)
-        assert b_in.bodies() == ["live", "missed0", "missed1", "missed2"]
-        assert [m.offline for m in b_in.received()] == [False, True, True, True]
+        await received(b_in, 4)
+        assert bodies(b_in) == ["live", "missed0", "missed1", "missed2"]
+        assert [m.offline for m in b_in.of_type(MessageReceived)] == [False, True, True, True]
         kinds = [type(e).__name__ for e in b_in.events]
         assert kinds.index("Disconnected") < kinds.index("Reconnected")
         await bob.wait_caught_up(units(5))
         await alice.send(Target.to_user(bob.user_id), "live again")
-        await b_in.wait(5)
-        assert b_in.received()[-1].offline is False
+        await received(b_in, 5)
+        assert b_in.of_type(MessageReceived)[-1].offline is False
         assert not bob.reconnect_attempts, "drop() must not reconnect by itself"
 
 
@@ -341,11 +321,11 @@ async def test_a_duplicate_from_the_server_reaches_the_caller(
             alice, _ = await user(adapter, "alice")
             bob, b_in = await user(adapter, "bob")
             ack = await alice.send(Target.to_user(bob.user_id), "twice")
-            await b_in.wait(1)
+            await received(b_in, 1)
             await bob.drop()
             await bob.reconnect()
-            await b_in.wait(2, "copies")
-            assert [m.message.message_id for m in b_in.received()] == [ack.message_id] * 2
+            copies = await received(b_in, 2)
+            assert [m.message.message_id for m in copies] == [ack.message_id] * 2
     finally:
         await admin.set_defects(duplicate_on_reconnect=False)
         await admin.aclose()
@@ -376,8 +356,8 @@ async def test_unacked_send_is_resent_with_its_client_id(
         assert ack.duplicate, "the resend was not recognised as the same message"
         assert ack.message_id == stored.message_id
         await alice.send(to_bob, "marker")
-        await b_in.wait(2)
-        assert b_in.bodies() == ["once", "marker"]
+        await received(b_in, 2)
+        assert bodies(b_in) == ["once", "marker"]
         assert alice.unacked == []
 
 
@@ -398,7 +378,7 @@ async def test_auto_reconnect_after_a_crash_delivers_exactly_once(
         bob, b_in = await user(adapter, "bob")
         to_bob = Target.to_user(bob.user_id)
         acked = [await alice.send(to_bob, f"before{i}") for i in range(5)]
-        await b_in.wait(5)
+        await received(b_in, 5)
         # Sends in flight while the service dies: some acked, some stored-but-unacked, some lost.
         in_flight = [asyncio.create_task(alice.send(to_bob, f"during{i}", timeout=units(15)))
                      for i in range(20)]
@@ -411,14 +391,14 @@ async def test_auto_reconnect_after_a_crash_delivers_exactly_once(
         await asyncio.to_thread(svc.restart)
         acked += await asyncio.gather(*in_flight, *late)
         assert len({a.message_id for a in acked}) == len(acked) == 28
-        await b_in.wait(28)
-        counts = Counter(m.message.message_id for m in b_in.received())
+        await received(b_in, 28)
+        counts = Counter(m.message.message_id for m in b_in.of_type(MessageReceived))
         assert counts == Counter(a.message_id for a in acked), "each acked message exactly once"
         expected = [f"before{i}" for i in range(5)] + [f"during{i}" for i in range(20)]
-        assert [b for b in b_in.bodies() if not b.startswith("after")] == expected
+        assert [b for b in bodies(b_in) if not b.startswith("after")] == expected
         for inbox in (a_in, b_in):
-            assert inbox.of(Disconnected)
-            assert inbox.of(Reconnected)
+            assert inbox.of_type(Disconnected)
+            assert inbox.of_type(Reconnected)
             assert inbox.client.state == "connected"
         assert alice.reconnect_attempts
         assert bob.reconnect_attempts
@@ -431,11 +411,11 @@ async def test_auto_reconnect_after_a_graceful_restart(own_service: ReferenceSer
         alice, _ = await user(adapter, "alice")
         bob, b_in = await user(adapter, "bob")
         await asyncio.to_thread(svc.restart)
-        await until(lambda: alice.state == bob.state == "connected" and b_in.of(Reconnected),
+        await until(lambda: alice.state == bob.state == "connected" and b_in.of_type(Reconnected),
                     timeout=units(5), what="both clients back after the restart")
         await alice.send(Target.to_user(bob.user_id), "after restart")
-        assert [m.message.body for m in await b_in.wait(1)] == ["after restart"]
-        assert b_in.of(Disconnected)
+        assert [m.message.body for m in await received(b_in, 1)] == ["after restart"]
+        assert b_in.of_type(Disconnected)
 
 
 async def test_backoff_grows_with_full_jitter(own_service: ReferenceService) -> None:
@@ -458,4 +438,4 @@ async def test_backoff_grows_with_full_jitter(own_service: ReferenceService) -> 
         assert sum(delays[5:8]) > sum(delays[0:3]), f"delays did not grow: {delays}"
         await asyncio.to_thread(svc.restart)
         await until(lambda: bob.state == "connected", timeout=units(5), what="reconnect")
-        assert b_in.of(Reconnected)[-1].attempts == len(bob.reconnect_attempts)
+        assert b_in.of_type(Reconnected)[-1].attempts == len(bob.reconnect_attempts)
