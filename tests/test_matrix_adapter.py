@@ -47,6 +47,7 @@ from harness.errors import (
 )
 from harness.faults import FaultLink
 from harness.matrix.launcher import SynapseServer, install_synapse
+from harness.recorder import Recorder
 from harness.timing import units, until
 
 VERSIONS = os.environ.get("IM_HARNESS_SYNAPSE_VERSIONS", "1.141.0,1.163.2").split(",")
@@ -69,53 +70,38 @@ async def adapter(synapse: SynapseServer) -> AsyncIterator[MatrixAdapter]:
     await adapter.aclose()
 
 
-class Inbox:
-    """Everything one client receives, pumped by a task (a small stand-in for the Recorder)."""
+def recording(client: MatrixClient) -> Recorder:
+    """A started Recorder of `client`'s events."""
+    recorder = Recorder(client.user_id, client)
+    recorder.start()
+    return recorder
 
-    def __init__(self, client: MatrixClient) -> None:
-        self.client = client
-        self.events: list[Event] = []
-        self._task = asyncio.create_task(self._pump())
 
-    async def _pump(self) -> None:
-        async for event in self.client.events():
-            self.events.append(event)
+async def wait(
+    recorder: Recorder, predicate: Callable[[Event], bool], what: str, count: int = 1
+) -> list[Event]:
+    """The recorded events matching `predicate`, once there are `count` of them."""
+    return await recorder.wait_for(predicate, count=count, timeout=units(10), what=what)
 
-    def messages(self) -> list[MessageReceived]:
-        return [e for e in self.events if isinstance(e, MessageReceived)]
 
-    async def wait(self, predicate: Callable[[Event], bool], what: str, count: int = 1) -> list:
-        found: list[Event] = []
-
-        def enough() -> bool:
-            found[:] = [e for e in self.events if predicate(e)]
-            return len(found) >= count
-
-        await until(enough, timeout=units(10), what=f"{self.client.user_id}: {what}")
-        return found
-
-    async def wait_bodies(self, *bodies: str) -> list[MessageReceived]:
-        want = set(bodies)
-        got = await self.wait(
-            lambda e: isinstance(e, MessageReceived) and e.message.body in want,
-            f"messages {sorted(want)}", count=len(want),
-        )
-        return got
-
-    async def stop(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+async def wait_bodies(recorder: Recorder, *bodies: str) -> list[MessageReceived]:
+    """The MessageReceived events (with `offline`) carrying `bodies`, once all arrived."""
+    want = set(bodies)
+    found = await wait(
+        recorder, lambda e: isinstance(e, MessageReceived) and e.message.body in want,
+        f"messages {sorted(want)}", count=len(want),
+    )
+    return [e for e in found if isinstance(e, MessageReceived)]
 
 
 @pytest.fixture
 async def users(adapter: MatrixAdapter) -> AsyncIterator[Callable]:
-    inboxes: list[Inbox] = []
+    inboxes: list[Recorder] = []
 
-    async def make(name: str) -> tuple[Credentials, MatrixClient, Inbox]:
+    async def make(name: str) -> tuple[Credentials, MatrixClient, Recorder]:
         creds = await adapter.provision_user(f"{name}-{secrets.token_hex(4)}")
         client = await adapter.connect(creds)
-        inbox = Inbox(client)
+        inbox = recording(client)
         inboxes.append(inbox)
         return creds, client, inbox
 
@@ -128,9 +114,9 @@ async def test_direct_messages_both_ways(users: Callable) -> None:
     alice, ca, ia = await users("alice")
     bob, cb, ib = await users("bob")
     ack1 = await ca.send(Target.to_user(bob.user_id), "hi bob")
-    (got1,) = await ib.wait_bodies("hi bob")
+    (got1,) = await wait_bodies(ib, "hi bob")
     ack2 = await cb.send(Target.to_user(alice.user_id), "hi alice")
-    (got2,) = await ia.wait_bodies("hi alice")
+    (got2,) = await wait_bodies(ia, "hi alice")
     assert ack1.conversation == ack2.conversation  # one direct room per pair
     assert (ack1.seq, ack2.seq) == (1, 2)
     assert got1.message.message_id == ack1.message_id
@@ -139,7 +125,7 @@ async def test_direct_messages_both_ways(users: Callable) -> None:
     assert got1.message.group is None
     assert not got1.offline
     assert (got2.message.sender, got2.message.seq) == (bob.user_id, 2)
-    assert [m.message.body for m in ia.messages()] == ["hi alice"]  # no echo of one's own
+    assert [m.body for m in ia.messages()] == ["hi alice"]  # no echo of one's own
 
 
 async def test_custom_payload_round_trips_with_floats(users: Callable) -> None:
@@ -149,7 +135,7 @@ async def test_custom_payload_round_trips_with_floats(users: Callable) -> None:
     payload = {"total": 12.5, "ratio": 1e-7, "items": [{"sku": "café-☕", "qty": 2}],
                "flags": [True, False, None], "note": 'say "hi" 👍🏽'}
     ack = await ca.send(Target.to_user(bob.user_id), custom=payload)
-    [got] = await ib.wait(lambda e: isinstance(e, MessageReceived), "the custom message")
+    [got] = await wait(ib, lambda e: isinstance(e, MessageReceived), "the custom message")
     assert (got.message.kind, got.message.custom) == ("custom", payload)
     page = await cb.history(ack.conversation)
     assert [(m.kind, m.custom) for m in page.messages] == [("custom", payload)]
@@ -165,16 +151,16 @@ async def test_group_fan_out_and_roles(users: Callable) -> None:
     assert group.members == {owner.user_id: "owner", b.user_id: "member", c.user_id: "member"}
     ack = await co.send(Target.to_group(group.group_id), "to all")
     for inbox in (ib, ic):
-        (got,) = await inbox.wait_bodies("to all")
+        (got,) = await wait_bodies(inbox, "to all")
         assert (got.message.group, got.message.seq) == (group.group_id, ack.seq)
     with pytest.raises(Forbidden):  # a plain member cannot recall someone else's message
         await cb.recall(group.group_id, ack.message_id)
     await cc.send(Target.to_group(group.group_id), "from cee")
-    await io.wait_bodies("from cee")
-    await ib.wait_bodies("from cee")
+    await wait_bodies(io, "from cee")
+    await wait_bodies(ib, "from cee")
     await co.set_role(group.group_id, b.user_id, "admin")
-    await ic.wait(lambda e: isinstance(e, MembershipChanged) and e.change == "role"
-                  and e.user == b.user_id and e.role == "admin", "b promoted")
+    await wait(ic, lambda e: isinstance(e, MembershipChanged) and e.change == "role"
+               and e.user == b.user_id and e.role == "admin", "b promoted")
     assert (await cc.group_info(group.group_id)).members[b.user_id] == "admin"
 
 
@@ -186,20 +172,20 @@ async def test_membership_changes(users: Callable) -> None:
     group = await co.create_group("club", [b.user_id])
     to_group = Target.to_group(group.group_id)
     await co.add_member(group.group_id, c.user_id)
-    await ib.wait(lambda e: isinstance(e, MembershipChanged) and e.change == "added"
-                  and e.user == c.user_id and e.by == owner.user_id, "cee added")
+    await wait(ib, lambda e: isinstance(e, MembershipChanged) and e.change == "added"
+               and e.user == c.user_id and e.by == owner.user_id, "cee added")
     await co.send(to_group, "welcome")
-    await ic.wait_bodies("welcome")
+    await wait_bodies(ic, "welcome")
     with pytest.raises(Forbidden):  # members may not add others (invite level 50)
         await cc.add_member(group.group_id, d.user_id)
     await co.remove_member(group.group_id, c.user_id)
-    await ib.wait(lambda e: isinstance(e, MembershipChanged) and e.change == "removed"
-                  and e.user == c.user_id, "cee removed")
+    await wait(ib, lambda e: isinstance(e, MembershipChanged) and e.change == "removed"
+               and e.user == c.user_id, "cee removed")
     with pytest.raises(Forbidden):
         await cc.send(to_group, "still here?")
     await cb.leave(group.group_id)
-    await io.wait(lambda e: isinstance(e, MembershipChanged) and e.change == "left"
-                  and e.user == b.user_id, "bee left")
+    await wait(io, lambda e: isinstance(e, MembershipChanged) and e.change == "left"
+               and e.user == b.user_id, "bee left")
     assert set((await co.group_info(group.group_id)).members) == {owner.user_id}
 
 
@@ -207,9 +193,9 @@ async def test_recall_is_seen_by_the_peer_and_in_history(users: Callable) -> Non
     alice, ca, _ = await users("alice")
     bob, cb, ib = await users("bob")
     ack = await ca.send(Target.to_user(bob.user_id), "oops")
-    await ib.wait_bodies("oops")
+    await wait_bodies(ib, "oops")
     await ca.recall(ack.conversation, ack.message_id)
-    (recalled,) = await ib.wait(lambda e: isinstance(e, MessageRecalled), "the recall")
+    (recalled,) = await wait(ib, lambda e: isinstance(e, MessageRecalled), "the recall")
     assert (recalled.message_id, recalled.by) == (ack.message_id, alice.user_id)
     page = await cb.history(ack.conversation)
     assert [(m.message_id, m.recalled, m.body) for m in page.messages] == [
@@ -223,9 +209,9 @@ async def test_read_receipt_is_seen_by_the_sender(users: Callable) -> None:
     bob, cb, ib = await users("bob")
     await ca.send(Target.to_user(bob.user_id), "one")
     ack = await ca.send(Target.to_user(bob.user_id), "two")
-    await ib.wait_bodies("one", "two")
+    await wait_bodies(ib, "one", "two")
     await cb.mark_read(ack.conversation, ack.seq)
-    (receipt,) = await ia.wait(lambda e: isinstance(e, ReceiptUpdated), "bob's receipt")
+    (receipt,) = await wait(ia, lambda e: isinstance(e, ReceiptUpdated), "bob's receipt")
     assert (receipt.conversation, receipt.reader, receipt.up_to_seq) == (
         ack.conversation, bob.user_id, 2)
     with pytest.raises(NotFound):
@@ -236,19 +222,19 @@ async def test_offline_catch_up_after_drop(users: Callable) -> None:
     alice, ca, _ = await users("alice")
     bob, cb, ib = await users("bob")
     await ca.send(Target.to_user(bob.user_id), "before")
-    await ib.wait_bodies("before")
+    await wait_bodies(ib, "before")
     await cb.drop()
     for body in ("m1", "m2", "m3"):
         await ca.send(Target.to_user(bob.user_id), body)
     await cb.reconnect()
-    caught = await ib.wait_bodies("m1", "m2", "m3")
+    caught = await wait_bodies(ib, "m1", "m2", "m3")
     assert [(m.message.body, m.offline) for m in caught] == [
         ("m1", True), ("m2", True), ("m3", True)]
     assert [m.message.seq for m in caught] == [2, 3, 4]
     kinds = [type(e) for e in ib.events]
     assert kinds.index(Disconnected) < kinds.index(Reconnected)
     await ca.send(Target.to_user(bob.user_id), "live again")
-    (live,) = await ib.wait_bodies("live again")
+    (live,) = await wait_bodies(ib, "live again")
     assert not live.offline
     assert len(ib.messages()) == 5  # nothing delivered twice
 
@@ -259,9 +245,9 @@ async def test_first_connect_catches_up_what_was_sent_before(
     alice, ca, _ = await users("alice")
     late = await adapter.provision_user(f"late-{secrets.token_hex(4)}")
     await ca.send(Target.to_user(late.user_id), "while you were away")
-    inbox = Inbox(await adapter.connect(late))
+    inbox = recording(await adapter.connect(late))
     try:
-        (got,) = await inbox.wait_bodies("while you were away")
+        (got,) = await wait_bodies(inbox, "while you were away")
         assert got.offline
     finally:
         await inbox.stop()
@@ -281,7 +267,7 @@ async def test_history_pages_by_seq(users: Callable) -> None:
     assert ([m.seq for m in oldest.messages], oldest.has_more) == ([1], False)
     newer = await ca.history(conv, after=3, limit=10)
     assert ([m.seq for m in newer.messages], newer.has_more) == ([4, 5], False)
-    await ib.wait_bodies("h5")
+    await wait_bodies(ib, "h5")
     assert [m.message_id for m in (await cb.history(conv)).messages] == [
         a.message_id for a in acks]  # the peer numbers the room the same way
 
@@ -313,13 +299,14 @@ async def test_declared_body_limit_is_usable_with_long_ids(adapter: MatrixAdapte
     sender = await adapter.provision_user(long_name)
     peer = await adapter.provision_user(f"peer-{secrets.token_hex(4)}")
     client = await adapter.connect(sender)
-    inbox = Inbox(await adapter.connect(peer))
+    inbox = recording(await adapter.connect(peer))
     try:
         to_peer = Target.to_user(peer.user_id)
         await client.send(to_peer, "warm up")  # the room exists, so more prev/auth events
         body = "é" * (MAX_BODY_BYTES // 2)
         ack = await client.send(to_peer, body, client_id="t" * 200)
-        [got] = await inbox.wait(
+        [got] = await wait(
+            inbox,
             lambda e: isinstance(e, MessageReceived) and e.message.message_id == ack.message_id,
             "the largest body",
         )
@@ -346,8 +333,8 @@ async def test_idempotent_resend_creates_no_second_event(users: Callable) -> Non
     after_drop = await ca.send(to_bob, "once", client_id="cid-1")
     assert after_drop.message_id == first.message_id
     await ca.send(to_bob, "marker")
-    await ib.wait_bodies("marker")
-    assert [m.message.body for m in ib.messages()] == ["once", "marker"]
+    await wait_bodies(ib, "marker")
+    assert [m.body for m in ib.messages()] == ["once", "marker"]
 
 
 async def test_mute_member_and_mute_all(users: Callable) -> None:
@@ -357,19 +344,19 @@ async def test_mute_member_and_mute_all(users: Callable) -> None:
     group = await co.create_group("quiet", [b.user_id, c.user_id])
     to_group = Target.to_group(group.group_id)
     await co.send(to_group, "hello")
-    await ib.wait_bodies("hello")
-    await ic.wait_bodies("hello")
+    await wait_bodies(ib, "hello")
+    await wait_bodies(ic, "hello")
     await co.mute(group.group_id, b.user_id)
-    await ic.wait(lambda e: isinstance(e, MuteChanged) and e.user == b.user_id and e.muted,
-                  "bee muted")
+    await wait(ic, lambda e: isinstance(e, MuteChanged) and e.user == b.user_id and e.muted,
+               "bee muted")
     with pytest.raises(Forbidden):
         await cb.send(to_group, "can I speak?")
     assert (await co.group_info(group.group_id)).muted == frozenset({b.user_id})
     await co.mute(group.group_id, b.user_id, muted=False)
     await co.set_role(group.group_id, c.user_id, "admin")
     await co.mute_all(group.group_id)
-    await ib.wait(lambda e: isinstance(e, MuteChanged) and e.user is None and e.muted,
-                  "everyone muted")
+    await wait(ib, lambda e: isinstance(e, MuteChanged) and e.user is None and e.muted,
+               "everyone muted")
     with pytest.raises(Forbidden):
         await cb.send(to_group, "still muted")
     await cc.send(to_group, "admins may speak")
@@ -389,7 +376,7 @@ async def test_fault_link_in_front_of_synapse(synapse: SynapseServer) -> None:
             alice = await linked.provision_user(f"alice-{secrets.token_hex(4)}")
             bob = await direct.provision_user(f"bob-{secrets.token_hex(4)}")
             ca = await linked.connect(alice)
-            inbox = Inbox(await direct.connect(bob))
+            inbox = recording(await direct.connect(bob))
             to_bob = Target.to_user(bob.user_id)
             await ca.send(to_bob, "warm up")  # the direct room exists from here on
             start = time.monotonic()
@@ -407,8 +394,8 @@ async def test_fault_link_in_front_of_synapse(synapse: SynapseServer) -> None:
                     await ca.send(to_bob, "into the void")
                 assert time.monotonic() - start < units(1) + 1
             after = await ca.send(to_bob, "after the blackhole")  # held bytes flow again
-            await inbox.wait(
-                lambda e: isinstance(e, MessageReceived)
+            await wait(
+                inbox, lambda e: isinstance(e, MessageReceived)
                 and e.message.message_id == after.message_id, "the message after the blackhole"
             )
             assert [len(link.timeline.of_kind(k)) for k in ("latency", "blackhole")] == [1, 1]
@@ -421,7 +408,7 @@ async def test_fault_link_in_front_of_synapse(synapse: SynapseServer) -> None:
 @contextlib.asynccontextmanager
 async def behind_a_link(
     synapse: SynapseServer, **options: object
-) -> AsyncIterator[tuple[FaultLink, MatrixClient, Inbox, MatrixClient, Inbox]]:
+) -> AsyncIterator[tuple[FaultLink, MatrixClient, Recorder, MatrixClient, Recorder]]:
     """Alice through a FaultLink (with extra adapter options), Bob directly; both inboxes."""
     async with FaultLink("127.0.0.1", synapse.port) as link:
         direct = await MatrixAdapter.open(synapse.endpoint_settings("direct"))
@@ -429,12 +416,12 @@ async def behind_a_link(
         linked = await MatrixAdapter.open(replace(
             base, url=link.url_for(synapse.base_url), options={**base.options, **options},
         ))
-        inboxes: list[Inbox] = []
+        inboxes: list[Recorder] = []
         try:
             alice = await linked.provision_user(f"alice-{secrets.token_hex(4)}")
             bob = await direct.provision_user(f"bob-{secrets.token_hex(4)}")
             ca, cb = await linked.connect(alice), await direct.connect(bob)
-            inboxes += [Inbox(ca), Inbox(cb)]
+            inboxes += [recording(ca), recording(cb)]
             yield link, ca, inboxes[0], cb, inboxes[1]
         finally:
             for inbox in inboxes:
@@ -459,7 +446,7 @@ async def test_send_cut_by_a_reset_is_retried_with_backoff_and_stored_once(
     ) as (link, ca, ia, cb, ib):
         to_bob = Target.to_user(cb.user_id)
         await ca.send(to_bob, "warm up")  # the direct room exists from here on
-        await ib.wait_bodies("warm up")
+        await wait_bodies(ib, "warm up")
         partition = link.partition()  # holds the bytes of open connections, refuses new ones
         sending = asyncio.create_task(ca.send(to_bob, "through the reset"))
         await until(
@@ -485,11 +472,10 @@ async def test_send_cut_by_a_reset_is_retried_with_backoff_and_stored_once(
             assert delays[k] - 0.01 <= after - before <= delays[k] + units(0.15), (
                 k, after - before, delays)
         await ca.send(to_bob, "marker")
-        await ib.wait_bodies("marker")
-        assert [m.message.body for m in ib.messages()] == ["warm up", "through the reset",
-                                                           "marker"]
+        await wait_bodies(ib, "marker")
+        assert [m.body for m in ib.messages()] == ["warm up", "through the reset", "marker"]
         # The /sync long-poll was cut as well: noticed, retried with the same backoff, resumed.
-        await ia.wait(lambda e: isinstance(e, Reconnected), "the sync reconnected")
+        await wait(ia, lambda e: isinstance(e, Reconnected), "the sync reconnected")
         kinds = [type(e) for e in ia.events]
         assert kinds.index(Disconnected) < kinds.index(Reconnected)
         assert ca.reconnect_attempts
@@ -512,12 +498,12 @@ async def test_resend_after_a_lost_ack_is_recognised_as_a_duplicate(
                     what="alice's own event through /sync")
         again = await ca.send(to_bob, "once", client_id="cid-lost")
         assert again.duplicate
-        (got,) = await ib.wait_bodies("once")
+        (got,) = await wait_bodies(ib, "once")
         assert got.message.message_id == again.message_id
         fresh = await ca.send(to_bob, "fresh")
         assert not fresh.duplicate
-        await ib.wait_bodies("fresh")
-        assert [m.message.body for m in ib.messages()] == ["warm up", "once", "fresh"]
+        await wait_bodies(ib, "fresh")
+        assert [m.body for m in ib.messages()] == ["warm up", "once", "fresh"]
         await ca.drop()
         with pytest.raises(ConnectionLost, match="not connected"):
             await ca.send(to_bob, "while dropped")
