@@ -58,7 +58,8 @@ class Service:
                 os.sched_setaffinity(0, {0})
 
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "harness.reference", "--db", db, "--log-level", "WARNING"],
+            [sys.executable, "-m", "harness.reference", "--db", db, "--log-level", "WARNING",
+             "--exit-with-parent"],
             stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT, preexec_fn=child_setup)
         assert self.proc.stdout is not None
         ready = json.loads(self.proc.stdout.readline())

@@ -65,6 +65,7 @@ class Svc:
             else ["--port", "0", "--api-port", "0"]
         env = {**os.environ, "IM_REF_ADMIN_TOKEN": self.admin_token}
         cmd = [sys.executable, "-m", "harness.reference", "--host", "127.0.0.1", "--db", self.db,
+               "--exit-with-parent",
                *ports, *self.args]
         with open(self.stderr_path, "a") as err:
             self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True,
