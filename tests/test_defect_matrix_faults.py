@@ -23,6 +23,7 @@ PROPERTY_DEFECTS = [
 ]
 FAULT_DEFECTS = ["keepalive_dead", "ack_before_persist", "duplicate_on_reconnect"]
 RUN_TIMEOUT_S = 600.0
+SEARCHES = 3  # random searches a property run gets per defect
 KIND_RE = re.compile(r"\[(loss|duplicate|order|group_order|recall|receipt|history|unexpected)\]")
 REPLAY_RE = re.compile(r"^\s*(pytest \S+ --hypothesis-seed=\d+.*)$", re.M)
 
@@ -61,15 +62,17 @@ def matrix(tmp_path_factory: pytest.TempPathFactory) -> dict[str, SuiteRun]:
     options = {"key": lambda r: r.key, "timeout_s": RUN_TIMEOUT_S,
                "extra_args": ["--hypothesis-profile=ci"], "drop_env": ("IM_HARNESS_",)}
     matrix = run_all(runs, workdir, **options)
-    # Hypothesis is a random search: a property run that found nothing searches once more with
-    # a fresh seed before the defect counts as uncaught (the ci profile's budget is small).
-    again = [SuiteRun(r.defect, [PROPERTIES]) for r in matrix.values()
-             if r.defect in PROPERTY_DEFECTS and r.suite == PROPERTIES and r.returncode == 0]
-    if again:
-        (workdir / "second-search").mkdir()
-        retried = run_all(again, workdir / "second-search", **options)
-        for key, run in retried.items():
-            run.searches = 2
+    # Hypothesis is a random search: a property run that found nothing searches again with a
+    # fresh seed, up to SEARCHES in all, before the defect counts as uncaught (the ci profile's
+    # budget per search is small).
+    for search in range(2, SEARCHES + 1):
+        again = [SuiteRun(r.defect, [PROPERTIES]) for r in matrix.values()
+                 if r.defect in PROPERTY_DEFECTS and r.suite == PROPERTIES and r.returncode == 0]
+        if not again:
+            break
+        (workdir / f"search-{search}").mkdir()
+        for key, run in run_all(again, workdir / f"search-{search}", **options).items():
+            run.searches = search
             matrix[key] = run
     return matrix
 
