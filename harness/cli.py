@@ -273,7 +273,7 @@ def serve(
         "--env-file", help="where the app keys go (mode 0600); never printed")] = Path(
         "reports/serve.env"),
 ) -> None:
-    """Start the embedded reference endpoints, print their URLs; Ctrl-C stops them."""
+    """Start the embedded endpoints, print their URLs; Ctrl-C stops them."""
     from harness.session import HarnessSession
 
     try:
@@ -286,7 +286,7 @@ def serve(
         raise usage(str(exc)) from None
     session = HarnessSession(hc, names)
     try:
-        with RichUI(console).task("starting the reference services", None):
+        with RichUI(console).task("starting the embedded servers", None):
             session.start()
     except HarnessError as exc:
         err.print(f"im-harness: {exc}", markup=False)

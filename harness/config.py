@@ -34,14 +34,13 @@ from pydantic_core import PydanticCustomError
 from harness.contract import EndpointSettings, TierLimits
 from harness.errors import ConfigError
 from harness.registry import adapters
+from harness.servers import NoOptions, ServerRequest, servers
 
 CONFIG_FILE = "im-harness.toml"
 PYPROJECT_TABLE = ("tool", "im-harness")
 DEFECTS_ENV = "IM_HARNESS_DEFECTS"
 DEFECT_RATE_ENV = "IM_HARNESS_DEFECT_RATE"
-EMBEDDED_ADAPTER = "reference"
-# Adapters whose servers the harness can start itself when an endpoint has no url.
-EMBEDDED_ADAPTERS = (EMBEDDED_ADAPTER, "matrix")
+DEFAULT_ADAPTER = "reference"  # the adapter of an endpoint that names none
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -100,14 +99,15 @@ class TierProfile(_Model):
 class EndpointConfig(_Model):
     """One endpoint: which adapter, where, which app, which tier, and where its secrets live."""
 
-    adapter: str = EMBEDDED_ADAPTER
-    url: str = ""  # empty: the harness starts the server itself (reference service, Synapse)
+    adapter: str = DEFAULT_ADAPTER
+    url: str = ""  # empty: the harness starts the server registered for the adapter
     app_id: str = ""
     protocol: str = ""
     tier: TierProfile = Field(default_factory=TierProfile)
     timeouts: Timeouts = Field(default_factory=Timeouts)
     secrets_env: dict[str, str] = Field(default_factory=dict)  # secret name -> env var name
-    options: dict[str, Any] = Field(default_factory=dict)
+    options: dict[str, Any] = Field(default_factory=dict)  # the adapter's, see its Options
+    server: dict[str, Any] = Field(default_factory=dict)  # the embedded server's, its Options
 
     @model_validator(mode="before")
     @classmethod
@@ -133,11 +133,14 @@ class EndpointConfig(_Model):
                 raise _custom("literal_secret", "", key=key, secret=key)
             else:
                 out[key] = value
-        options = out.get("options")
-        if isinstance(options, Mapping):
-            for key in options:
-                if looks_secret(str(key)):
-                    raise _custom("literal_secret", "", key=f"options.{key}", secret=str(key))
+        for table in ("options", "server"):
+            options = out.get(table)
+            if isinstance(options, Mapping):
+                for key in options:
+                    if looks_secret(str(key)):
+                        raise _custom(
+                            "literal_secret", "", key=f"{table}.{key}", secret=str(key)
+                        )
         out["secrets_env"] = refs
         return out
 
@@ -148,8 +151,34 @@ class EndpointConfig(_Model):
 
     @property
     def embedded(self) -> bool:
-        """Whether the harness starts this endpoint's server itself (no url, startable adapter)."""
-        return not self.url and self.adapter in EMBEDDED_ADAPTERS
+        """Whether the harness starts this endpoint's server itself (no url, a server exists)."""
+        return not self.url and self.adapter in servers
+
+    def server_request(self, name: str, harness: HarnessOptions) -> ServerRequest:
+        """What to ask the embedded server for, to serve endpoint `name` (validated config)."""
+        server_cls = servers.get(self.adapter)
+        keepalive = {
+            protocol: value
+            for protocol, value in (("v1", harness.keepalive_v1), ("v2", harness.keepalive_v2))
+            if value is not None
+        }
+        return ServerRequest(
+            endpoint=name,
+            adapter=self.adapter,
+            protocol=self.protocol,
+            tier=self.tier.name or server_cls.default_tier,
+            limits=dict(self.tier.limits),
+            features=dict(self.tier.features),
+            app_id=self.app_id,
+            adapter_options=dict(self.options),
+            server_options=server_cls.Options.model_validate(self.server),
+            timeouts=timeout_kwargs(self),
+            defects=tuple(harness.defects),
+            defect_rate=harness.defect_rate,
+            seed=harness.seed,
+            keepalive=keepalive,
+            propagation_delay=harness.propagation_delay,
+        )
 
 
 class HarnessOptions(_Model):
@@ -281,13 +310,20 @@ def split_names(raw: str | Iterable[str] | None) -> list[str]:
     return [n.strip() for p in parts for n in str(p).split(",") if n.strip()]
 
 
+def known_defects() -> list[str]:
+    """Every seeded defect some registered embedded server understands."""
+    names: dict[str, None] = {}
+    for server in servers.names():
+        names.update(dict.fromkeys(servers.get(server).defects))
+    return list(names)
+
+
 def defect_problem(names: Iterable[str]) -> str | None:
     """`= 'x' is not a seeded defect; known: ...` for the first unknown name, else None."""
-    from harness.reference.defects import DEFECTS
-
+    known = known_defects()
     for name in names:
-        if name not in DEFECTS:
-            return f"= {name!r} is not a seeded defect; known: {', '.join(DEFECTS)}"
+        if name not in known:
+            return f"= {name!r} is not a seeded defect; known: {', '.join(known) or 'none'}"
     return None
 
 
@@ -341,40 +377,78 @@ def parse_config(
     config._source = source
     where = ".".join(prefix) + "." if prefix else ""
     for name, ep in config.endpoints.items():
-        if ep.adapter not in adapters:
-            raise ConfigError(
-                f"{source}: {where}endpoints.{name}.adapter = {ep.adapter!r} is not a registered "
-                f"adapter; known: {', '.join(adapters.names()) or 'none'}"
-            )
-        if not ep.url and not ep.embedded:
-            raise ConfigError(
-                f"{source}: {where}endpoints.{name}.url is required for adapter {ep.adapter!r}; "
-                f"only the {' and '.join(map(repr, EMBEDDED_ADAPTERS))} adapters can run "
-                "embedded without a url"
-            )
-        if ep.embedded and ep.adapter == "matrix":
-            problem = _synapse_problem(ep.options, f"{where}endpoints.{name}")
-            if problem:
-                raise ConfigError(f"{source}: {problem}")
-        elif ep.embedded:
-            if ep.tier.name and ep.tier.name not in _reference_tiers():
-                raise ConfigError(
-                    f"{source}: {where}endpoints.{name}.tier.name = {ep.tier.name!r} is not a "
-                    f"reference tier; known: {', '.join(_reference_tiers())}"
-                )
+        problem = endpoint_problem(name, ep, f"{where}endpoints.{name}")
+        if problem:
+            raise ConfigError(f"{source}: {problem}")
     return config
 
 
-def _synapse_problem(options: Mapping[str, Any], where: str) -> str | None:
-    from harness.matrix.launcher import options_problem
+def endpoint_problem(name: str, ep: EndpointConfig, where: str) -> str | None:
+    """What is wrong with endpoint `name` beyond its shape (adapter, server, options), or None.
 
-    return options_problem(options, where)
+    `where` is its key path, e.g. `endpoints.new`.
+    """
+    if ep.adapter not in adapters:
+        return (
+            f"{where}.adapter = {ep.adapter!r} is not a registered adapter; "
+            f"known: {', '.join(adapters.names()) or 'none'}"
+        )
+    adapter_cls = adapters.get(ep.adapter)
+    problem = options_problem(
+        getattr(adapter_cls, "Options", NoOptions), ep.options, f"{where}.options",
+        f"adapter {ep.adapter!r}",
+    )
+    if problem:
+        return problem
+    if ep.url:
+        if ep.server:
+            return (
+                f"{where}.server is set, but the endpoint has a url, so the harness starts no "
+                "server for it; remove the [server] table or the url"
+            )
+        return None
+    if ep.adapter not in servers:
+        startable = ", ".join(repr(n) for n in servers.names()) or "none"
+        return (
+            f"{where}.url is required for adapter {ep.adapter!r}, which registers no embedded "
+            f"server; only these adapters can run without a url: {startable}"
+        )
+    server_cls = servers.get(ep.adapter)
+    problem = options_problem(
+        server_cls.Options, ep.server, f"{where}.server", f"the {ep.adapter!r} server"
+    )
+    if problem:
+        return problem
+    if server_cls.tiers and ep.tier.name and ep.tier.name not in server_cls.tiers:
+        return (
+            f"{where}.tier.name = {ep.tier.name!r} is not a tier of the {ep.adapter!r} server; "
+            f"known: {', '.join(server_cls.tiers)}"
+        )
+    return None
 
 
-def _reference_tiers() -> list[str]:
-    from harness.reference.tiers import TIERS
-
-    return list(TIERS)
+def options_problem(
+    model: type[BaseModel], options: Mapping[str, Any], where: str, owner: str
+) -> str | None:
+    """`options` checked against `owner`'s pydantic model: one line naming key, value and fix."""
+    try:
+        model.model_validate(dict(options))
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        path = ".".join([where, *(str(p) for p in err["loc"])])
+        known = ", ".join(model.model_fields) or "none"
+        if err["type"] == "extra_forbidden":
+            return (
+                f"{path} is not an option of {owner}; known: {known}; remove or rename it"
+            )
+        if err["type"] == "missing":
+            return f"{path} is required by {owner}; known options: {known}"
+        shown = "<hidden>" if looks_secret(str(err["loc"][-1]) if err["loc"] else "") else (
+            _short(err.get("input"))
+        )
+        msg = str(err["msg"])
+        return f"{path} = {shown}: {msg[:1].lower() + msg[1:]}; fix the value"
+    return None
 
 
 def read_toml(file: Path, *, missing: str | None = None) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """Session objects: endpoints opened from the configuration, and test users on them.
 
 `HarnessSession` lives for a whole test session (per xdist worker): it starts the embedded
-servers once (reference services; Synapse homeservers for url-less `matrix` endpoints) and knows
-every selected endpoint's settings. `Endpoint` and `User`
+servers once (whatever `harness.servers` has registered for a url-less endpoint's adapter) and
+knows every selected endpoint's settings. `Endpoint` and `User`
 live for one test, in that test's event loop. Nothing here imports pytest.
 """
 
@@ -18,7 +18,7 @@ from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
-from harness.config import EMBEDDED_ADAPTER, EndpointConfig, HarnessConfig, timeout_kwargs
+from harness.config import EndpointConfig, HarnessConfig
 from harness.contract import (
     Ack,
     Adapter,
@@ -39,18 +39,12 @@ from harness.errors import (
     Unauthorized,
     Unsupported,
 )
-from harness.matrix.launcher import SynapseServer
 from harness.oracle import Oracle
 from harness.recorder import Recorder
-from harness.reference.admin import AdminClient, AppHandle
-from harness.reference.launcher import ReferenceService
 from harness.registry import adapters
+from harness.servers import AdminHandle, EmbeddedServer, servers
 
 T = TypeVar("T")
-ADMIN_TOKEN = "admin_token"  # the secret name that gives the harness a reference admin client
-EMBEDDED_PROTOCOL = "v2"  # what an embedded endpoint speaks and runs on when not configured
-EMBEDDED_TIER = "free"
-Server = ReferenceService | SynapseServer  # a server the harness started (can kill/restart it)
 
 
 class EndpointUnavailable(ConfigError):
@@ -75,9 +69,9 @@ class Endpoint:
     settings: EndpointSettings
     adapter: Adapter
     info: EndpointInfo
-    admin: AdminClient | None = None
-    service: Server | None = None  # the server process when the harness started it
-    app: AppHandle | None = None
+    admin: AdminHandle | None = None
+    server: EmbeddedServer | None = None  # the server process when the harness started it
+    app: Any = None  # the app the endpoint's server created for it, if it has apps
     _owns_admin: bool = field(default=False, repr=False)
     _children: list[Endpoint] = field(default_factory=list, repr=False)
 
@@ -129,7 +123,7 @@ class Endpoint:
             protocol=protocol or self.settings.protocol,
             secrets={**self.settings.secrets, "app_key": app.app_key},
         )
-        child = await open_endpoint(settings, admin=self.admin, service=self.service)
+        child = await open_endpoint(settings, admin=self.admin, server=self.server)
         child.app = app
         self._children.append(child)
         return child
@@ -150,26 +144,25 @@ class Endpoint:
 async def open_endpoint(
     settings: EndpointSettings,
     *,
-    admin: AdminClient | None = None,
-    service: Server | None = None,
+    admin: AdminHandle | None = None,
+    server: EmbeddedServer | None = None,
 ) -> Endpoint:
     """Open the adapter for `settings`; failures to reach or log in are one-line errors.
 
-    An `admin_token` secret (with `options.api_url`) gives a reference endpoint an admin client;
-    it is not passed on to the adapter.
+    The admin handle comes from the server the harness started, else from the adapter's
+    optional `open_admin(settings)` (an endpoint the team runs, with an admin secret).
     """
-    adapter_secrets = dict(settings.secrets)
-    admin_token = adapter_secrets.pop(ADMIN_TOKEN, None)
-    adapter_settings = replace(settings, secrets=adapter_secrets)
-    owns_admin = False
-    if admin is None and isinstance(service, ReferenceService):
-        admin, owns_admin = service.admin(), True
-    elif admin is None and admin_token and settings.options.get("api_url"):
-        admin, owns_admin = AdminClient(str(settings.options["api_url"]), admin_token), True
     factory: Any = adapters.get(settings.adapter)
+    owns_admin = False
+    if admin is None:
+        if server is not None:
+            admin = server.admin()
+        elif hasattr(factory, "open_admin"):
+            admin = factory.open_admin(settings)
+        owns_admin = admin is not None
     where = f"endpoint {settings.name!r} ({settings.adapter}) at {settings.url}"
     try:
-        adapter: Adapter = await factory.open(adapter_settings)
+        adapter: Adapter = await factory.open(settings)
     except BaseException as exc:
         if owns_admin and admin is not None:
             await admin.aclose()
@@ -195,7 +188,7 @@ async def open_endpoint(
         adapter=adapter,
         info=info,
         admin=admin,
-        service=service,
+        server=server,
         _owns_admin=owns_admin,
     )
 
@@ -247,9 +240,7 @@ class HarnessSession:
         self.defects = tuple(config.harness.defects if defects is None else defects)
         self.defect_rate = config.harness.defect_rate if defect_rate is None else defect_rate
         self._environ = environ
-        self.services: dict[str, ReferenceService] = {}
-        self.synapses: dict[str, SynapseServer] = {}
-        self.apps: dict[str, AppHandle] = {}
+        self.servers: dict[str, EmbeddedServer] = {}
         self.infos: dict[str, EndpointInfo] = {}
         self._settings: dict[str, EndpointSettings] = {}
         self._started = False
@@ -292,65 +283,19 @@ class HarnessSession:
         return self
 
     def _start_one(self, name: str) -> None:
-        if self.config.endpoints[name].adapter == EMBEDDED_ADAPTER:
-            self.services[name], self.apps[name], self._settings[name] = self._start_embedded(name)
-        else:
-            self.synapses[name], self._settings[name] = self._start_synapse(name)
-
-    def _start_synapse(self, name: str) -> tuple[SynapseServer, EndpointSettings]:
-        """Install (cached) and start the Synapse release a url-less matrix endpoint names."""
+        """Start the server registered for endpoint `name`'s adapter and learn its settings."""
         ep = self.config.endpoints[name]
-        server = SynapseServer.from_options(ep.options, endpoint=name)
-        try:
-            server.start()
-        except BaseException:
-            server.cleanup()
-            raise
-        settings = server.endpoint_settings(name, options=ep.options)
-        changes: dict[str, Any] = {
-            "protocol": ep.protocol or settings.protocol,
-            "tier": ep.tier.name or settings.tier,
-            **timeout_kwargs(ep),
-        }
-        return server, replace(settings, **changes)
-
-    def _start_embedded(
-        self, name: str
-    ) -> tuple[ReferenceService, AppHandle, EndpointSettings]:
-        ep = self.config.endpoints[name]
-        opts = self.config.harness
-        service = ReferenceService(
-            defects=self.defects,
-            keepalive_v1=opts.keepalive_v1,
-            keepalive_v2=opts.keepalive_v2,
-            propagation_delay=opts.propagation_delay,
-            seed=opts.seed,
-            defect_rate=self.defect_rate,
-        ).start()
-        tier = ep.tier.name or EMBEDDED_TIER
-        try:
-            app = service.create_app_sync(
-                tier=tier,
-                features=dict(ep.tier.features),
-                recall_window_s=ep.tier.limits.get("recall_window_s"),
-                app_id=ep.app_id or None,
-                **({"limits": dict(ep.tier.limits)} if ep.tier.limits else {}),
-            )
-        except BaseException:
-            service.stop()
-            raise
-        settings = EndpointSettings(
-            name=name,
-            adapter=ep.adapter,
-            url=service.ws_url,
-            app_id=app.app_id,
-            protocol=ep.protocol or EMBEDDED_PROTOCOL,
-            tier=tier,
-            secrets={"app_key": app.app_key},
-            options={**ep.options, "api_url": service.api_url},
-            **timeout_kwargs(ep),
+        harness = self.config.harness.model_copy(
+            update={"defects": list(self.defects), "defect_rate": self.defect_rate}
         )
-        return service, app, settings
+        request = ep.server_request(name, harness)
+        server = servers.get(ep.adapter).for_request(request)
+        try:
+            settings = server.start()
+        except BaseException:
+            server.stop()
+            raise
+        self.servers[name], self._settings[name] = server, settings
 
     def probe(self, names: Iterable[str] | None = None) -> dict[str, EndpointInfo]:
         """Open and close each endpoint once (reachability, credentials) and keep its info."""
@@ -377,16 +322,16 @@ class HarnessSession:
                 f"tier {info.tier or '?'}"
             )
         ep = self.config.endpoints[name]
-        if ep.embedded and ep.adapter != EMBEDDED_ADAPTER:
-            version = ep.options.get("synapse_version", "?")
-            return (
-                f"adapter {ep.adapter}, url embedded (Synapse {version}, started on first use), "
-                f"protocol {ep.protocol or f'synapse-{version}'}, tier {ep.tier.name or '?'}"
-            )
         if ep.embedded:
+            server_cls = servers.get(ep.adapter)
+            options = server_cls.Options.model_validate(ep.server).model_dump(
+                exclude_defaults=True
+            )
+            what = ", ".join(f"{key} {value}" for key, value in options.items())
             return (
-                f"adapter {ep.adapter}, url embedded (started on first use), protocol "
-                f"{ep.protocol or EMBEDDED_PROTOCOL}, tier {ep.tier.name or EMBEDDED_TIER}"
+                f"adapter {ep.adapter}, url embedded ({what + ', ' if what else ''}started on "
+                f"first use), protocol {ep.protocol or 'default'}, tier "
+                f"{ep.tier.name or server_cls.default_tier or '?'}"
             )
         return (
             f"adapter {ep.adapter}, url {ep.url}, protocol {ep.protocol or '?'}, "
@@ -404,24 +349,29 @@ class HarnessSession:
 
     async def open(self, name: str) -> Endpoint:
         """Open endpoint `name` in the running event loop (close it with `aclose`)."""
-        service: Server | None = self.services.get(name) or self.synapses.get(name)
-        endpoint = await open_endpoint(self.settings(name), service=service)
-        if name in self.apps:
-            endpoint.app = self.apps[name]
-        else:
+        server = self.servers.get(name)
+        endpoint = await open_endpoint(self.settings(name), server=server)
+        endpoint.app = server.app() if server is not None else None
+        if endpoint.app is None:
             endpoint.info = apply_profile(endpoint.info, self.config.endpoints[name])
         return endpoint
 
+    def restart(self, name: str, *, kill: bool = False) -> EndpointSettings:
+        """Restart endpoint `name`'s server on the same data; its settings may change."""
+        server = self.servers.get(name)
+        if server is None:
+            raise Unsupported(f"endpoint {name!r} is not started by the harness")
+        self._settings[name] = server.restart(kill=kill)
+        return self._settings[name]
+
     def stop(self) -> None:
-        """Stop every embedded server this session started (and remove Synapse's data)."""
-        services, self.services = self.services, {}
-        synapses, self.synapses = self.synapses, {}
+        """Stop every embedded server this session started (and remove the data they made)."""
+        started, self.servers = self.servers, {}
         try:
-            for service in services.values():
-                service.stop()
+            for server in started.values():
+                with contextlib.suppress(Exception):
+                    server.stop()
         finally:
-            for server in synapses.values():
-                server.cleanup()
             self._started = False
 
     def __enter__(self) -> HarnessSession:
@@ -436,11 +386,10 @@ def unique_id(name: str) -> str:
     return f"{name}-{secrets.token_hex(4)}"
 
 
-def _gets_recall_events(endpoint: Endpoint, protocol: str) -> bool:
-    if not endpoint.info.supports(Capability.RECALL):
-        return False
-    # The reference protocol v1 never carries recall events, whatever the endpoint's default.
-    return not (endpoint.info.adapter == "reference" and protocol == "v1")
+def _gets_recall_events(endpoint: Endpoint, client: IMClient) -> bool:
+    """Whether `client`'s connection carries recall events (its protocol may offer less)."""
+    offered = getattr(client, "capabilities", endpoint.info.capabilities)
+    return Capability.RECALL in offered and endpoint.info.supports(Capability.RECALL)
 
 
 class User:
@@ -478,7 +427,7 @@ class User:
         if self._client is not None:
             raise HarnessError(f"user {self.id!r} is already connected; use reconnect()")
         client = await self.endpoint.adapter.connect(self.credentials, protocol=protocol)
-        if not _gets_recall_events(self.endpoint, client.protocol):
+        if not _gets_recall_events(self.endpoint, client):
             self.oracle.no_recall_events(self.id)
         self._client = client
         self._recorder = Recorder(self.id, client, self.oracle)

@@ -230,14 +230,14 @@ def test_other_adapter_needs_url(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(adapters._items, "standin", object)
     message = error_of({"endpoints": {"new": {"adapter": "standin"}}})
     assert message == (
-        "im-harness.toml: endpoints.new.url is required for adapter 'standin'; only the "
-        "'reference' and 'matrix' adapters can run embedded without a url"
+        "im-harness.toml: endpoints.new.url is required for adapter 'standin', which registers "
+        "no embedded server; only these adapters can run without a url: 'matrix', 'reference'"
     )
 
 
 def test_urlless_matrix_endpoint_is_embedded_synapse() -> None:
     config = parse_config({"endpoints": {"old": {
-        "adapter": "matrix", "options": {"synapse_version": "1.141.0"}}}})
+        "adapter": "matrix", "server": {"version": "1.141.0"}}}})
     assert config.endpoints["old"].embedded
     config = parse_config({"endpoints": {"old": {"adapter": "matrix", "url": "http://127.0.0.1:9"}}})
     assert not config.endpoints["old"].embedded
@@ -245,21 +245,52 @@ def test_urlless_matrix_endpoint_is_embedded_synapse() -> None:
 
 def test_embedded_matrix_needs_a_synapse_version_and_a_known_profile() -> None:
     assert error_of({"endpoints": {"old": {"adapter": "matrix"}}}) == (
-        "im-harness.toml: endpoints.old.options.synapse_version = None is missing or not a "
-        "string; set it to the Synapse release to start, e.g. one of 1.141.0, 1.163.2"
+        "im-harness.toml: endpoints.old.server.version is required by the 'matrix' server; "
+        "known options: version, rate_profile"
     )
-    message = error_of({"endpoints": {"new": {"adapter": "matrix", "options": {
-        "synapse_version": "1.163.2", "rate_profile": "fast"}}}})
+    message = error_of({"endpoints": {"new": {"adapter": "matrix", "server": {
+        "version": "1.163.2", "rate_profile": "fast"}}}})
     assert message == (
-        "im-harness.toml: endpoints.new.options.rate_profile = 'fast' is unknown; "
-        "use one of default, relaxed"
+        "im-harness.toml: endpoints.new.server.rate_profile = 'fast': input should be 'relaxed' "
+        "or 'default'; fix the value"
+    )
+    message = error_of({"endpoints": {"new": {"adapter": "matrix", "server": {
+        "version": "9.9.9"}}}})
+    assert message == (
+        "im-harness.toml: endpoints.new.server.version = '9.9.9': value error, '9.9.9' has no "
+        "pinned dependency date; use one of 1.141.0, 1.163.2; fix the value"
+    )
+
+
+def test_unknown_adapter_option_names_the_key_and_the_known_ones() -> None:
+    message = error_of({"endpoints": {"new": {"options": {"backof_base_s": 0.1}}}})
+    assert message.startswith(
+        "im-harness.toml: endpoints.new.options.backof_base_s is not an option of adapter "
+        "'reference'; known: "
+    )
+    assert "backoff_base_s" in message and message.endswith("; remove or rename it")
+
+
+def test_mistyped_adapter_option_names_the_value() -> None:
+    message = error_of({"endpoints": {"new": {"options": {"backoff_base_s": "soon"}}}})
+    assert message.startswith(
+        "im-harness.toml: endpoints.new.options.backoff_base_s = 'soon': "
+    )
+
+
+def test_server_table_with_a_url_is_refused() -> None:
+    message = error_of({"endpoints": {"new": {
+        "adapter": "matrix", "url": "http://127.0.0.1:9", "server": {"version": "1.163.2"}}}})
+    assert message == (
+        "im-harness.toml: endpoints.new.server is set, but the endpoint has a url, so the "
+        "harness starts no server for it; remove the [server] table or the url"
     )
 
 
 def test_shipped_synapse_example_parses() -> None:
     config = load_config(Path(__file__).parents[1] / "examples" / "synapse.toml")
     assert config.selected() == ["old", "new"]
-    versions = [config.endpoints[n].options["synapse_version"] for n in ("old", "new")]
+    versions = [config.endpoints[n].server["version"] for n in ("old", "new")]
     assert versions == ["1.141.0", "1.163.2"]
     assert all(config.endpoints[n].embedded for n in ("old", "new"))
     assert not config.endpoints["staging"].embedded

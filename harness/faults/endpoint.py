@@ -86,7 +86,7 @@ async def linked_endpoint(
         url=link.url_for(endpoint.settings.url) if link is not None else endpoint.settings.url,
         options={**endpoint.settings.options, **options},
     )
-    opened = await open_endpoint(settings, admin=endpoint.admin, service=endpoint.service)
+    opened = await open_endpoint(settings, admin=endpoint.admin, server=endpoint.server)
     opened.app = endpoint.app
     return opened
 
@@ -94,12 +94,12 @@ async def linked_endpoint(
 async def restart_service(
     endpoint: Endpoint, *, kill: bool = True, timeline: FaultTimeline | None = None
 ) -> FaultRecord | None:
-    """Kill -9 (or stop) the endpoint's service and start it again on the same data and ports.
+    """Kill -9 (or stop) the endpoint's server and start it again on the same data and ports.
 
-    Raises `Unsupported` when the harness did not start the service itself.
+    Raises `Unsupported` when the harness did not start the server itself.
     """
-    service = endpoint.service
-    if service is None:
+    server = endpoint.server
+    if server is None:
         raise Unsupported(
             f"{_where(endpoint)} is not started by the harness, so it cannot be restarted; "
             "server-restart faults need an embedded endpoint"
@@ -110,7 +110,7 @@ async def restart_service(
             "server_restart", {"kill": kill, "endpoint": endpoint.name}, link=endpoint.name
         )
     try:
-        await asyncio.to_thread(service.restart, kill=kill)
+        await asyncio.to_thread(server.restart, kill=kill)
     finally:
         if record is not None:
             timeline.end(record)  # type: ignore[union-attr]

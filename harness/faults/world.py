@@ -1,4 +1,4 @@
-"""A small IM world for stateful property tests, against a real reference service.
+"""A small IM world for stateful property tests, against a server the harness started.
 
 One example is one fresh app with 3-5 users (v1 and v2 clients side by side) and 1-2 groups;
 every user reaches the service through its own `FaultLink`. Hypothesis drives the rules of
@@ -6,8 +6,9 @@ every user reaches the service through its own `FaultLink`. Hypothesis drives th
 a service restart); the oracle judges after every step, and `teardown` settles the world and
 judges loss, recall and history once everything had its chance to arrive.
 
-The machine owns one event loop per example and runs each rule in it; the service process is
-started once per session by whoever sets `WorldMachine.context`.
+The machine owns one event loop per example and runs each rule in it; the server (any embedded
+server with an admin API, so that each example gets an app of its own) is started once per
+session by whoever sets `WorldMachine.context`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
+from urllib.parse import urlsplit
 
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -34,8 +36,7 @@ from harness.errors import BadRequest, ConnectionLost, HarnessError, IMTimeout, 
 from harness.faults.link import FaultLink
 from harness.faults.timeline import FaultTimeline
 from harness.oracle import Oracle
-from harness.reference.admin import AdminClient
-from harness.reference.launcher import ReferenceService
+from harness.servers import AdminHandle, EmbeddedServer
 from harness.timing import units
 
 T = TypeVar("T")
@@ -48,9 +49,9 @@ SETTLE_SENTINELS = 2  # per user: one is enough, two survive a dropped delivery 
 
 @dataclass
 class WorldContext:
-    """What every example shares: the service (started once) and the base endpoint settings."""
+    """What every example shares: the server (started once) and the base endpoint settings."""
 
-    service: ReferenceService
+    server: EmbeddedServer
     settings: EndpointSettings
     max_restarts: int = 1  # service restarts per example
     fault_s: float = 0.3  # how long a blackhole or partition lasts
@@ -94,15 +95,18 @@ class World:
         self.conversations: dict[str, set[int]] = {}  # conversation -> participant indexes
         self.last_seq: dict[str, int] = {}  # conversation -> highest acked seq
         self.restarts = 0
-        self.admin: AdminClient | None = None
+        self.admin: AdminHandle | None = None
         self.settings: EndpointSettings | None = None
         self._probe: Any = None
 
     async def build(self, protocols: list[str], groups: list[list[int]]) -> None:
         from harness.session import User, open_endpoint, unique_id
 
-        service = self.context.service
-        self.admin = AdminClient(service.api_url, service.admin_token)
+        self.admin = self.context.server.admin()
+        if self.admin is None:
+            raise HarnessError(
+                f"{self.context.server!r} has no admin API; the world needs an app per example"
+            )
         app = await self.admin.create_app(
             tier="pro", features={"recall": True, "receipts": True},
             recall_window_s=RECALL_WINDOW_S,
@@ -114,7 +118,7 @@ class World:
             options={**base.options, "backoff_base_s": 0.05, "backoff_cap_s": 0.4,
                      "send_timeout_s": units(3), "jitter_seed": 1},
         )
-        port = service.ws_port
+        port = urlsplit(self.settings.url).port
         assert port is not None
         settings = self.settings
 
@@ -240,18 +244,18 @@ class World:
             await link.reset_now()
 
     async def restart(self, kill: bool) -> None:
-        service = self.context.service
-        port = service.ws_port
+        server = self.context.server
+        before = server.settings.url
         self.restarts += 1
         record = self.context.timeline.begin("server_restart", {"kill": kill}, link="service")
         try:
-            await asyncio.to_thread(service.restart, kill=kill)
+            after = (await asyncio.to_thread(server.restart, kill=kill)).url
         finally:
             self.context.timeline.end(record)
-        if service.ws_port != port:
+        if after != before:
             raise HarnessError(
-                f"the service came back on port {service.ws_port}, not {port}; another process "
-                "took the port meanwhile, so the world's links are cut (rerun the test)"
+                f"the server came back at {after}, not {before}; another process took the port "
+                "meanwhile, so the world's links are cut (rerun the test)"
             )
 
     # -- the end of an example ------------------------------------------------------------------

@@ -9,21 +9,17 @@ listener, and is stopped by PID (its own session), at `stop()` or at interpreter
 
 from __future__ import annotations
 
-import atexit
 import base64
 import collections
-import contextlib
 import fcntl
 import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -32,14 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import reaper
+from harness import procs
 from harness.contract import EndpointSettings
 from harness.errors import ConfigError, HarnessError
 from harness.timing import units
 
 CACHE_ENV = "IM_HARNESS_CACHE"
 LOG_TAIL_LINES = 20
-STOP_TIMEOUT_S = 10.0
 
 # version -> the --exclude-newer date its dependencies resolve at (a day or so after release).
 KNOWN_VERSIONS: dict[str, str] = {
@@ -91,23 +86,6 @@ PROFILES: dict[str, RateProfile] = {
     # Synapse's own defaults (0.2 msg/s, burst 10): for tests of rate limiting.
     "default": RateProfile("default", 0.2, 10, relaxed_others=False),
 }
-
-
-def options_problem(options: Mapping[str, Any], where: str) -> str | None:
-    """What is wrong with an embedded matrix endpoint's options (`where`: its key path), or None."""
-    version = options.get("synapse_version")
-    if not isinstance(version, str) or not version:
-        return (
-            f"{where}.options.synapse_version = {version!r} is missing or not a string; set it "
-            f"to the Synapse release to start, e.g. one of {', '.join(KNOWN_VERSIONS)}"
-        )
-    profile = options.get("rate_profile", "relaxed")
-    if profile not in PROFILES:
-        return (
-            f"{where}.options.rate_profile = {profile!r} is unknown; "
-            f"use one of {', '.join(sorted(PROFILES))}"
-        )
-    return None
 
 
 def cache_root() -> Path:
@@ -179,30 +157,6 @@ def _signing_key() -> str:
     return f"ed25519 a_{secrets.token_hex(2)} {seed}\n"
 
 
-_live: dict[int, subprocess.Popen[bytes]] = {}
-_live_lock = threading.Lock()
-
-
-def _kill_group(proc: subprocess.Popen[bytes], sig: int) -> None:
-    try:
-        os.killpg(proc.pid, sig)  # the child leads its own session (start_new_session)
-    except (ProcessLookupError, PermissionError):
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(sig)
-
-
-@atexit.register
-def _kill_all_live() -> None:
-    with _live_lock:
-        procs = list(_live.values())
-        _live.clear()
-    for proc in procs:
-        if proc.poll() is None:
-            _kill_group(proc, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=5)
-
-
 @dataclass
 class SynapseServer:
     """One Synapse homeserver on loopback; `with SynapseServer("1.141.0") as hs: hs.base_url`."""
@@ -224,8 +178,7 @@ class SynapseServer:
         default_factory=lambda: secrets.token_urlsafe(24), init=False, repr=False
     )
     port: int | None = field(default=None, init=False)
-    _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
-    _reaper: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    _proc: procs.Child | None = field(default=None, init=False, repr=False)
     _own_dir: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -233,14 +186,6 @@ class SynapseServer:
             raise ConfigError(
                 f"synapse profile {self.profile!r} is unknown; use one of {sorted(PROFILES)}"
             )
-
-    @classmethod
-    def from_options(cls, options: Mapping[str, Any], *, endpoint: str = "matrix") -> SynapseServer:
-        """A server for a url-less matrix endpoint: `synapse_version`, `rate_profile` options."""
-        problem = options_problem(options, f"endpoints.{endpoint}")
-        if problem:
-            raise ConfigError(problem)
-        return cls(str(options["synapse_version"]), profile=options.get("rate_profile", "relaxed"))
 
     @property
     def base_url(self) -> str:
@@ -250,7 +195,7 @@ class SynapseServer:
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc and self._proc.poll() is None else None
+        return self._proc.pid if self._proc and self._proc.running else None
 
     @property
     def rate_profile(self) -> RateProfile:
@@ -340,20 +285,13 @@ class SynapseServer:
         config = self._write_config()
         log = open(self.log_path, "ab")
         try:
-            proc = subprocess.Popen(
+            self._proc = procs.spawn(
                 [str(python), "-m", "synapse.app.homeserver", "-c", str(config)],
-                cwd=self.data_dir,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
+                name=f"Synapse {self.version}", cwd=self.data_dir, stdout=log,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,
             )
         finally:
             log.close()
-        with _live_lock:
-            _live[proc.pid] = proc
-        self._proc = proc
-        self._reaper = reaper.watch(proc.pid)  # a harness killed -9 must not leave Synapse
         self._wait_ready()
         return self
 
@@ -363,9 +301,10 @@ class SynapseServer:
         deadline = time.monotonic() + limit
         url = f"{self.base_url}/_matrix/client/versions"
         while True:
-            if self._proc.poll() is not None:
+            if not self._proc.running:
                 code = self._proc.returncode
-                self._forget()
+                self._proc.forget()
+                self._proc = None
                 raise HarnessError(
                     f"Synapse {self.version} exited with code {code} before answering on "
                     f"port {self.port} (port busy or bad config?); last log lines:\n"
@@ -393,40 +332,17 @@ class SynapseServer:
         with open(self.log_path, errors="replace") as fh:
             return "".join(collections.deque(fh, maxlen=lines)).rstrip()
 
-    def _forget(self) -> None:
-        if self._proc is not None:
-            with _live_lock:
-                _live.pop(self._proc.pid, None)
-        reaper_proc, self._reaper = self._reaper, None
-        if reaper_proc is not None:  # it exits within one poll once the server is gone
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                reaper_proc.wait(timeout=2)
-
     def stop(self) -> None:
         """SIGTERM, wait, then SIGKILL; the data directory stays for `restart()`."""
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            _kill_group(proc, signal.SIGTERM)
-            try:
-                proc.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                _kill_group(proc, signal.SIGKILL)
-                proc.wait(timeout=5)
-        self._forget()
-        self._proc = None
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            proc.stop()
 
     def kill(self) -> None:
         """SIGKILL (a crash); the database stays."""
-        proc = self._proc
-        if proc is None:
-            return
-        _kill_group(proc, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=5)
-        self._forget()
-        self._proc = None
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            proc.kill()
 
     def restart(self, *, kill: bool = False) -> None:
         """Stop (or kill) and start again on the same port and database."""

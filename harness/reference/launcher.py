@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import atexit
 import collections
 import concurrent.futures
 import json
@@ -19,66 +18,13 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Any, NoReturn
 
+from harness import procs
 from harness.errors import ConfigError, HarnessError
 from harness.reference.admin import AdminClient, AppHandle
 
 LOG_TAIL_LINES = 20
-STOP_TIMEOUT_S = 10.0
-
-_live: dict[int, subprocess.Popen[bytes]] = {}
-_live_lock = threading.Lock()
-_hooks_installed = False
-
-
-def _kill_group(proc: subprocess.Popen[bytes], sig: int) -> None:
-    try:
-        os.killpg(proc.pid, sig)  # the child leads its own session (start_new_session)
-    except (ProcessLookupError, PermissionError):
-        try:
-            proc.send_signal(sig)
-        except ProcessLookupError:
-            pass
-
-
-def _kill_all_live() -> None:
-    with _live_lock:
-        procs = list(_live.values())
-        _live.clear()
-    for proc in procs:
-        if proc.poll() is None:
-            _kill_group(proc, signal.SIGKILL)
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
-
-
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    _kill_all_live()
-    signal.signal(signum, signal.SIG_DFL)
-    os.kill(os.getpid(), signum)
-
-
-def _install_hooks() -> None:
-    """Kill every live child at interpreter exit and on a SIGTERM nobody else handles."""
-    global _hooks_installed
-    if _hooks_installed:
-        return
-    _hooks_installed = True
-    atexit.register(_kill_all_live)
-    if threading.current_thread() is threading.main_thread():
-        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-            signal.signal(signal.SIGTERM, _on_sigterm)
-
-
-def live_pids() -> list[int]:
-    """Pids of the reference services this process started and has not stopped."""
-    with _live_lock:
-        return [pid for pid, proc in _live.items() if proc.poll() is None]
-
 
 class ReferenceService:
     """The reference IM service in a child process on 127.0.0.1, ports chosen by the OS.
@@ -117,7 +63,7 @@ class ReferenceService:
         self.api_port: int | None = None
         self.db_path: Path | None = self._db_arg
         self._tmpdir: str | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc: procs.Child | None = None
         self._stderr: collections.deque[str] = collections.deque(maxlen=500)
         self._threads: list[threading.Thread] = []
 
@@ -140,7 +86,7 @@ class ReferenceService:
     @property
     def pid(self) -> int | None:
         proc = self._proc
-        return proc.pid if proc is not None and proc.poll() is None else None
+        return proc.pid if proc is not None and proc.running else None
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> list[str]:
         """The last lines the child wrote on stderr."""
@@ -149,8 +95,7 @@ class ReferenceService:
     def _command(self, ws_port: int, api_port: int) -> list[str]:
         assert self.db_path is not None
         cmd = [sys.executable, "-m", "harness.reference", "--host", "127.0.0.1",
-               "--port", str(ws_port), "--api-port", str(api_port), "--db", str(self.db_path),
-               "--exit-with-parent"]
+               "--port", str(ws_port), "--api-port", str(api_port), "--db", str(self.db_path)]
         for name in self.defects:
             cmd += ["--defect", name]
         if self.keepalive_v1 is not None:
@@ -173,17 +118,14 @@ class ReferenceService:
         return self
 
     def _spawn(self, ws_port: int, api_port: int) -> None:
-        _install_hooks()
         env = dict(os.environ, IM_REF_ADMIN_TOKEN=self.admin_token, PYTHONUNBUFFERED="1")
         self._stderr.clear()
-        proc = subprocess.Popen(
-            self._command(ws_port, api_port),
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=env, start_new_session=True,
+        child = procs.spawn(
+            self._command(ws_port, api_port), name="reference service", env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
-        with _live_lock:
-            _live[proc.pid] = proc
-        self._proc = proc
+        self._proc = child
+        proc = child.proc
         lines: queue.Queue[str | None] = queue.Queue()
         self._threads = [
             threading.Thread(target=self._pump, args=(proc.stdout, lines), daemon=True,
@@ -194,7 +136,7 @@ class ReferenceService:
         for thread in self._threads:
             thread.start()
         try:
-            ready = self._wait_ready(proc, lines)
+            ready = self._wait_ready(child, lines)
         except BaseException:
             self._terminate(signal.SIGKILL)
             raise
@@ -212,21 +154,21 @@ class ReferenceService:
         if lines is not None:
             lines.put(None)
 
-    def _wait_ready(self, proc: subprocess.Popen[bytes], lines: queue.Queue[str | None]) -> dict:
+    def _wait_ready(self, child: procs.Child, lines: queue.Queue[str | None]) -> dict:
         deadline = time.monotonic() + self.start_timeout
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                self._fail(proc, f"no ready line within {self.start_timeout:.1f}s")
+                self._fail(child, f"no ready line within {self.start_timeout:.1f}s")
             try:
                 line = lines.get(timeout=min(left, 0.1))
             except queue.Empty:
-                if proc.poll() is not None:
-                    self._fail(proc, f"exited with code {proc.returncode} before it was ready")
+                if not child.running:
+                    self._fail(child, f"exited with code {child.returncode} before it was ready")
                 continue
             if line is None:
-                proc.wait(timeout=5)
-                self._fail(proc, f"exited with code {proc.returncode} before it was ready")
+                child.proc.wait(timeout=5)
+                self._fail(child, f"exited with code {child.returncode} before it was ready")
             try:
                 ready = json.loads(line)
             except ValueError:
@@ -234,10 +176,8 @@ class ReferenceService:
             if isinstance(ready, dict) and ready.get("event") == "ready":
                 return ready
 
-    def _fail(self, proc: subprocess.Popen[bytes], why: str) -> NoReturn:
-        if proc.poll() is None:
-            _kill_group(proc, signal.SIGKILL)
-        proc.wait(timeout=5)
+    def _fail(self, child: procs.Child, why: str) -> NoReturn:
+        child.kill()
         for thread in self._threads:
             thread.join(timeout=2)  # so the log tail is complete
         tail = "\n".join(self.log_tail()) or "(no output on stderr)"
@@ -247,23 +187,15 @@ class ReferenceService:
         )
 
     def _terminate(self, sig: int) -> None:
-        proc = self._proc
-        if proc is None:
+        child = self._proc
+        if child is None:
             return
-        if proc.poll() is None:
-            _kill_group(proc, sig)
-            try:
-                proc.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                _kill_group(proc, signal.SIGKILL)
-                proc.wait(timeout=5)
+        child.stop(sig)
         for thread in self._threads:
             thread.join(timeout=2)
-        for stream in (proc.stdout, proc.stderr):
+        for stream in (child.proc.stdout, child.proc.stderr):
             if stream is not None:
                 stream.close()
-        with _live_lock:
-            _live.pop(proc.pid, None)
         self._proc = None
 
     def stop(self) -> None:
