@@ -268,7 +268,8 @@ def test_unknown_adapter_option_names_the_key_and_the_known_ones() -> None:
         "im-harness.toml: endpoints.new.options.backof_base_s is not an option of adapter "
         "'reference'; known: "
     )
-    assert "backoff_base_s" in message and message.endswith("; remove or rename it")
+    assert "backoff_base_s" in message
+    assert message.endswith("; remove or rename it")
 
 
 def test_mistyped_adapter_option_names_the_value() -> None:

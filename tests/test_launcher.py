@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from harness.errors import BadRequest, ConfigError, HarnessError, Unauthorized
+from harness.procs import live_pids
 from harness.reference.admin import AdminClient
-from harness.reference.launcher import ReferenceService, live_pids
+from harness.reference.launcher import ReferenceService
 from harness.timing import units
 
 

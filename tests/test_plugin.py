@@ -286,7 +286,7 @@ def test_external_endpoint(
         import pytest
 
         async def test_profile_applied(endpoint):
-            assert endpoint.service is None and endpoint.admin is not None
+            assert endpoint.server is None and endpoint.admin is not None
             assert endpoint.info.limits.max_connections == 7
             assert endpoint.supports("recall") and not endpoint.supports("receipts")
             assert endpoint.supports("tier_admin")

@@ -40,8 +40,8 @@ import os, signal
 
 def test_interrupted(im_session):
     with open("servers.txt", "w") as fh:
-        for server in im_session.synapses.values():
-            fh.write(f"{server.pid} {server.data_dir}\\n")
+        for server in im_session.servers.values():
+            fh.write(f"{server.pid} {server.server.data_dir}\\n")
     os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the middle of the session
 """
 

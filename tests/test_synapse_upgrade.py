@@ -13,8 +13,8 @@ import sys
 
 import pytest
 
+from harness import procs
 from harness.errors import HarnessError
-from harness.matrix import launcher
 from harness.matrix.launcher import SynapseServer, install_synapse
 from harness.matrix.upgrade import code_schema_version, database_versions, run_upgrade
 from harness.timing import units
@@ -53,7 +53,7 @@ def test_upgrade_keeps_everything_and_rollback_follows_the_compat_rule() -> None
     # Observed and documented: the compat version (84) is below what 1.141.0 knows (92).
     assert report.rollback.startswith(f"accepted: {OLD} (knows schema 92)"), report.rollback
     assert f"on {OLD}: history of the group unchanged" in names
-    assert not launcher._live, "a Synapse process outlived the run"
+    assert not procs.live_pids(), "a Synapse process outlived the run"
 
 
 def test_old_refuses_a_database_whose_compat_version_it_does_not_know() -> None:
