@@ -11,7 +11,8 @@ from service_client import Client
 from websockets.asyncio.server import serve
 
 from harness.reference import tokens
-from harness.reference.server import Config, Conn, Service
+from harness.reference.frontend import Conn
+from harness.reference.server import Config, Service
 from harness.reference.state import AppState
 from harness.reference.store import Store
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import subprocess
 import sys
@@ -13,6 +14,8 @@ import service_client
 from service_client import ROOT, Api, Client, Svc, login, service_fixture
 from websockets.exceptions import ConnectionClosed
 
+from harness import contract
+from harness.reference import tiers
 from harness.timing import units, until
 
 svc = service_fixture("limits", "--log-level", "DEBUG", "--max-frame-bytes", "65536")
@@ -33,6 +36,13 @@ async def test_connection_cap_per_app(svc: Svc, api: Api, clients: list[Client])
     await clients[1].close()
     await until(lambda: _count(api, app, 1), timeout=units(5), what="connection released")
     await login(svc, tokens_[2], clients)
+
+
+def test_service_limits_have_the_contract_fields() -> None:
+    """The service keeps its own copy of TierLimits; the wire `limits` must match the contract's."""
+    ours = [(f.name, f.type) for f in dataclasses.fields(tiers.TierLimits)]
+    theirs = [(f.name, f.type) for f in dataclasses.fields(contract.TierLimits)]
+    assert ours == theirs
 
 
 async def _count(api: Api, app: str, n: int) -> bool:

@@ -19,7 +19,9 @@ from websockets.asyncio.server import serve
 
 from harness.reference import defects
 from harness.reference.api import build_app
-from harness.reference.server import HARD_MAX_FRAME, Config, Service
+from harness.reference.common import Config
+from harness.reference.frontend import HARD_MAX_FRAME
+from harness.reference.server import Service
 from harness.reference.store import Store
 from harness.reference.tiers import TIERS
 

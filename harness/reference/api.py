@@ -13,7 +13,8 @@ from typing import Any
 from aiohttp import web
 
 from harness.reference import defects, tokens
-from harness.reference.server import ID_RE, Service
+from harness.reference.common import ID_RE
+from harness.reference.server import Service
 from harness.reference.state import AppState
 from harness.reference.tiers import LIMIT_FIELDS, OPTIONAL_FEATURES, TIERS, limits_dict
 

@@ -7,12 +7,11 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from harness.contract import TierLimits
 from harness.reference import defects
-from harness.reference.tiers import BASE_FEATURES, effective_limits, get_tier
+from harness.reference.tiers import BASE_FEATURES, TierLimits, effective_limits, get_tier
 
 if TYPE_CHECKING:
-    from harness.reference.server import Conn
+    from harness.reference.frontend import Conn
 
 ROLES = ("owner", "admin", "member")
 
@@ -204,5 +203,73 @@ def dm_conversation(a: str, b: str) -> str:
     """The 1:1 conversation id of two users."""
     x, y = sorted((a, b))
     return f"d:{x}:{y}"
+
+
+def message_record(mid: str, conv: str, seq: int, sender: str, client_id: str, kind: str,
+                   body: str, custom: Any, ts: float, group: str | None,
+                   recalled: bool) -> dict[str, Any]:
+    """A stored message as history and the `message` event carry it."""
+    return {"message_id": mid, "conversation": conv, "seq": seq, "sender": sender,
+            "client_id": client_id, "kind": kind, "body": "" if recalled else body,
+            "custom": custom, "ts": ts, "group": group, "recalled": recalled}
+
+
+def ack_of(message: dict[str, Any]) -> dict[str, Any]:
+    """The `send` answer for `message` (a repeat of the send marks it a duplicate)."""
+    return {"message_id": message["message_id"], "conversation": message["conversation"],
+            "seq": message["seq"], "ts": message["ts"], "duplicate": False}
+
+
+def _num(ident: str, prefix: str) -> int:
+    tail = ident[len(prefix):] if ident.startswith(prefix) else ""
+    return int(tail) if tail.isdigit() else 0
+
+
+@dataclass
+class World:
+    """Everything the service holds in memory: the apps, the next free ids, the counters."""
+
+    apps: dict[str, AppState] = field(default_factory=dict)
+    next_message: int = 1
+    next_group: int = 1
+    next_app: int = 1
+    counters: dict[str, int] = field(default_factory=lambda: {
+        "messages": 0, "deliveries": 0, "pushes": 0, "push_failures": 0})
+
+    def load(self, rows: dict[str, list[tuple[Any, ...]]]) -> None:
+        """Rebuild the state from the rows of `Store.load()`."""
+        for _app_id, data in rows["apps"]:
+            app = AppState.from_data(data)
+            self.apps[app.app_id] = app
+            self.next_app = max(self.next_app, _num(app.app_id, "app") + 1)
+        for app_id, user_id in rows["users"]:
+            self.apps[app_id].users[user_id] = UserState(user_id)
+        for app_id, group_id, data in rows["groups"]:
+            group = Group.from_data(data)
+            app = self.apps[app_id]
+            app.groups[group_id] = group
+            app.convs[f"g:{group_id}"] = Conversation(f"g:{group_id}", group_id)
+            self.next_group = max(self.next_group, _num(group_id, "g") + 1)
+        for row in rows["messages"]:
+            app_id, conv_id, seq, mid, sender, client_id, kind, body, custom, ts, grp, rec = row
+            app = self.apps[app_id]
+            conv = app.convs.get(conv_id)
+            if conv is None:
+                conv = app.convs[conv_id] = Conversation(conv_id, grp)
+            msg = message_record(mid, conv_id, seq, sender, client_id, kind, body,
+                                 json.loads(custom) if custom else None, ts, grp, bool(rec))
+            conv.messages.append(msg)
+            conv.by_id[mid] = seq
+            app.dedup[(sender, client_id)] = ack_of(msg)
+            self.next_message = max(self.next_message, _num(mid, "m") + 1)
+            self.counters["messages"] += 1
+        for app_id, user_id, _pos, kind, rest in rows["inbox"]:
+            user = self.apps[app_id].users[user_id]
+            user.inbox.append((kind, rest))
+            user.alloc = len(user.inbox)
+        for app_id, conv_id, user_id, seq in rows["reads"]:
+            conv = self.apps[app_id].convs.get(conv_id)
+            if conv is not None:
+                conv.reads[user_id] = seq
 
 

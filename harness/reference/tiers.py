@@ -6,14 +6,27 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from harness.contract import TierLimits
-
 DAY_S = 86400.0
 DEFAULT_RECALL_WINDOW_S = 120.0
 OPTIONAL_FEATURES = ("recall", "receipts")
 BASE_FEATURES = (
     "chat", "custom", "groups", "roles", "mute", "offline", "history", "push", "idempotent_send",
 )
+
+
+@dataclass(frozen=True)
+class TierLimits:
+    """A tier's limits; `None` means unlimited. Sent as `limits` at login (PROTOCOL.md)."""
+
+    max_connections: int | None = None  # concurrent connections per app
+    send_rate_per_user: float | None = None  # messages per second, sustained
+    send_burst: int | None = None  # messages allowed at once before the rate applies
+    max_message_bytes: int | None = None  # encoded size of one message body
+    max_group_members: int | None = None
+    recall_window_s: float | None = None
+    history_retention_s: float | None = None
+
+
 LIMIT_FIELDS = tuple(f.name for f in fields(TierLimits))
 
 

@@ -1,0 +1,72 @@
+"""What the service's parts share: its settings, the op error, request field checks."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from harness.reference.state import compact
+
+if TYPE_CHECKING:
+    from harness.reference.frontend import Conn
+
+ID_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+
+# One op: the connection and the request frame in, the answer's fields out.
+OpHandler = Callable[["Conn", dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+@dataclass
+class Config:
+    """The service's settings from the command line."""
+
+    keepalive_v1: float = 30.0
+    keepalive_v2: float = 15.0
+    propagation_delay: float = 0.0
+    recall_window: float = 120.0
+    max_frame_bytes: int = 1024 * 1024
+    late_flush_s: float = 1.0  # ack_before_persist: how late writes are flushed
+
+    def keepalive(self, protocol: str) -> float:
+        """The ping interval of a connection speaking `protocol`."""
+        return self.keepalive_v1 if protocol == "v1" else self.keepalive_v2
+
+
+class OpError(Exception):
+    """An operation failed with a wire error code."""
+
+    def __init__(self, code: str, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+
+    def wire(self) -> dict[str, Any]:
+        err: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.retry_after is not None:
+            # rounded up: "retry after 0.0" would invite a retry that is refused again
+            err["retry_after"] = max(0.001, math.ceil(self.retry_after * 1000) / 1000)
+        return err
+
+
+class Sent(Exception):
+    """Raised by an op that already pushed its own response frames."""
+
+
+def error_frame(rid: int | None, err: OpError) -> str:
+    """The failure answer to request `rid`."""
+    return compact({"re": rid, "ok": False, "error": err.wire()})
+
+
+def read_int(msg: dict[str, Any], key: str, default: int | None = None, *,
+             minimum: int = 0) -> Any:
+    """`msg[key]` as an integer >= `minimum`, `default` when absent; `bad_request` otherwise."""
+    value = msg.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise OpError("bad_request", f"{key!r} must be an integer >= {minimum}, got {value!r}")
+    return value
