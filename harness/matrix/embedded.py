@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -75,11 +75,12 @@ class SynapseEmbedded:
         base = self.server.endpoint_settings(
             self.request.endpoint, options=self.request.adapter_options
         )
+        timeouts: dict[str, Any] = dict(self.request.timeouts)
         self._settings = replace(
             base,
             protocol=self.request.protocol or base.protocol,
             tier=self.request.tier or base.tier,
-            **dict(self.request.timeouts),
+            **timeouts,
         )
         return self._settings
 

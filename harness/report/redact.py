@@ -80,6 +80,6 @@ def session_secrets(session: HarnessSession) -> set[str]:
             found.update(session.settings(name).secrets.values())
         except Exception:  # not started yet: nothing resolved for it
             continue
-    found.update(app.app_key for app in session.apps.values())
-    found.update(service.admin_token for service in session.services.values())
+    for server in session.servers.values():
+        found.update(server.secrets())
     return {s for s in found if isinstance(s, str)}
