@@ -1,9 +1,9 @@
 """What the oracle is fed and what it keeps of it, per message, conversation and participant.
 
 `Ingest` takes acks with their intended recipients, sends of unknown outcome, recalls, observed
-events and history pages, and keeps just enough to judge them. Each feeding call is O(1) in the
-size of the run (a history page costs its length plus what it must contain); where a fed fact
-can break a guarantee on its own it asks `checks` right away and remembers the violation.
+events and history pages, and keeps just enough to judge them: `observe()` is O(1) per event,
+`sent()` costs its recipients, a history page its length plus what it must contain. Where a fed
+fact can break a guarantee on its own, `checks` is asked right away and the violation kept.
 """
 
 from __future__ import annotations
