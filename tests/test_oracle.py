@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 import random
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import FrozenInstanceError, dataclass, field, replace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -24,7 +24,19 @@ from harness.contract import (
     ReceiptUpdated,
 )
 from harness.errors import HarnessError
-from harness.oracle import KINDS, Oracle, OracleViolation, Violation
+from harness.oracle import (
+    KINDS,
+    EventEntry,
+    HistoryEntry,
+    Oracle,
+    OracleViolation,
+    RecalledEntry,
+    SentEntry,
+    UnackedEntry,
+    Violation,
+    ViolationKind,
+    format_event,
+)
 from harness.timing import units
 
 A, B, C, D = "alice", "bob", "carol", "dave"
@@ -541,6 +553,157 @@ def test_large_run_is_fed_in_linear_time() -> None:
     assert w.oracle.violations() == []
     # a quadratic observe() would need hours here; linear takes seconds
     assert time.monotonic() - started < units(60)
+
+
+# -- kinds and typed entries ---------------------------------------------------------------
+
+
+def _fires_loss(w: World) -> tuple[str, ...]:
+    m1 = w.send(A, dm(A, B), {B})
+    return (m1.message_id,)
+
+
+def _fires_duplicate(w: World) -> tuple[str, ...]:
+    m1 = w.send(A, dm(A, B), {B})
+    w.deliver(B, m1, m1)
+    return (m1.message_id,)
+
+
+def _fires_order(w: World) -> tuple[str, ...]:
+    m1 = w.send(A, dm(A, B), {B})
+    m2 = w.send(A, dm(A, B), {B})
+    w.deliver(B, m2, m1)
+    return (m1.message_id, m2.message_id)
+
+
+def _fires_group_order(w: World) -> tuple[str, ...]:
+    w.oracle.strict_order = False  # else each member's own stream is already out of order
+    g1 = w.send(A, GROUP, {C, D})
+    g2 = w.send(B, GROUP, {C, D})
+    w.deliver(C, g1, g2)
+    w.deliver(D, g2, g1)
+    return (g2.message_id, g1.message_id)
+
+
+def _fires_recall(w: World) -> tuple[str, ...]:
+    m1 = w.send(A, dm(A, B), {B})
+    w.deliver(B, m1)
+    w.oracle.recalled(dm(A, B), m1.message_id, by=A)
+    return (m1.message_id,)
+
+
+def _fires_receipt(w: World) -> tuple[str, ...]:
+    w.oracle.observe(A, ReceiptUpdated(dm(A, B), B, 2))
+    w.oracle.observe(A, ReceiptUpdated(dm(A, B), B, 1))
+    return ()
+
+
+def _fires_history(w: World) -> tuple[str, ...]:
+    m1, m2, m3 = (w.send(A, dm(A, B), {B}) for _ in range(3))
+    w.deliver(B, m1, m2, m3)
+    w.oracle.observe_history(B, page(dm(A, B), m1, m3))
+    return (m2.message_id,)
+
+
+def _fires_unexpected(w: World) -> tuple[str, ...]:
+    g1 = w.send(A, GROUP, {B})
+    w.deliver(B, g1)
+    w.deliver(D, g1)
+    return (g1.message_id,)
+
+
+FIRES = {
+    ViolationKind.LOSS: _fires_loss,
+    ViolationKind.DUPLICATE: _fires_duplicate,
+    ViolationKind.ORDER: _fires_order,
+    ViolationKind.GROUP_ORDER: _fires_group_order,
+    ViolationKind.RECALL: _fires_recall,
+    ViolationKind.RECEIPT: _fires_receipt,
+    ViolationKind.HISTORY: _fires_history,
+    ViolationKind.UNEXPECTED: _fires_unexpected,
+}
+
+
+@pytest.mark.parametrize("kind", list(ViolationKind))
+def test_each_kind_fires_alone_on_its_crafted_stream(kind: ViolationKind) -> None:
+    w = World()
+    ids = FIRES[kind](w)  # a KeyError here: a new kind needs a crafted stream in FIRES
+    found = w.oracle.violations()
+    assert len(found) == 1, found
+    v = found[0]
+    assert v.kind is kind
+    assert v.message_ids == ids
+    assert all(mid in v.explanation for mid in ids)
+    with pytest.raises(OracleViolation) as info:
+        w.oracle.assert_ok()
+    assert f"\n\n[{kind.value}] {v.explanation}" in str(info.value)
+
+
+def test_kinds_are_strings_with_the_names_reports_use() -> None:
+    assert KINDS == tuple(ViolationKind)
+    assert KINDS == (  # what load counters and the defect matrix match on
+        "loss", "duplicate", "order", "group_order", "recall", "receipt", "history", "unexpected"
+    )
+    assert {ViolationKind.LOSS: 1}.get("loss") == 1  # type: ignore[call-overload]
+    assert f"{ViolationKind.GROUP_ORDER}" == str(ViolationKind.GROUP_ORDER) == "group_order"
+
+
+def test_a_violation_built_with_a_string_kind_gets_the_enum() -> None:
+    v = Violation("receipt", A, dm(A, B), "text")  # type: ignore[arg-type]
+    assert v.kind is ViolationKind.RECEIPT
+    with pytest.raises(ValueError, match="'lost'"):
+        Violation("lost", A, dm(A, B), "text")  # type: ignore[arg-type]
+
+
+def test_violations_are_frozen() -> None:
+    w = World()
+    _fires_loss(w)
+    v = only(w.oracle, "loss")
+    with pytest.raises(FrozenInstanceError):
+        v.kind = ViolationKind.ORDER  # type: ignore[misc]
+
+
+def test_duplicate_acks_and_double_stores_name_both_messages() -> None:
+    w = World()
+    ack, first = w.make(A, dm(A, B))
+    w.oracle.sent(A, ack, recipients={B})
+    w.oracle.sent(A, replace(ack, message_id="m99", seq=7), recipients={B})
+    _, again = w.make(A, dm(A, B))
+    w.deliver(B, first, replace(again, client_id=first.client_id))
+    found = w.oracle.violations(complete=False)
+    assert [(v.kind, v.message_ids) for v in found] == [
+        (ViolationKind.DUPLICATE, ("m99", first.message_id)),
+        (ViolationKind.DUPLICATE, (again.message_id, first.message_id)),
+    ]
+
+
+def test_entries_are_typed_and_numbered() -> None:
+    w = World()
+    m1 = w.send(A, dm(A, B), {B})
+    w.oracle.sent_unacked(A, "c-lost", dm(A, B))
+    w.oracle.recalled(dm(A, B), m1.message_id, by=A)
+    w.deliver(B, m1, offline=True)
+    w.oracle.observe(B, MessageRecalled(dm(A, B), m1.message_id, A))
+    w.oracle.observe_history(B, page(dm(A, B), replace(m1, recalled=True, body="")))
+    assert w.oracle.entries(A) == [
+        SentEntry(Ack("c1", "m1", dm(A, B), 1, 1001.0), (B,)),
+        UnackedEntry("c-lost", dm(A, B)),
+        RecalledEntry(dm(A, B), m1.message_id),
+    ]
+    assert w.oracle.entries(B) == [
+        EventEntry(1, MessageReceived(m1, offline=True)),
+        EventEntry(2, MessageRecalled(dm(A, B), m1.message_id, A)),
+        HistoryEntry(1, dm(A, B), 1, 1, 1, False),
+    ]
+    assert w.oracle.entries(B, limit=2)[0] == EventEntry(2, MessageRecalled(dm(A, B), "m1", A))
+    assert w.oracle.entries(C) == []
+    entry = w.oracle.entries(B)[0]
+    assert isinstance(entry, EventEntry)
+    with pytest.raises(FrozenInstanceError):
+        entry.index = 5  # type: ignore[misc]
+    lines = w.oracle.transcript().splitlines()
+    assert [line.strip() for line in lines[1:4]] == [e.render() for e in w.oracle.entries(A)]
+    assert format_event(MessageRecalled(dm(A, B), "m1", A), 2) == w.oracle.entries(B)[1].render()
 
 
 # -- properties ----------------------------------------------------------------------------

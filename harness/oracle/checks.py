@@ -1,0 +1,413 @@
+"""The checks that decide violations, each with the paragraph that explains it.
+
+Two sorts: incremental checks, which `Ingest` calls with the fact it was just fed and what it
+already knew (O(1) each, a history page O(its length + what it must contain)); and whole-run
+checks over everything fed so far (`losses`, `unexpected`, `group_order`, `recalls`), which
+`Oracle.violations()` runs, O(n log n) in all. None of them changes what the oracle keeps.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from harness.contract import Ack, HistoryPage, Message, MessageReceived, ReceiptUpdated
+from harness.oracle.violations import Violation, ViolationKind
+
+if TYPE_CHECKING:
+    from harness.oracle.ingest import Ingest, Participant, RecallRecord
+
+LOSS = ViolationKind.LOSS
+DUPLICATE = ViolationKind.DUPLICATE
+ORDER = ViolationKind.ORDER
+GROUP_ORDER = ViolationKind.GROUP_ORDER
+RECALL = ViolationKind.RECALL
+RECEIPT = ViolationKind.RECEIPT
+HISTORY = ViolationKind.HISTORY
+UNEXPECTED = ViolationKind.UNEXPECTED
+
+
+def how(index: int, offline: bool) -> str:
+    """`event #4 (offline catch-up)`: where in a participant's stream something arrived."""
+    return f"event #{index} ({'offline catch-up' if offline else 'live'})"
+
+
+def got(part: Participant, message_id: str) -> str:
+    first = part.seen.get(message_id)
+    if first is None:
+        return "sent"
+    return f"received at {how(*first)}"
+
+
+# -- incremental: called as facts arrive ----------------------------------------------------------
+
+
+def ack_resend(ing: Ingest, sender: str, ack: Ack, first: str) -> Violation | None:
+    """A send's client id acked as `first` before: a resend must return that same message."""
+    if first == ack.message_id:
+        return None
+    return Violation(
+        DUPLICATE,
+        sender,
+        ack.conversation,
+        f"{sender}'s send with client id {ack.client_id!r} was acked twice as "
+        f"different messages: {ing.describe(first)} and "
+        f"{ack.message_id} (seq {ack.seq} in {ack.conversation}); a resend with "
+        "the same client id must return the original message.",
+        (ack.message_id, first),
+    )
+
+
+def repeated_sighting(
+    ing: Ingest, part: Participant, index: int, event: MessageReceived, first: tuple[int, bool]
+) -> Violation:
+    """A message the participant already saw at `first` (event index, offline) came again."""
+    msg = event.message
+    return Violation(
+        DUPLICATE,
+        part.name,
+        msg.conversation,
+        f"{part.name} saw message {ing.describe(msg.message_id)} twice: at "
+        f"{how(*first)} and at {how(index, event.offline)}.",
+        (msg.message_id,),
+    )
+
+
+def stored_twice(
+    ing: Ingest, part: Participant, index: int, event: MessageReceived, other: str
+) -> Violation:
+    """Two messages arrived for one (sender, client id): the send was stored twice."""
+    msg = event.message
+    mid = msg.message_id
+    unknown = (
+        " (its outcome was unknown to the sender)"
+        if (msg.sender, msg.client_id) in ing._unacked
+        else ""
+    )
+    return Violation(
+        DUPLICATE,
+        part.name,
+        msg.conversation,
+        f"{part.name} received two messages for {msg.sender}'s single send "
+        f"with client id {msg.client_id!r}{unknown}: {ing.describe(other)} at "
+        f"event #{part.seen[other][0]} and {ing.describe(mid)} at "
+        f"{how(index, event.offline)}; a send must be stored at most once.",
+        (mid, other),
+    )
+
+
+def order(
+    ing: Ingest,
+    part: Participant,
+    index: int,
+    event: MessageReceived,
+    sender_max: tuple[int, str, int] | None,
+    conv_max: tuple[int, str, int] | None,
+) -> Violation | None:
+    """A first sighting below the highest seq seen from its sender (or, strict, in its chat)."""
+    msg = event.message
+    if sender_max is not None and msg.seq < sender_max[0]:
+        return Violation(
+            ORDER,
+            part.name,
+            msg.conversation,
+            f"{part.name} saw {ing.describe(msg.message_id)} at {how(index, event.offline)} "
+            f"after {ing.describe(sender_max[1])} at event #{sender_max[2]}; {msg.sender}'s "
+            f"messages must arrive in the order their sends were acked (seq order).",
+            (msg.message_id, sender_max[1]),
+        )
+    if ing.strict_order and conv_max is not None and msg.seq < conv_max[0]:
+        return Violation(
+            ORDER,
+            part.name,
+            msg.conversation,
+            f"{part.name} saw {ing.describe(msg.message_id)} at {how(index, event.offline)} "
+            f"after {ing.describe(conv_max[1])} at event #{conv_max[2]}; the messages of "
+            f"{msg.conversation} must arrive in seq order.",
+            (msg.message_id, conv_max[1]),
+        )
+    return None
+
+
+def receipt(
+    part: Participant, index: int, event: ReceiptUpdated, last: tuple[int, int]
+) -> Violation | None:
+    """A reader's receipt below the last one seen for it: `last` is (seq, event index)."""
+    if event.up_to_seq >= last[0]:
+        return None
+    return Violation(
+        RECEIPT,
+        part.name,
+        event.conversation,
+        f"{part.name} saw {event.reader}'s read receipt in "
+        f"{event.conversation} move back from seq {last[0]} (event #{last[1]}) "
+        f"to seq {event.up_to_seq} at {how(index, event.offline)}; a read "
+        "cursor must never move back.",
+    )
+
+
+def history_recall(
+    ing: Ingest, part: Participant, number: int, m: Message, known: RecallRecord
+) -> Violation | None:
+    """A history page showing a message not recalled after its recall was known."""
+    if m.recalled:
+        return None
+    return Violation(
+        RECALL,
+        part.name,
+        m.conversation,
+        f"{part.name}'s history page #{number} of {m.conversation} shows "
+        f"{ing.describe(m.message_id)} not recalled, after the recall was known "
+        f"({known.source}); a recalled message must be recalled for everyone.",
+        (m.message_id,),
+    )
+
+
+def history_page(
+    ing: Ingest,
+    part: Participant,
+    number: int,
+    page: HistoryPage,
+    *,
+    before: int | None,
+    after: int | None,
+) -> list[Violation]:
+    """Page #`number` against itself, what the participant got, what was acked, the last page."""
+    participant = part.name
+    conv = page.conversation
+    msgs = page.messages
+    seqs = [m.seq for m in msgs]
+    lo, hi = (seqs[0], seqs[-1]) if seqs else (0, -1)
+    where = f"{participant}'s history page #{number} of {conv}"
+    if seqs:
+        where += f" (seq {lo}..{hi})"
+    found: list[tuple[str, tuple[str, ...]]] = []  # explanation, message ids
+    for prev, cur in zip(msgs, msgs[1:], strict=False):
+        if cur.seq <= prev.seq:
+            found.append((
+                f"{where} is not in ascending seq order: {prev.message_id} (seq {prev.seq}) "
+                f"comes before {cur.message_id} (seq {cur.seq}).",
+                (cur.message_id, prev.message_id),
+            ))
+    page_ids: dict[int, str] = {}
+    for m in msgs:
+        page_ids.setdefault(m.seq, m.message_id)
+        if m.conversation != conv:
+            found.append((
+                f"{where} contains {m.message_id}, which belongs to {m.conversation}.",
+                (m.message_id,),
+            ))
+        info = ing._info.get(m.message_id)
+        if info is not None and (info[0], info[1]) != (m.conversation, m.seq):
+            found.append((
+                f"{where} shows {m.message_id} as seq {m.seq} in {m.conversation}, but it is "
+                f"{ing.describe(m.message_id)}.",
+                (m.message_id,),
+            ))
+        mine = part.view_ids.get(conv, {}).get(m.seq)
+        if mine is not None and mine != m.message_id:
+            found.append((
+                f"{where} shows {m.message_id} at seq {m.seq}, but {participant} "
+                f"{got(part, mine)} {ing.describe(mine)} at that seq.",
+                (m.message_id, mine),
+            ))
+        if before is not None and m.seq >= before:
+            found.append((
+                f"{where} was asked for messages before seq {before} but contains "
+                f"{m.message_id} (seq {m.seq}); consecutive pages must not overlap.",
+                (m.message_id,),
+            ))
+        if after is not None and m.seq <= after:
+            found.append((
+                f"{where} was asked for messages after seq {after} but contains "
+                f"{m.message_id} (seq {m.seq}); consecutive pages must not overlap.",
+                (m.message_id,),
+            ))
+    view = part.view_seqs.get(conv, [])
+    ranges: list[tuple[int, int, str]] = []  # inclusive seq ranges that must all be on the page
+    if seqs:
+        ranges.append((lo, hi, "within its range"))
+    if before is not None:
+        start = hi + 1 if seqs else None
+        if not page.has_more:
+            start = None
+        ranges.append(
+            (start if start is not None else -(2**62), before - 1, f"before seq {before}")
+        )
+    if after is not None and seqs:
+        ranges.append((after + 1, lo - 1, f"after seq {after}"))
+    acked_seqs, acked_ids = ing._acked.get(conv, ([], {}))
+    missing_seen: set[int] = set()
+    for a, b, label in ranges:
+        for i in range(bisect.bisect_left(view, a), bisect.bisect_right(view, b)):
+            s = view[i]
+            if s in page_ids or s in missing_seen:
+                continue
+            missing_seen.add(s)
+            mid = part.view_ids[conv][s]
+            found.append((
+                f"{where} lacks {ing.describe(mid)} {label}, which {participant} "
+                f"{got(part, mid)}; history must show exactly what was delivered.",
+                (mid,),
+            ))
+        for i in range(bisect.bisect_left(acked_seqs, a), bisect.bisect_right(acked_seqs, b)):
+            s = acked_seqs[i]
+            record = ing._sent[acked_ids[s]]
+            if s in page_ids or s in missing_seen or participant not in record.recipients:
+                continue
+            missing_seen.add(s)
+            found.append((
+                f"{where} lacks {ing.describe(record.message_id)} {label}, though "
+                f"{record.sender}'s send was acked with {participant} as a recipient; an "
+                "acked message is durable and must show in history.",
+                (record.message_id,),
+            ))
+    last = part.pages.get(conv)
+    if last is not None and seqs and before is None and after is None:
+        # consecutive backward paging repeats the boundary message: overlap
+        if hi == last.lo and lo < last.lo and last.has_more:
+            found.append((
+                f"{where} overlaps the previous page #{last.number} (seq "
+                f"{last.lo}..{last.hi}): both contain {page_ids[hi]} (seq {hi}); "
+                "consecutive pages must not overlap.",
+                (page_ids[hi],),
+            ))
+    return [Violation(HISTORY, participant, conv, text, ids) for text, ids in found]
+
+
+# -- whole run: called by Oracle.violations() -----------------------------------------------------
+
+
+def losses(ing: Ingest) -> Iterable[Violation]:
+    """Messages acked for an observed participant that none of its events carried."""
+    for name, part in ing._parts.items():
+        if not part.observed:
+            continue
+        for mid in part.pending:
+            record = ing._sent[mid]
+            stored = ""
+            if mid in part.history:
+                stored = f"; {name}'s history does show it, so it was stored but not delivered"
+            yield Violation(
+                LOSS,
+                name,
+                record.conversation,
+                f"{name} never received {ing.describe(mid)}: {record.sender}'s send was "
+                f"acked with {name} as a recipient, but none of {name}'s {part.count} "
+                f"events carried it{stored}.",
+                (mid,),
+            )
+
+
+def unexpected(ing: Ingest, complete: bool) -> Iterable[Violation]:
+    """Deliveries to non-recipients, at another place than acked, or of messages nobody sent."""
+    for name, part in ing._parts.items():
+        for mid, msg in part.seen_msg.items():
+            record = ing._sent.get(mid)
+            at = how(*part.seen[mid])
+            if record is not None:
+                if name != record.sender and name not in record.recipients:
+                    whom = ", ".join(sorted(record.recipients)) or "nobody"
+                    yield Violation(
+                        UNEXPECTED,
+                        name,
+                        msg.conversation,
+                        f"{name} received {ing.describe(mid)} at {at} but is not one of its "
+                        f"recipients ({whom}).",
+                        (mid,),
+                    )
+                elif (msg.conversation, msg.seq) != (record.conversation, record.seq):
+                    yield Violation(
+                        UNEXPECTED,
+                        name,
+                        msg.conversation,
+                        f"{name} received {mid} as seq {msg.seq} in {msg.conversation} at "
+                        f"{at}, but {record.sender}'s ack said seq {record.seq} in "
+                        f"{record.conversation}.",
+                        (mid,),
+                    )
+                continue
+            if not complete or (msg.sender, msg.client_id) in ing._unacked:
+                continue  # its ack may still be on its way
+            if msg.sender in ing._senders or ing.report_untracked:
+                yield Violation(
+                    UNEXPECTED,
+                    name,
+                    msg.conversation,
+                    f"{name} received {ing.describe(mid)} at {at}, but nobody sent it "
+                    f"through the oracle (no ack or unknown-outcome send from "
+                    f"{msg.sender} with client id {msg.client_id!r}).",
+                    (mid,),
+                )
+
+
+def group_order(ing: Ingest) -> Iterable[Violation]:
+    """Two members of a conversation who saw the messages they share in different orders."""
+    by_conv: dict[str, list[Participant]] = {}
+    for part in ing._parts.values():
+        for conv in part.order:
+            by_conv.setdefault(conv, []).append(part)
+    for conv, parts in by_conv.items():
+        if len(parts) < 2:
+            continue
+        reported: set[frozenset[str]] = set()
+        for part in parts:
+            ids = part.order[conv]
+            seqs = [part.seen_msg[mid].seq for mid in ids]
+            if all(a < b for a, b in zip(seqs, seqs[1:], strict=False)):
+                continue  # in seq order: agrees with every other member that is too
+            for other in parts:
+                pair = frozenset((part.name, other.name))
+                if other is part or pair in reported:
+                    continue
+                clash = first_disagreement(ids, other.order[conv])
+                if clash is not None:
+                    reported.add(pair)
+                    a, b = clash
+                    yield Violation(
+                        GROUP_ORDER,
+                        part.name,
+                        conv,
+                        f"{part.name} and {other.name} saw the messages of {conv} in "
+                        f"different orders: {part.name} saw {ing.describe(a)} before "
+                        f"{ing.describe(b)}, {other.name} saw {b} before {a}; every member "
+                        "must see the messages they share in one and the same order.",
+                        (a, b),
+                    )
+
+
+def recalls(ing: Ingest, complete: bool) -> Iterable[Violation]:
+    """Receivers of a recalled message (but the recaller) who never learned of the recall."""
+    for mid, recall in ing._recalls.items():
+        for name in ing._receivers.get(mid, ()):
+            part = ing._parts[name]
+            if name == recall.by or not part.observed:
+                continue
+            hist = part.history.get(mid)
+            by_history = hist is not None and hist[1] >= recall.known_at and hist[0]
+            if part.no_recall_events or mid in part.recalls or by_history or not complete:
+                continue
+            yield Violation(
+                RECALL,
+                name,
+                recall.conversation,
+                f"{name} received {ing.describe(mid)} at {how(*part.seen[mid])} but never "
+                f"got a recall for it, though it was recalled ({recall.source}); a recalled "
+                "message must be recalled for everyone who received it.",
+                (mid,),
+            )
+
+
+def first_disagreement(mine: list[str], theirs: list[str]) -> tuple[str, str] | None:
+    """Two shared ids that `mine` has as (a, b) and `theirs` as (b, a), or None."""
+    pos = {mid: i for i, mid in enumerate(theirs)}
+    prev: tuple[str, int] | None = None
+    for mid in mine:
+        p = pos.get(mid)
+        if p is None:
+            continue
+        if prev is not None and p < prev[1]:
+            return prev[0], mid
+        prev = (mid, p)
+    return None
