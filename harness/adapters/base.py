@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Annotated, Any, ClassVar, Generic, Self, TypeVar
 
 import aiohttp
-from annotated_types import Ge, Gt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.fields import FieldInfo
 
@@ -205,10 +204,10 @@ def _describe(annotation: Any, metadata: list[Any]) -> list[str]:
         return _describe(base, [*metadata, *rules])
     names = {float: "a number", int: "an integer", str: "a string", bool: "true or false"}
     what = names.get(annotation, getattr(annotation, "__name__", str(annotation)))
-    for rule in metadata:
-        if isinstance(rule, Ge):
+    for rule in metadata:  # annotated_types' Ge / Gt, as pydantic keeps them
+        if getattr(rule, "ge", None) is not None:
             what += f" >= {rule.ge:g}"
-        elif isinstance(rule, Gt):
+        elif getattr(rule, "gt", None) is not None:
             what += f" > {rule.gt:g}"
     return [what]
 
