@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from harness.backoff import Backoff
 from harness.contract import Ack
 from harness.errors import ConfigError, ConnectionLost, IMTimeout, RateLimited
 
@@ -35,9 +36,9 @@ def backoff_s(attempt: int, *, base: float, cap: float, jitter: float, rng: rand
     """Delay before retry number `attempt` (0-based): min(cap, base * 2**attempt), jittered.
 
     `jitter` is the fraction of the delay drawn at random: 0 is none, 1 is "full jitter".
+    The policy is `harness.backoff.Backoff`; this is its one-call form.
     """
-    delay = min(cap, base * 2**attempt)
-    return delay * (1.0 - jitter * rng.random())
+    return Backoff(base, cap, jitter=jitter, rng=rng).delay(attempt)
 
 
 def _check(name: str, value: object, *, minimum: float, upper: float | None = None) -> None:
@@ -80,7 +81,7 @@ async def send_with_retry(
     _check("base", base, minimum=0)
     _check("cap", cap, minimum=0)
     _check("jitter", jitter, minimum=0, upper=1)
-    rng = rng or random.Random()
+    backoff = Backoff(base, cap, jitter=jitter, rng=rng or random.Random())
     cid = client_id or f"c-{uuid.uuid4().hex}"
     kwargs: dict[str, Any] = {"client_id": cid}
     if timeout is not None:
@@ -95,7 +96,7 @@ async def send_with_retry(
         except RETRYABLE as exc:
             if number + 1 >= attempts:
                 raise
-            wait = backoff_s(number, base=base, cap=cap, jitter=jitter, rng=rng)
+            wait = backoff.delay(number)
             if isinstance(exc, RateLimited):
                 wait = max(wait, exc.retry_after)
             elif isinstance(exc, ConnectionLost) and reconnect:

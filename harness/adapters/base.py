@@ -1,0 +1,224 @@
+"""What every adapter shares: a client's event stream and lifecycle, an adapter's bookkeeping.
+
+`StreamClient` is the half of an `IMClient` that does not depend on the wire: the event queue
+behind `events()`, `Disconnected` / `Reconnected`, and the close / drop / reconnect steps around
+the transport-specific hooks. `AdapterBase` opens, keeps and closes an adapter's clients and its
+HTTP session, and validates `[endpoints.X.options]` through the adapter's `Options` model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import types
+import typing
+from collections.abc import AsyncIterator, Mapping
+from typing import Annotated, Any, ClassVar, Generic, Self, TypeVar
+
+import aiohttp
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.fields import FieldInfo
+
+from harness.contract import Disconnected, EndpointSettings, Event, Reconnected
+from harness.errors import ConfigError
+
+# Option types shared by the adapters' `Options` models: numbers as TOML writes them (no
+# strings, no booleans), seconds never negative.
+Seconds = Annotated[float, Field(strict=True, ge=0)]
+PositiveSeconds = Annotated[float, Field(strict=True, gt=0)]
+Count = Annotated[int, Field(strict=True, ge=0)]
+
+_M = TypeVar("_M", bound=BaseModel)
+_END = object()  # the queue's end marker: the adapter was closed
+
+
+class OptionsModel(BaseModel):
+    """Base of an adapter's `Options`: every key known, values immutable once validated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ClientState(enum.StrEnum):
+    """Where a client is in its life."""
+
+    NEW = "new"  # not connected yet
+    CONNECTED = "connected"
+    RECONNECTING = "reconnecting"  # lost the connection, reconnecting on its own
+    DROPPED = "dropped"  # drop(), or a first connection that failed: reconnect() resumes
+    CLOSED = "closed"  # close(), or the server refused the client for good
+    FAILED = "failed"  # gave up reconnecting on its own
+
+
+class StreamClient:
+    """An IMClient's event stream and lifecycle; subclasses supply the three transport hooks."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._status = ClientState.NEW
+
+    # -- the event stream -----------------------------------------------------------------
+
+    def _emit(self, event: Event) -> None:
+        self._queue.put_nowait(event)
+
+    def _disconnected(self, reason: str) -> None:
+        self._emit(Disconnected(reason=reason))
+
+    def _reconnected(self, attempts: int) -> None:
+        self._emit(Reconnected(attempts=attempts))
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Events in arrival order; ends only when the adapter is closed."""
+        while True:
+            item = await self._queue.get()
+            if item is _END:
+                self._queue.put_nowait(_END)  # a later events() call ends too
+                return
+            yield item
+
+    def _finish(self) -> None:
+        """End every `events()` iterator (the adapter is closing)."""
+        self._queue.put_nowait(_END)
+
+    # -- the lifecycle ----------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Log out and close cleanly; the server knows the client is gone at once."""
+        if self._status is ClientState.CLOSED:
+            return
+        was, self._status = self._status, ClientState.CLOSED
+        await self._shut_down(was)
+
+    async def drop(self) -> None:
+        """Vanish abruptly (no close handshake, no logout, no automatic reconnect)."""
+        self._status = ClientState.DROPPED
+        await self._abandon()
+        self._disconnected("dropped")
+
+    async def reconnect(self) -> None:
+        """Connect again after `drop`/`close` and resume from the client's cursor."""
+        if self._status is ClientState.CONNECTED:
+            await self.drop()
+        await self._resume()
+
+    async def _shut_down(self, was: ClientState) -> None:
+        """Log out (when `was` connected) and release the transport; status is CLOSED."""
+        raise NotImplementedError
+
+    async def _abandon(self) -> None:
+        """Stop at once without a word to the server; status is DROPPED."""
+        raise NotImplementedError
+
+    async def _resume(self) -> None:
+        """Connect again from the client's cursor (the client is not connected)."""
+        raise NotImplementedError
+
+
+_C = TypeVar("_C", bound=StreamClient)
+
+
+class AdapterBase(Generic[_C]):
+    """An adapter's clients and HTTP session; `open()` closes what it made when it fails."""
+
+    name: ClassVar[str]
+    Options: ClassVar[type[BaseModel]]
+
+    def __init__(self, settings: EndpointSettings) -> None:
+        self.settings = settings
+        self._http: aiohttp.ClientSession | None = None
+        self._clients: list[_C] = []
+
+    @classmethod
+    async def open(cls, settings: EndpointSettings) -> Self:
+        """Validate the settings, then check that the endpoint answers (`_ready`)."""
+        adapter = cls(settings)
+        try:
+            await adapter._ready()
+        except BaseException:
+            await adapter.aclose()
+            raise
+        return adapter
+
+    async def _ready(self) -> None:
+        """What `open()` checks once the adapter is built (a probe login, a version call)."""
+
+    def _new_http(self) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession()
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self._http is None or self._http.closed:
+            self._http = self._new_http()
+        return self._http
+
+    async def aclose(self) -> None:
+        """Close every client (ending their event streams) and the HTTP session."""
+        clients, self._clients = self._clients, []
+        for client in clients:
+            with contextlib.suppress(Exception):
+                await client.close()
+            client._finish()
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+
+def options_from(model: type[_M], options: Mapping[str, Any], where: str) -> _M:
+    """`options` validated by `model`; a bad value is a ConfigError naming the key and the fix.
+
+    Keys the model does not know are left out here: rejecting them is the configuration's job
+    (it validates `[endpoints.X.options]` with the same model), and the harness may add keys
+    meant for an embedded server.
+    """
+    known = {k: v for k, v in options.items() if k in model.model_fields}
+    try:
+        return model.model_validate(known)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = str(err["loc"][0]) if err["loc"] else "?"
+        raise ConfigError(
+            f"{where}: options.{key}={err.get('input')!r} {_expected(model, key)}"
+        ) from None
+
+
+def _expected(model: type[BaseModel], key: str) -> str:
+    """'must be a number >= 0, e.g. backoff_base_s = 0.5 (what the option does)'."""
+    field = model.model_fields.get(key)
+    if field is None:
+        return "is not allowed"
+    what = " or ".join(dict.fromkeys(_describe(field.annotation, field.metadata)))
+    example = f", e.g. {key} = {field.default!r}" if field.default is not None else ""
+    about = f" ({field.description})" if field.description else ""
+    return f"must be {what}{example}{about}"
+
+
+def _describe(annotation: Any, metadata: list[Any]) -> list[str]:
+    """Each accepted kind of value in words: 'a number >= 0', 'a string', ..."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union or origin is types.UnionType:
+        return [d for arg in typing.get_args(annotation) if arg is not type(None)
+                for d in _describe(arg, [])]
+    if origin is Annotated:
+        base, *extra = typing.get_args(annotation)
+        rules = [r for x in extra for r in (x.metadata if isinstance(x, FieldInfo) else [x])]
+        return _describe(base, [*metadata, *rules])
+    names = {float: "a number", int: "an integer", str: "a string", bool: "true or false"}
+    what = names.get(annotation, getattr(annotation, "__name__", str(annotation)))
+    for rule in metadata:  # annotated_types' Ge / Gt, as pydantic keeps them
+        if getattr(rule, "ge", None) is not None:
+            what += f" >= {rule.ge:g}"
+        elif getattr(rule, "gt", None) is not None:
+            what += f" > {rule.gt:g}"
+    return [what]
+
+
+__all__ = [
+    "AdapterBase",
+    "ClientState",
+    "Count",
+    "OptionsModel",
+    "PositiveSeconds",
+    "Seconds",
+    "StreamClient",
+    "options_from",
+]

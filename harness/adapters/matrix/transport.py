@@ -1,0 +1,343 @@
+"""The Matrix transport: client-server API calls over aiohttp, and a client's `/sync` loop.
+
+`request` is one API call with Matrix errors mapped to the contract's. `SyncConnection` is the
+part of a `MatrixClient` that logs in as a device, long-polls `/sync` (reconnecting with backoff
+after network errors, resuming from its since token), fetches what a sync batch leaves out
+(backfill, gaps), repeats idempotent requests after network errors, and closes or drops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import quote
+
+import aiohttp
+
+from harness.adapters.base import ClientState, StreamClient
+from harness.adapters.matrix.translate import Room, Timeline, UserState, map_error
+from harness.backoff import Backoff
+from harness.contract import Credentials
+from harness.errors import (
+    BadRequest,
+    ConnectionLost,
+    Forbidden,
+    IMError,
+    IMTimeout,
+    Unauthorized,
+)
+
+if TYPE_CHECKING:
+    from harness.adapters.matrix.adapter import MatrixAdapter
+
+PAGE = 100  # events per /messages page
+_R = TypeVar("_R")
+
+
+class Secret(str):
+    """An access token that reprs as hidden (tracebacks print call arguments)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "'<hidden>'"
+
+
+def http_session() -> aiohttp.ClientSession:
+    """An HTTP session whose failed requests reach the adapter, which owns every retry."""
+    http = aiohttp.ClientSession()
+    # aiohttp silently repeats a failed idempotent request once, at once, on a new connection:
+    # that would double every attempt, defeat the backoff and hide the failure from `/sync`.
+    if hasattr(http, "_retry_connection"):
+        http._retry_connection = False
+    return http
+
+
+async def request(
+    http: aiohttp.ClientSession, base_url: str, method: str, path: str,
+    body: Mapping[str, Any] | None = None, *, params: Mapping[str, str] | None = None,
+    token: str | None = None, within: float, prefix: str = "/v3",
+) -> Any:
+    """One client-server API call; Matrix errors become the contract's typed errors."""
+    __tracebackhide__ = True  # pytest: its arguments include tokens and passwords
+    url = f"{base_url}/_matrix/client{prefix}{path}"
+    if path.startswith("/_synapse/"):
+        url = f"{base_url}{path}"
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    what = f"{method} {path.split('?')[0]}"
+    try:
+        async with asyncio.timeout(within):
+            async with http.request(
+                method, url, json=body, params=params, headers=headers
+            ) as resp:
+                try:
+                    data = await resp.json(content_type=None)
+                except (json.JSONDecodeError, aiohttp.ContentTypeError):
+                    data = {}
+                if resp.status >= 400:
+                    raise map_error(resp.status, data if isinstance(data, dict) else {}, what)
+                return data
+    except TimeoutError:
+        raise IMTimeout(f"{what}: no answer within {within:.1f}s") from None
+    except aiohttp.ClientError as exc:
+        raise ConnectionLost(f"{what}: {type(exc).__name__}: {exc}") from None
+
+
+class SyncConnection(StreamClient):
+    """A device's login, `/sync` long-poll, retried requests, close and drop."""
+
+    def __init__(self, adapter: MatrixAdapter, credentials: Credentials, state: UserState):
+        super().__init__()
+        self._adapter = adapter
+        self._credentials = credentials
+        self._state = state
+        # Before any login the server name may be unknown; a bare localpart logs in as well.
+        me = adapter.mxid(credentials.user_id) if adapter.server_name or \
+            credentials.user_id.startswith("@") else credentials.user_id
+        self._timeline = Timeline(state, me=me, local=adapter.local, emit=self._emit,
+                                  placed=self._placed)
+        self._token: str | None = None
+        self._http: aiohttp.ClientSession | None = None
+        self._sync_task: asyncio.Task[None] | None = None
+        self._waiters: dict[str, asyncio.Future[tuple[int, float]]] = {}
+        self._caught_up = asyncio.Event()
+        opts = adapter.options
+        self._backoff = Backoff(adapter.backoff_base_s, adapter.backoff_cap_s,
+                                rng=random.Random(opts.jitter_seed))
+        self.reconnect_attempts: list[float] = []  # time.monotonic() of each /sync retry
+        self.reconnect_delays: list[float] = []  # the jittered delay drawn before each one
+        self.send_retries: list[float] = []  # time.monotonic() of each repeated send request
+        self.send_retry_delays: list[float] = []  # the jittered delay drawn before each one
+
+    @property
+    def user_id(self) -> str:
+        return self._credentials.user_id
+
+    @property
+    def _mxid(self) -> str:
+        """This user's Matrix id (a bare localpart until the first login names it)."""
+        return self._timeline.me
+
+    # -- HTTP -----------------------------------------------------------------------------
+
+    async def _call(
+        self, method: str, path: str, body: Mapping[str, Any] | None = None, *,
+        params: Mapping[str, str] | None = None, within: float | None = None,
+    ) -> dict[str, Any]:
+        if self._http is None or self._token is None:
+            raise ConnectionLost(f"{self!r}: not connected; call reconnect() first")
+        return await self._adapter.request(
+            self._http, method, path, body, params=params, token=self._token, within=within
+        )
+
+    async def _login(self) -> None:
+        if self._http is None or self._http.closed:
+            self._http = http_session()
+        try:
+            answer = await self._login_request()
+        except (Forbidden, BadRequest) as exc:  # a wrong or empty password: refused either way
+            raise Unauthorized(f"{self!r}: login refused: {exc}") from None
+        self._token = Secret(answer["access_token"])
+        self._adapter.learn_server_name(answer["user_id"])
+        self._timeline.me = answer["user_id"]
+
+    async def _login_request(self) -> dict[str, Any]:
+        assert self._http is not None
+        return await self._adapter.request(self._http, "POST", "/login", {
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": self._mxid},
+            "password": self._credentials.token,
+            "device_id": self._state.device_id,
+            "initial_device_display_name": "im-harness",
+        })
+
+    async def _repeat(self, request: Callable[[], Awaitable[_R]]) -> _R:
+        """An idempotent request, repeated after network errors with backoff until cancelled."""
+        tries = 0
+        while True:
+            try:
+                return await request()
+            except ConnectionLost:
+                if self._status is not ClientState.CONNECTED:
+                    raise  # dropped or closed on purpose: the caller reconnects
+                delay = self._backoff.delay(tries)
+                tries += 1
+                self.send_retry_delays.append(delay)
+                await asyncio.sleep(delay)
+                self.send_retries.append(time.monotonic())
+
+    # -- sync -----------------------------------------------------------------------------
+
+    async def _start(self, *, reconnected: bool) -> None:
+        self._caught_up.clear()
+        self._status = ClientState.CONNECTED
+        self._sync_task = asyncio.create_task(
+            self._sync_loop(reconnected=reconnected), name=f"matrix-sync {self.user_id}"
+        )
+        waiter = asyncio.ensure_future(self._caught_up.wait())
+        done, _ = await asyncio.wait(
+            {waiter, self._sync_task}, timeout=self._adapter.settings.connect_timeout_s * 4,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        if waiter not in done:
+            waiter.cancel()
+            failed = self._sync_task
+            await self._stop_sync()
+            self._status = ClientState.DROPPED  # a later reconnect() starts over
+            if failed in done:
+                failed.result()  # raises the loop's error
+            raise IMTimeout(f"{self!r}: the first sync did not complete in time")
+
+    async def _sync_loop(self, *, reconnected: bool) -> None:
+        catching_up = True
+        failures = 1 if reconnected else 0  # a reconnect() says Reconnected before what it missed
+        poll = self._adapter.options.sync_timeout_s
+        filt = json.dumps({
+            "room": {"timeline": {"limit": 50}, "state": {"lazy_load_members": False}},
+            "presence": {"types": []},
+            "account_data": {"types": []},
+        })
+        while True:
+            params = {"filter": filt, "timeout": "0" if catching_up else str(int(poll * 1000))}
+            if self._state.since:
+                params["since"] = self._state.since
+            try:
+                data = await self._call("GET", "/sync", params=params, within=poll + 10)
+                if failures:
+                    self._reconnected(failures)
+                    failures = 0
+                # A batch whose follow-up requests fail is fetched again: the since token
+                # moves only after the whole batch is applied, and applying is idempotent.
+                joined = await self._process(data, offline=catching_up)
+            except (ConnectionLost, IMTimeout) as exc:
+                if not self._caught_up.is_set():
+                    raise
+                if not failures:
+                    self._disconnected(str(exc))
+                delay = self._backoff.delay(failures)
+                failures += 1
+                self.reconnect_delays.append(delay)
+                await asyncio.sleep(delay)
+                self.reconnect_attempts.append(time.monotonic())
+                continue
+            except Unauthorized as exc:
+                self._disconnected(str(exc))
+                self._status = ClientState.CLOSED
+                return
+            self._state.since = data["next_batch"]
+            # Rooms joined from invites during catch-up bring their backlog in the next batch.
+            catching_up = catching_up and joined
+            if not catching_up:
+                self._caught_up.set()
+
+    async def _process(self, data: Mapping[str, Any], *, offline: bool) -> bool:
+        """Apply one sync batch; True when it accepted invites."""
+        rooms = data.get("rooms") or {}
+        joined = False
+        for room_id in rooms.get("invite") or {}:
+            try:
+                await self._call("POST", f"/join/{quote(room_id)}", {})
+                joined = True
+            except ConnectionLost:
+                raise  # the batch is fetched and the invite accepted again
+            except IMError:  # a room that vanished meanwhile
+                pass
+        for room_id, room in (rooms.get("join") or {}).items():
+            await self._process_room(room_id, room, offline=offline)
+        for room_id, left in (rooms.get("leave") or {}).items():
+            await self._process_room(room_id, left, offline=offline)
+        return joined
+
+    async def _process_room(self, room_id: str, data: Mapping[str, Any], *, offline: bool) -> None:
+        timeline = data.get("timeline") or {}
+        events = list(timeline.get("events") or [])
+        room = self._state.rooms.get(room_id)
+        if room is None:
+            # Known only once its backfill arrived, so a failed backfill is redone in full.
+            events = await self._room_from_start(room_id) + events
+            room = self._state.rooms[room_id] = Room()
+        elif timeline.get("limited") and timeline.get("prev_batch"):
+            events = await self._fill_gap(room_id, room, timeline["prev_batch"]) + events
+        for event in events:
+            self._timeline.apply(room_id, room, event, offline=offline)
+        for ephemeral in (data.get("ephemeral") or {}).get("events") or []:
+            if ephemeral.get("type") == "m.receipt":
+                self._timeline.receipts(room_id, room, ephemeral.get("content") or {},
+                                        offline=offline)
+
+    def _placed(self, event_id: str, seq: int, ts: float) -> None:
+        """A message took its place in a room: wake the send waiting for its own event."""
+        waiter = self._waiters.pop(event_id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result((seq, ts))
+
+    async def _room_from_start(self, room_id: str) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        token: str | None = None
+        while True:
+            params = {"dir": "f", "limit": str(PAGE)}
+            if token:
+                params["from"] = token
+            page = await self._call("GET", f"/rooms/{quote(room_id)}/messages", params=params)
+            chunk = page.get("chunk") or []
+            out.extend(chunk)
+            token = page.get("end")
+            if not chunk or not token:
+                return out
+
+    async def _fill_gap(self, room_id: str, room: Room, token: str) -> list[dict[str, Any]]:
+        missed: list[dict[str, Any]] = []
+        next_token: str | None = token
+        while next_token:
+            params = {"dir": "b", "limit": str(PAGE), "from": next_token}
+            page = await self._call("GET", f"/rooms/{quote(room_id)}/messages", params=params)
+            chunk = page.get("chunk") or []
+            for event in chunk:
+                if event.get("event_id") in room.seen:
+                    return list(reversed(missed))
+                missed.append(event)
+            next_token = page.get("end") if chunk else None
+        return list(reversed(missed))
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def _stop_sync(self) -> None:
+        task, self._sync_task = self._sync_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        for fut in self._waiters.values():
+            if not fut.done():
+                fut.set_exception(ConnectionLost(f"{self!r}: disconnected before the echo"))
+        self._waiters.clear()
+
+    async def _shut_down(self, was: ClientState) -> None:
+        """Log out (the device's token dies) and stop syncing."""
+        await self._stop_sync()
+        if self._token is not None and self._http is not None:
+            with contextlib.suppress(IMError):
+                await self._call("POST", "/logout", {}, within=5)
+        self._token = None
+        if self._http is not None:
+            await self._http.close()
+
+    async def _abandon(self) -> None:
+        """Stop syncing and abandon the HTTP connections without logging out."""
+        await self._stop_sync()
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    async def _resume(self) -> None:
+        """Resume from the since token; what arrived meanwhile comes marked offline."""
+        if self._http is None or self._http.closed:
+            self._http = http_session()
+        if self._token is None:
+            await self._login()
+        await self._start(reconnected=True)
