@@ -121,7 +121,7 @@ def test_missing_explicit_file(tmp_path: Path) -> None:
         (
             {"endpoints": {"new": {"bogus": 1}}},
             "im-harness.toml: endpoints.new.bogus is not a known key; known here: adapter, url, "
-            "app_id, protocol, tier, timeouts, options, <secret>_env; remove or rename it",
+            "app_id, protocol, tier, timeouts, options, server, <secret>_env; remove or rename it",
         ),
         (
             {"harness": {"endpoint": "old"}},
@@ -155,8 +155,8 @@ def test_missing_explicit_file(tmp_path: Path) -> None:
         ),
         (
             {"endpoints": {"new": {"tier": {"name": "gold"}}}},
-            "im-harness.toml: endpoints.new.tier.name = 'gold' is not a reference tier; known: "
-            "free, pro",
+            "im-harness.toml: endpoints.new.tier.name = 'gold' is not a tier of the 'reference' "
+            "server; known: free, pro",
         ),
         (
             {"endpoints": {"new": {"app_key_env": "my key"}}},

@@ -537,11 +537,17 @@ def test_failed_start_raises_with_the_log(synapse: SynapseServer) -> None:
     assert synapse.registration_shared_secret not in str(info.value)
 
 
-def test_bad_launcher_options_name_the_key_and_the_fix() -> None:
-    with pytest.raises(ConfigError, match=r"options\.synapse_version = None .* e\.g\. one of"):
-        SynapseServer.from_options({}, endpoint="old")
-    with pytest.raises(ConfigError, match=r"options\.rate_profile = 'loose' is unknown; use one"):
-        SynapseServer.from_options({"synapse_version": "1.141.0", "rate_profile": "loose"})
-    server = SynapseServer.from_options({"synapse_version": "1.163.2"})
+def test_the_embedded_synapse_takes_its_version_and_profile_from_the_server_table() -> None:
+    """Bad server options are config errors (tests/test_config.py); good ones reach the server."""
+    from harness.matrix.embedded import SynapseEmbedded, SynapseOptions
+    from harness.servers import ServerRequest
+
+    options = SynapseOptions.model_validate({"version": "1.163.2"})
+    embedded = SynapseEmbedded.for_request(
+        ServerRequest(endpoint="new", adapter="matrix", server_options=options)
+    )
+    server = embedded.server
     assert (server.version, server.profile) == ("1.163.2", "relaxed")
     assert server.registration_shared_secret not in repr(server)
+    assert server.registration_shared_secret not in repr(embedded)
+    assert embedded.secrets() == {server.registration_shared_secret}
