@@ -258,6 +258,11 @@ class IMClient(Protocol):
     @property
     def protocol(self) -> str: ...
 
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        """What this connection offers: its protocol version may offer less than the endpoint."""
+        ...
+
     async def send(
         self,
         to: Target,

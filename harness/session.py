@@ -388,8 +388,7 @@ def unique_id(name: str) -> str:
 
 def _gets_recall_events(endpoint: Endpoint, client: IMClient) -> bool:
     """Whether `client`'s connection carries recall events (its protocol may offer less)."""
-    offered = getattr(client, "capabilities", endpoint.info.capabilities)
-    return Capability.RECALL in offered and endpoint.info.supports(Capability.RECALL)
+    return Capability.RECALL in client.capabilities and endpoint.info.supports(Capability.RECALL)
 
 
 class User:

@@ -31,6 +31,7 @@ from hypothesis.stateful import (
     rule,
 )
 
+from harness.backoff import Backoff
 from harness.contract import Ack, EndpointSettings, GroupInfo, MessageReceived, Target
 from harness.errors import BadRequest, ConnectionLost, HarnessError, IMTimeout, NotFound
 from harness.faults.link import FaultLink
@@ -44,6 +45,7 @@ UNKNOWN_OUTCOME = (IMTimeout, ConnectionLost)  # a send or recall that may or ma
 MAX_USERS = 5
 RECALL_WINDOW_S = 120.0
 FAULTS = ("reset", "latency", "blackhole", "partition")
+RECONNECT_BACKOFF = Backoff(0.1, 1.6, jitter="none")  # after every fault was healed
 SETTLE_SENTINELS = 2  # per user: one is enough, two survive a dropped delivery of one
 
 
@@ -290,7 +292,7 @@ class World:
                 member.connected = True
                 return
             except UNKNOWN_OUTCOME:
-                await asyncio.sleep(0.1 * 2**attempt)
+                await RECONNECT_BACKOFF.sleep(attempt)
         raise AssertionError(f"u{member.index} cannot reconnect after every fault was healed")
 
     def _recipients(self, sender: int, to: Any) -> set[int]:

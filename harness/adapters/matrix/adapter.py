@@ -21,7 +21,7 @@ from harness.adapters.matrix.translate import (
     MAX_BODY_BYTES,
     UserState,
 )
-from harness.contract import Credentials, EndpointInfo, EndpointSettings, TierLimits
+from harness.contract import Capability, Credentials, EndpointInfo, EndpointSettings, TierLimits
 from harness.errors import ConfigError, Unsupported
 from harness.registry import adapters
 
@@ -35,6 +35,10 @@ class MatrixClient(MatrixOps):
     @property
     def protocol(self) -> str:
         return self._adapter.info.protocol
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        return self._adapter.info.capabilities
 
 
 @adapters.register("matrix")

@@ -17,7 +17,7 @@ from harness.adapters.reference.translate import (
     capabilities_from,
     limits_from,
 )
-from harness.contract import Credentials, EndpointInfo, EndpointSettings
+from harness.contract import Capability, Credentials, EndpointInfo, EndpointSettings
 from harness.errors import ConfigError
 from harness.reference.admin import AdminClient, AppHandle, mint_credentials
 from harness.registry import adapters
@@ -37,6 +37,12 @@ class ReferenceClient(Operations):
     @property
     def credentials(self) -> Credentials:
         return self._credentials
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        """The endpoint's capabilities less what this connection's protocol version lacks."""
+        info = self._adapter.info
+        return capabilities_from([c.value for c in info.capabilities], self._protocol)
 
     @property
     def state(self) -> ClientState:
