@@ -190,6 +190,7 @@ class Recorder:
     async def wait_event(
         self,
         cls: type[E],
+        /,
         *,
         timeout: float | None = None,  # noqa: ASYNC109 - the agreed interface; scaled by units()
         **fields: Any,

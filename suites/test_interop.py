@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from harness.contract import MessageRecalled
-from suites import require_protocols, settled
+from harness.testkit import require_protocols, settled
 
 pytestmark = pytest.mark.capability("chat")
 

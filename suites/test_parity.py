@@ -15,8 +15,7 @@ import pytest
 
 from harness.contract import MembershipChanged, MessageReceived, Target
 from harness.errors import FeatureDisabled, IMError, Unsupported
-from harness.oracle import Oracle
-from harness.session import new_user
+from harness.testkit import Oracle, new_user
 
 ROLES = ("alice", "bob", "carol", "dave")
 
@@ -129,7 +128,8 @@ async def test_same_conversation_reads_the_same_on_old_and_new(endpoints, units,
     sizes = [ep.info.limits.max_message_bytes for ep in (old, new)]
     size = min(s for s in sizes if s is not None) if any(sizes) else 4096
 
-    transcripts, oracles = {}, {}
+    transcripts: dict[str, list[str]] = {}
+    oracles: dict[str, Oracle] = {}
     for name, ep in ((old_name, old), (new_name, new)):
         # One oracle per endpoint: message ids are only unique within one service.
         script = Script(ep, oracles.setdefault(name, Oracle()), size)
