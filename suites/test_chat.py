@@ -10,11 +10,11 @@ import pytest
 
 from harness.contract import Target
 from harness.errors import ConnectionLost, IMTimeout, TooLarge
-from harness.testkit import burst_size, client_through_link, sentinel, settled
+from harness.testkit import Endpoint, burst_size, client_through_link, sentinel, settled
 
 pytestmark = pytest.mark.capability("chat")
 
-def _max_bytes(endpoint) -> int:
+def _max_bytes(endpoint: Endpoint) -> int:
     limit = endpoint.info.limits.max_message_bytes
     if limit is None:
         pytest.skip(f"endpoint {endpoint.name!r} declares no max_message_bytes")
@@ -169,7 +169,7 @@ async def test_custom_messages_arrive_structured(endpoint, im_user, im_group, or
 
 @pytest.mark.capability("idempotent_send")
 @pytest.mark.capability("history")
-async def test_idempotent_resend_creates_no_duplicate(endpoint, im_user, oracle, units):
+async def test_idempotent_resend_creates_no_duplicate(endpoint, im_user, oracle):
     """A resend with the same client id returns the original ack; delivered and stored once."""
     alice = await im_user("alice")
     bob = await im_user("bob")

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from harness.contract import Ack, Disconnected, MessageReceived
+from harness.contract import Ack, Disconnected, GroupInfo, MessageReceived
 from harness.errors import ConnectionLost, IMTimeout, RateLimited
 from harness.testkit import (
     Attempt,
@@ -39,7 +39,7 @@ def disconnects(user: User) -> int:
 
 @pytest.mark.capability("offline", "idempotent_send")
 async def test_reset_during_sends_delivers_every_acked_message_once(
-    endpoint, im_user, fault_link, oracle, units, until
+    endpoint, im_user, fault_link, oracle, units
 ):
     """Connections reset while sends and deliveries are in flight: each acked message once."""
     alice_link, bob_link = await fault_link(), await fault_link()
@@ -80,7 +80,7 @@ async def test_reset_during_sends_delivers_every_acked_message_once(
 @pytest.mark.capability("offline")
 @pytest.mark.parametrize("protocol", ["v1", "v2"])
 async def test_blackholed_client_is_noticed_within_its_keepalive_and_catches_up(
-    endpoint, protocol, im_user, fault_link, oracle, units, until
+    endpoint, protocol, im_user, fault_link, oracle, units
 ):
     """A silent (half-open) client is dropped within 2 x its version's keepalive; what it
     missed, including what was written to its dead socket, arrives once, offline, on return."""
@@ -128,7 +128,7 @@ async def test_blackholed_client_is_noticed_within_its_keepalive_and_catches_up(
 
 @pytest.mark.capability("groups")
 async def test_latency_spikes_and_jitter_do_not_reorder_conversations(
-    endpoint, im_user, im_group, fault_link, oracle, units, until
+    endpoint, im_user, im_group, fault_link, oracle, units
 ):
     """Jittery links and a latency spike never change the order anyone sees."""
     alice_link, bob_link = await fault_link(), await fault_link()
@@ -138,7 +138,7 @@ async def test_latency_spikes_and_jitter_do_not_reorder_conversations(
     group = await im_group(alice, [bob, carol])
     n = burst_size(endpoint, 16) // 2
 
-    async def talk(sender, peer, label: str) -> None:
+    async def talk(sender: User, peer: User | GroupInfo, label: str) -> None:
         for i in range(n):
             await sender.send(peer, f"{label} {i}")
             if i == n // 2 and sender is alice:
@@ -228,7 +228,7 @@ async def test_send_retries_back_off_exponentially(
 
 @pytest.mark.needs_admin
 async def test_send_retry_honours_retry_after_and_never_duplicates(
-    endpoint, im_user, oracle, units, until
+    endpoint, im_user, oracle, units
 ):
     """Rate-limited sends wait at least retry_after, and each message is stored once."""
     app = await endpoint.with_app(limits={"send_rate_per_user": 5, "send_burst": 2})
@@ -256,7 +256,7 @@ async def test_send_retry_honours_retry_after_and_never_duplicates(
 
 @pytest.mark.capability("idempotent_send")
 async def test_send_retry_after_a_lost_ack_stores_the_message_once(
-    endpoint, im_user, fault_link, oracle, units, until
+    endpoint, im_user, fault_link, oracle, units
 ):
     """The ack is lost, the send times out, the retry (same client id) gets the original."""
     link = await fault_link()
@@ -282,7 +282,7 @@ async def test_send_retry_after_a_lost_ack_stores_the_message_once(
 
 @pytest.mark.capability("groups", "offline", "idempotent_send")
 async def test_exactly_once_survives_a_partition_mid_group_fanout(
-    endpoint, im_user, im_group, fault_link, oracle, units, until
+    endpoint, im_user, im_group, fault_link, oracle, units
 ):
     """Sender and one member are partitioned mid fan-out; every member gets each post once."""
     alice_link, bob_link = await fault_link(), await fault_link()

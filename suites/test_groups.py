@@ -8,7 +8,14 @@ import pytest
 
 from harness.contract import MembershipChanged, MuteChanged, ServerRule, Target
 from harness.errors import Forbidden, LimitReached, NotFound, Unsupported
-from harness.testkit import burst_size, expect_event, require_server_enforces, sentinel, settled
+from harness.testkit import (
+    Endpoint,
+    burst_size,
+    expect_event,
+    require_server_enforces,
+    sentinel,
+    settled,
+)
 
 pytestmark = pytest.mark.capability("groups")
 
@@ -198,7 +205,9 @@ async def test_mute_all_leaves_only_owner_and_admins_posting(
     oracle.assert_ok()
 
 
-async def _endpoint_with_small_limit(endpoint, field: str, small: int):
+async def _endpoint_with_small_limit(
+    endpoint: Endpoint, field: str, small: int
+) -> tuple[Endpoint, int]:
     """`endpoint` itself when its tier limit is small, else a fresh app with the limit lowered."""
     declared = getattr(endpoint.info.limits, field)
     try:

@@ -6,14 +6,14 @@ import asyncio
 
 import pytest
 
-from harness.contract import MessageRecalled, ServerRule
+from harness.contract import Message, MessageRecalled, ServerRule
 from harness.errors import Forbidden, RecallWindowExpired
-from harness.testkit import expect_event, require_server_enforces, settled
+from harness.testkit import User, expect_event, require_server_enforces, settled
 
 pytestmark = pytest.mark.capability("chat", "recall")
 
 
-async def _history_entry(user, conversation: str, message_id: str):
+async def _history_entry(user: User, conversation: str, message_id: str) -> Message:
     page = await user.client.history(conversation, limit=100)
     [entry] = [m for m in page.messages if m.message_id == message_id]
     return entry

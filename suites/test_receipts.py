@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from harness.contract import ReceiptUpdated
-from harness.testkit import expect_event, sentinel, settled
+from harness.testkit import User, expect_event, sentinel, settled
 
 pytestmark = pytest.mark.capability("chat", "receipts")
 
 
-def _receipts(user, conversation: str, reader: str) -> list[int]:
+def _receipts(user: User, conversation: str, reader: str) -> list[int]:
     return [
         e.up_to_seq
         for e in user.recorder.of_type(ReceiptUpdated)

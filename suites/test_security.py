@@ -13,12 +13,12 @@ import pytest
 
 from harness.contract import Credentials, MessageReceived, Target
 from harness.errors import Forbidden, NotFound, RecallWindowExpired, Unauthorized
-from harness.testkit import expect_event, mint_credentials, sentinel, settled
+from harness.testkit import Endpoint, expect_event, mint_credentials, sentinel, settled
 
 pytestmark = pytest.mark.capability("chat")
 
 
-async def _refused_login(endpoint, credentials: Credentials) -> None:
+async def _refused_login(endpoint: Endpoint, credentials: Credentials) -> None:
     client = None
     try:
         with pytest.raises(Unauthorized):
