@@ -87,13 +87,12 @@ async def expect_event(
 ) -> E:
     """The first event of type `cls` at `user` whose fields equal `fields`; fails on timeout.
 
-    Fields match as in `Recorder.wait_event` (the event's own, else its message's). With
+    Fields match as in `Recorder.wait_event` (the event's own, else its message's); the
+    timeout defaults to `units(5)`. With
     `offline=`, the event found must also have (or not have) come as an offline catch-up:
     that is asserted, not matched, so a wrong flag fails with its own message.
     """
-    event = await user.recorder.wait_event(
-        cls, timeout=units(5) if timeout is None else timeout, **fields
-    )
+    event = await user.recorder.wait_event(cls, timeout=timeout, **fields)
     if offline is not None:
         got = getattr(event, "offline", None)
         assert got is offline, f"{cls.__name__} at {user.id} has offline={got}, want {offline}"
