@@ -5,14 +5,16 @@ Example::
     rec = Recorder("bob", client, oracle)
     rec.start()
     [msg] = await rec.wait_messages(1, conversation=ack.conversation)
+    recall = await rec.wait_event(MessageRecalled, message_id=ack.message_id)
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar, cast
 
 from harness.contract import Event, IMClient, Message, MessageReceived
 from harness.errors import HarnessError
@@ -22,6 +24,29 @@ from harness.timing import WaitTimeout, units
 E = TypeVar("E")
 
 SEEN_IN_TIMEOUT = 10  # the last events a timeout message shows
+_MISSING = object()
+
+
+def _field(event: object, name: str) -> Any:
+    """`event.name`, else `event.message.name` (see `Recorder.wait_event`), else `_MISSING`."""
+    if hasattr(event, name):
+        return getattr(event, name)
+    return getattr(getattr(event, "message", None), name, _MISSING)
+
+
+def _check_fields(cls: type, fields: Mapping[str, Any]) -> None:
+    """Refuse a field that no `cls` event can have: a typo must not wait out the timeout."""
+    if not dataclasses.is_dataclass(cls):
+        return
+    known = {f.name for f in dataclasses.fields(cls)}
+    if "message" in known:
+        known |= {f.name for f in dataclasses.fields(Message)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise HarnessError(
+            f"wait_event({cls.__name__}, {', '.join(f'{k}=' for k in unknown)}): "
+            f"{cls.__name__} has no such field; known: {', '.join(sorted(known))}"
+        )
 
 
 class Recorder:
@@ -161,6 +186,35 @@ class Recorder:
             finally:
                 self._waiters.discard(waiter)
                 waiter.cancel()
+
+    async def wait_event(
+        self,
+        cls: type[E],
+        /,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - the agreed interface; scaled by units()
+        **fields: Any,
+    ) -> E:
+        """Wait for the first recorded event of type `cls` whose fields equal `fields`; return it.
+
+        Each keyword names a field of the event; when the event has no such field, the field of
+        its `message` is compared instead. So for `MessageReceived`, `message_id=`,
+        `conversation=`, `sender=`, `body=`... match `event.message.<name>`, while `offline=`
+        matches the event's own flag. Values compare with `==`. A keyword that is neither a
+        field of `cls` nor of its message raises `HarnessError` at once.
+
+        Example: ``ev = await rec.wait_event(MembershipChanged, user=bob, change="removed")``
+        """
+        _check_fields(cls, fields)
+
+        def match(event: Event) -> bool:
+            return isinstance(event, cls) and all(
+                _field(event, name) == value for name, value in fields.items()
+            )
+
+        wanted = ", ".join(f"{name}={value!r}" for name, value in fields.items())
+        matches = await self.wait_for(match, timeout=timeout, what=f"{cls.__name__}({wanted})")
+        return cast(E, matches[0])
 
     async def wait_messages(
         self,

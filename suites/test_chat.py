@@ -8,13 +8,13 @@ import uuid
 
 import pytest
 
-from harness.contract import MessageReceived, Target
+from harness.contract import Target
 from harness.errors import ConnectionLost, IMTimeout, TooLarge
-from suites import burst_size, client_through_link, settled
+from harness.testkit import Endpoint, burst_size, client_through_link, sentinel, settled
 
 pytestmark = pytest.mark.capability("chat")
 
-def _max_bytes(endpoint) -> int:
+def _max_bytes(endpoint: Endpoint) -> int:
     limit = endpoint.info.limits.max_message_bytes
     if limit is None:
         pytest.skip(f"endpoint {endpoint.name!r} declares no max_message_bytes")
@@ -169,7 +169,7 @@ async def test_custom_messages_arrive_structured(endpoint, im_user, im_group, or
 
 @pytest.mark.capability("idempotent_send")
 @pytest.mark.capability("history")
-async def test_idempotent_resend_creates_no_duplicate(endpoint, im_user, oracle, units):
+async def test_idempotent_resend_creates_no_duplicate(endpoint, im_user, oracle):
     """A resend with the same client id returns the original ack; delivered and stored once."""
     alice = await im_user("alice")
     bob = await im_user("bob")
@@ -183,12 +183,7 @@ async def test_idempotent_resend_creates_no_duplicate(endpoint, im_user, oracle,
         first.conversation,
     )
     # Everything bob gets arrives in order: once the sentinel is in, a duplicate would be too.
-    sentinel = await alice.send(bob, "sentinel")
-    await bob.recorder.wait_for(
-        lambda e: isinstance(e, MessageReceived) and e.message.message_id == sentinel.message_id,
-        timeout=units(5),
-        what="the sentinel message",
-    )
+    await sentinel(alice, bob)
     seen = [m for m in bob.recorder.messages(first.conversation) if m.client_id == client_id]
     assert len(seen) == 1, f"bob saw the message {len(seen)} times"
 
@@ -202,10 +197,12 @@ async def test_idempotent_resend_creates_no_duplicate(endpoint, im_user, oracle,
 # --- send timeouts, through a loopback fault link ------------------------------------------
 
 
-async def test_send_over_silent_link_times_out_within_budget(endpoint, im_user, units):
+async def test_send_over_silent_link_times_out_within_budget(
+    endpoint, im_user, fault_link, units
+):
     """A send whose server never answers fails with IMTimeout/ConnectionLost within its timeout."""
     bob = await im_user("bob", connect=False)
-    async with client_through_link(endpoint) as (link, client, _info):
+    async with client_through_link(fault_link, endpoint) as (link, client, _info):
         await client.send(Target.to_user(bob.id), "through the link")  # the link works
         with link.blackhole():
             budget = units(0.5)
@@ -219,7 +216,7 @@ async def test_send_over_silent_link_times_out_within_budget(endpoint, im_user, 
         assert elapsed <= budget + units(1), f"took {elapsed:.2f}s for a {budget:.2f}s timeout"
 
 
-async def test_send_default_timeout_is_the_declared_one(endpoint, im_user, units):
+async def test_send_default_timeout_is_the_declared_one(endpoint, im_user, fault_link, units):
     """Without a timeout argument, a send to a silent server gives up after info.send_timeout_s."""
     if endpoint.info.send_timeout_s is None:
         pytest.skip(f"endpoint {endpoint.name!r} declares no send_timeout_s")
@@ -227,7 +224,8 @@ async def test_send_default_timeout_is_the_declared_one(endpoint, im_user, units
     # The protocol defaults (5-10 s) are too long for a suite, so a short one is configured and
     # the test checks that the declared value is the one the send honours.
     configured = units(1)
-    async with client_through_link(endpoint, send_timeout_s=configured) as (link, client, info):
+    linked = client_through_link(fault_link, endpoint, send_timeout_s=configured)
+    async with linked as (link, client, info):
         assert info.send_timeout_s == configured, "info.send_timeout_s is not the one configured"
         with link.blackhole():
             start = time.monotonic()
@@ -241,10 +239,12 @@ async def test_send_default_timeout_is_the_declared_one(endpoint, im_user, units
         )
 
 
-async def test_send_on_cut_link_fails_within_timeout_not_hangs(endpoint, im_user, units):
+async def test_send_on_cut_link_fails_within_timeout_not_hangs(
+    endpoint, im_user, fault_link, units
+):
     """A send whose connection is reset for good fails within its timeout; it never hangs."""
     bob = await im_user("bob", connect=False)
-    async with client_through_link(endpoint) as (link, client, _info):
+    async with client_through_link(fault_link, endpoint) as (link, client, _info):
         budget = units(1)
         with link.blackhole():
             start = time.monotonic()

@@ -13,11 +13,19 @@ import time
 
 import pytest
 
-from harness.contract import Ack, Disconnected, MessageReceived
+from harness.contract import Ack, Disconnected, GroupInfo, MessageReceived
 from harness.errors import ConnectionLost, IMTimeout, RateLimited
-from harness.retry import Attempt, send_with_retry
+from harness.testkit import (
+    Attempt,
+    User,
+    app_connections,
+    burst_size,
+    send_with_retry,
+    sentinel,
+    settled,
+    wait_connections,
+)
 from harness.timing import WaitTimeout
-from suites import burst_size, sentinel
 
 pytestmark = pytest.mark.capability("chat")
 
@@ -25,20 +33,13 @@ pytestmark = pytest.mark.capability("chat")
 FAST = {"backoff_base_s": 0.05, "backoff_cap_s": 0.5}
 
 
-async def all_delivered(oracle, until, within: float) -> None:
-    """Wait until every acked message reached its recipients; the oracle explains any loss."""
-    with contextlib.suppress(WaitTimeout):
-        await until(lambda: not oracle.missing(), timeout=within, what="every acked message")
-    oracle.assert_ok()
-
-
-def disconnects(user) -> int:
+def disconnects(user: User) -> int:
     return len(user.recorder.of_type(Disconnected))
 
 
 @pytest.mark.capability("offline", "idempotent_send")
 async def test_reset_during_sends_delivers_every_acked_message_once(
-    endpoint, im_user, fault_link, oracle, units, until
+    endpoint, im_user, fault_link, oracle, units
 ):
     """Connections reset while sends and deliveries are in flight: each acked message once."""
     alice_link, bob_link = await fault_link(), await fault_link()
@@ -67,7 +68,8 @@ async def test_reset_during_sends_delivers_every_acked_message_once(
         # client has no such connection; its cut requests are retried and judged below.)
         assert disconnects(alice) >= 1, "the reset never reached alice"
         assert disconnects(bob) >= 1, "the reset never reached bob"
-    await all_delivered(oracle, until, units(5))
+    await settled(oracle, timeout=units(5))
+    oracle.assert_ok()
     await sentinel(alice, bob)
     got = [m.message_id for m in bob.recorder.messages(conv) if m.body != "sentinel"]
     assert got == [first.message_id] + [a.message_id for a in acks]
@@ -78,7 +80,7 @@ async def test_reset_during_sends_delivers_every_acked_message_once(
 @pytest.mark.capability("offline")
 @pytest.mark.parametrize("protocol", ["v1", "v2"])
 async def test_blackholed_client_is_noticed_within_its_keepalive_and_catches_up(
-    endpoint, protocol, im_user, fault_link, oracle, units, until
+    endpoint, protocol, im_user, fault_link, oracle, units
 ):
     """A silent (half-open) client is dropped within 2 x its version's keepalive; what it
     missed, including what was written to its dead socket, arrives once, offline, on return."""
@@ -93,24 +95,20 @@ async def test_blackholed_client_is_noticed_within_its_keepalive_and_catches_up(
     alice = await im_user("alice", endpoint=app)
     bob = await im_user("bob", endpoint=app, protocol=protocol, via_link=link,
                         adapter_options=FAST)
-    app_id = app.settings.app_id
-
-    async def connections() -> int:
-        return (await endpoint.admin.counters())["connections_by_app"].get(app_id, 0)
 
     before = await alice.send(bob, "before the signal is lost")
     conv = before.conversation
     await bob.recorder.wait_messages(1, conversation=conv, timeout=units(5))
-    assert await connections() == 2
+    assert await app_connections(app) == 2
     with link.blackhole():
         start = time.monotonic()
         await bob.drop()  # the phone loses signal: not even the reset reaches the service
         unnoticed = await alice.send(bob, "written to a dead socket")
         with contextlib.suppress(WaitTimeout):
-            await until(lambda: _is(connections(), 1), timeout=2 * keepalive + units(2),
-                        what="the service to notice the silent client")
+            await wait_connections(app, 1, timeout=2 * keepalive + units(2),
+                                   what="the service to notice the silent client")
         noticed_after = time.monotonic() - start
-        assert await connections() == 1, (
+        assert await app_connections(app) == 1, (
             f"the service still counts bob's {protocol} connection {noticed_after:.1f}s after "
             f"it went silent; its keepalive ({keepalive}s) must drop it within {2 * keepalive}s"
         )
@@ -118,7 +116,8 @@ async def test_blackholed_client_is_noticed_within_its_keepalive_and_catches_up(
     assert noticed_after <= 2 * keepalive + units(1)
 
     await bob.reconnect()
-    await all_delivered(oracle, until, units(5))
+    await settled(oracle, timeout=units(5))
+    oracle.assert_ok()
     received = [e for e in bob.recorder.of_type(MessageReceived) if e.message.conversation == conv]
     assert [e.message.message_id for e in received] == [
         before.message_id, unnoticed.message_id, noticed.message_id
@@ -127,13 +126,9 @@ async def test_blackholed_client_is_noticed_within_its_keepalive_and_catches_up(
     print(f"{protocol}: silent client noticed after {noticed_after:.2f}s (keepalive {keepalive}s)")
 
 
-async def _is(value, expected) -> bool:
-    return (await value) == expected
-
-
 @pytest.mark.capability("groups")
 async def test_latency_spikes_and_jitter_do_not_reorder_conversations(
-    endpoint, im_user, im_group, fault_link, oracle, units, until
+    endpoint, im_user, im_group, fault_link, oracle, units
 ):
     """Jittery links and a latency spike never change the order anyone sees."""
     alice_link, bob_link = await fault_link(), await fault_link()
@@ -143,7 +138,7 @@ async def test_latency_spikes_and_jitter_do_not_reorder_conversations(
     group = await im_group(alice, [bob, carol])
     n = burst_size(endpoint, 16) // 2
 
-    async def talk(sender, peer, label: str) -> None:
+    async def talk(sender: User, peer: User | GroupInfo, label: str) -> None:
         for i in range(n):
             await sender.send(peer, f"{label} {i}")
             if i == n // 2 and sender is alice:
@@ -154,7 +149,8 @@ async def test_latency_spikes_and_jitter_do_not_reorder_conversations(
             talk(alice, bob, "direct"), talk(alice, group, "alice"), talk(carol, group, "carol")
         )
     assert alice_link.timeline.of_kind("latency"), "no latency was injected"
-    await all_delivered(oracle, until, units(5))
+    await settled(oracle, timeout=units(5))
+    oracle.assert_ok()
     direct = [m.body for m in bob.recorder.messages() if m.body.startswith("direct")]
     assert direct == [f"direct {i}" for i in range(n)]
     oracle.assert_ok()  # every conversation in seq order; bob and carol agree on the group's
@@ -184,7 +180,8 @@ async def test_kill_9_under_traffic_loses_no_acked_message(
     await asyncio.wait_for(sending, units(20))
     assert len(acks) == n
     assert disconnects(bob) >= 1, "bob's connection survived a kill -9?"
-    await all_delivered(oracle, until, units(8))
+    await settled(oracle, timeout=units(8))
+    oracle.assert_ok()
     page = await bob.client.history(acks[0].conversation, limit=n + 1)
     oracle.observe_history(bob.id, page)
     assert [m.message_id for m in page.messages] == [a.message_id for a in acks]
@@ -224,13 +221,14 @@ async def test_send_retries_back_off_exponentially(
             f"all gaps: {[round(g, 3) for g in gaps]}"
         )
     assert all(isinstance(r.error, ConnectionLost) for r in retries)
-    await all_delivered(oracle, until, units(5))
+    await settled(oracle, timeout=units(5))
+    oracle.assert_ok()
     assert [m.client_id for m in bob.recorder.messages()] == [ack.client_id]
 
 
 @pytest.mark.needs_admin
 async def test_send_retry_honours_retry_after_and_never_duplicates(
-    endpoint, im_user, oracle, units, until
+    endpoint, im_user, oracle, units
 ):
     """Rate-limited sends wait at least retry_after, and each message is stored once."""
     app = await endpoint.with_app(limits={"send_rate_per_user": 5, "send_burst": 2})
@@ -244,20 +242,21 @@ async def test_send_retry_honours_retry_after_and_never_duplicates(
         for i in range(6)
     ]
     elapsed = time.monotonic() - started
-    limited = [r for r in retries if isinstance(r.error, RateLimited)]
+    limited = [(r, r.error) for r in retries if isinstance(r.error, RateLimited)]
     assert len(limited) >= 3, f"6 sends at burst 2 were rate limited only {len(limited)} times"
-    for r in limited:
-        assert r.error.retry_after > 0, "a rate limit must say when to retry"
-        assert r.wait_s >= r.error.retry_after, "the retry came before retry_after"
+    for r, error in limited:
+        assert error.retry_after > 0, "a rate limit must say when to retry"
+        assert r.wait_s >= error.retry_after, "the retry came before retry_after"
     assert elapsed >= sum(r.wait_s for r in retries) - 0.01
     assert len(limited) <= 2 * (len(acks) - 2), "waiting retry_after should mostly suffice"
-    await all_delivered(oracle, until, units(5))
+    await settled(oracle, timeout=units(5))
+    oracle.assert_ok()
     assert [m.message_id for m in bob.recorder.messages()] == [a.message_id for a in acks]
 
 
 @pytest.mark.capability("idempotent_send")
 async def test_send_retry_after_a_lost_ack_stores_the_message_once(
-    endpoint, im_user, fault_link, oracle, units, until
+    endpoint, im_user, fault_link, oracle, units
 ):
     """The ack is lost, the send times out, the retry (same client id) gets the original."""
     link = await fault_link()
@@ -274,7 +273,8 @@ async def test_send_retry_after_a_lost_ack_stores_the_message_once(
         )
     assert isinstance(retries[0].error, IMTimeout), retries
     assert ack.duplicate, "the retry must be recognised as a resend of the stored message"
-    await all_delivered(oracle, until, units(5))
+    await settled(oracle, timeout=units(5))
+    oracle.assert_ok()
     await sentinel(alice, bob)
     assert [m.body for m in bob.recorder.messages()] == ["hello", "exactly once", "sentinel"]
     oracle.assert_ok()
@@ -282,7 +282,7 @@ async def test_send_retry_after_a_lost_ack_stores_the_message_once(
 
 @pytest.mark.capability("groups", "offline", "idempotent_send")
 async def test_exactly_once_survives_a_partition_mid_group_fanout(
-    endpoint, im_user, im_group, fault_link, oracle, units, until
+    endpoint, im_user, im_group, fault_link, oracle, units
 ):
     """Sender and one member are partitioned mid fan-out; every member gets each post once."""
     alice_link, bob_link = await fault_link(), await fault_link()
@@ -308,7 +308,8 @@ async def test_exactly_once_survives_a_partition_mid_group_fanout(
     assert alice_link.timeline.of_kind("partition"), "no partition happened"
     assert disconnects(alice) >= 1, "the partition never cut alice off"
     assert disconnects(bob) >= 1, "the partition never cut bob off"
-    await all_delivered(oracle, until, units(5))
+    await settled(oracle, timeout=units(5))
+    oracle.assert_ok()
     for member in (bob, carol, dave):
         got = [m.message_id for m in member.recorder.messages(acks[0].conversation)]
         assert got == [a.message_id for a in acks], f"{member.id} saw {got}"

@@ -8,28 +8,19 @@ import pytest
 
 from harness.contract import MembershipChanged, MuteChanged, ServerRule, Target
 from harness.errors import Forbidden, LimitReached, NotFound, Unsupported
-from suites import burst_size, require_server_enforces, sentinel, settled
+from harness.testkit import (
+    Endpoint,
+    burst_size,
+    expect_event,
+    require_server_enforces,
+    sentinel,
+    settled,
+)
 
 pytestmark = pytest.mark.capability("groups")
 
 # A tier limit this small is tested for real when the service cannot lower it per app.
 SMALL_ENOUGH = 128
-
-
-
-
-async def _wait_event(who, cls, units, /, **fields):
-    """Wait until user `who` got an event of type `cls` whose attributes equal `fields`."""
-
-    def match(e):
-        return isinstance(e, cls) and all(getattr(e, k) == v for k, v in fields.items())
-
-    [event] = await who.recorder.wait_for(
-        match, timeout=units(5), what=f"{cls.__name__} {fields} at {who.id}"
-    )
-    return event
-
-
 
 
 async def test_create_add_remove_leave(endpoint, im_user, im_group, units):
@@ -40,15 +31,15 @@ async def test_create_add_remove_leave(endpoint, im_user, im_group, units):
     assert dict(group.members) == {alice.id: "owner", bob.id: "member"}
 
     await alice.client.add_member(gid, carol.id)
-    await _wait_event(carol, MembershipChanged, units, user=carol.id, change="added")
+    await expect_event(carol, MembershipChanged, user=carol.id, change="added")
     info = await alice.client.group_info(gid)
     assert dict(info.members) == {alice.id: "owner", bob.id: "member", carol.id: "member"}
 
     await alice.client.remove_member(gid, bob.id)
-    await _wait_event(bob, MembershipChanged, units, user=bob.id, change="removed")
+    await expect_event(bob, MembershipChanged, user=bob.id, change="removed")
 
     await carol.client.leave(gid)
-    await _wait_event(alice, MembershipChanged, units, user=carol.id, change="left")
+    await expect_event(alice, MembershipChanged, user=carol.id, change="left")
     info = await alice.client.group_info(gid)
     assert dict(info.members) == {alice.id: "owner"}
 
@@ -102,7 +93,7 @@ async def test_removed_member_gets_nothing_more(endpoint, im_user, im_group, ora
     await carol.recorder.wait_messages(1, conversation=before.conversation, timeout=units(5))
 
     await alice.client.remove_member(group.group_id, carol.id)
-    await _wait_event(carol, MembershipChanged, units, user=carol.id, change="removed")
+    await expect_event(carol, MembershipChanged, user=carol.id, change="removed")
     await alice.send(await alice.client.group_info(group.group_id), "after removal")
     await bob.recorder.wait_messages(2, conversation=before.conversation, timeout=units(5))
     await sentinel(alice, carol)
@@ -126,7 +117,7 @@ async def test_removed_member_cannot_read_the_group(endpoint, im_user, im_group,
     ], "a member reads the history (else the refusal below proves nothing)"
 
     await alice.client.remove_member(group.group_id, bob.id)
-    await _wait_event(bob, MembershipChanged, units, user=bob.id, change="removed")
+    await expect_event(bob, MembershipChanged, user=bob.id, change="removed")
     with pytest.raises(Forbidden):
         await bob.client.history(ack.conversation)
     with pytest.raises((Forbidden, NotFound)):
@@ -148,11 +139,11 @@ async def test_only_owner_and_admins_manage_members(endpoint, im_user, im_group,
         await bob.client.set_role(gid, bob.id, "admin")
 
     await alice.client.set_role(gid, bob.id, "admin")
-    await _wait_event(bob, MembershipChanged, units, user=bob.id, change="role", role="admin")
+    await expect_event(bob, MembershipChanged, user=bob.id, change="role", role="admin")
     assert (await bob.client.group_info(gid)).members[bob.id] == "admin"
 
     await bob.client.add_member(gid, dave.id)
-    await _wait_event(dave, MembershipChanged, units, user=dave.id, change="added")
+    await expect_event(dave, MembershipChanged, user=dave.id, change="added")
     await bob.client.remove_member(gid, dave.id)
     with pytest.raises(Forbidden):
         await bob.client.set_role(gid, carol.id, "admin")
@@ -172,13 +163,13 @@ async def test_muted_member_cannot_post(endpoint, im_user, im_group, oracle, uni
         await carol.client.mute(gid, bob.id)  # a plain member may not mute
 
     await alice.client.mute(gid, bob.id)
-    await _wait_event(bob, MuteChanged, units, user=bob.id, muted=True)
+    await expect_event(bob, MuteChanged, user=bob.id, muted=True)
     with pytest.raises(Forbidden):
         await bob.client.send(Target.to_group(gid), "while muted")
     ack = await carol.send(group, "carol is not muted")
 
     await alice.client.mute(gid, bob.id, muted=False)
-    await _wait_event(bob, MuteChanged, units, user=bob.id, muted=False)
+    await expect_event(bob, MuteChanged, user=bob.id, muted=False)
     await bob.send(group, "unmuted again")
     got = await alice.recorder.wait_messages(2, conversation=ack.conversation, timeout=units(5))
     assert [m.body for m in got] == ["carol is not muted", "unmuted again"]
@@ -196,7 +187,7 @@ async def test_mute_all_leaves_only_owner_and_admins_posting(
     gid = group.group_id
     await alice.client.set_role(gid, bob.id, "admin")
     await alice.client.mute_all(gid)
-    await _wait_event(carol, MuteChanged, units, user=None, muted=True)
+    await expect_event(carol, MuteChanged, user=None, muted=True)
     assert (await carol.client.group_info(gid)).muted_all
 
     with pytest.raises(Forbidden):
@@ -206,7 +197,7 @@ async def test_mute_all_leaves_only_owner_and_admins_posting(
     await bob.send(info, "admin under mute-all")
 
     await alice.client.mute_all(gid, muted=False)
-    await _wait_event(carol, MuteChanged, units, user=None, muted=False)
+    await expect_event(carol, MuteChanged, user=None, muted=False)
     await carol.send(info, "member after mute-all")
     got = await alice.recorder.wait_messages(2, conversation=first.conversation, timeout=units(5))
     assert [m.body for m in got] == ["admin under mute-all", "member after mute-all"]
@@ -214,7 +205,9 @@ async def test_mute_all_leaves_only_owner_and_admins_posting(
     oracle.assert_ok()
 
 
-async def _endpoint_with_small_limit(endpoint, field: str, small: int):
+async def _endpoint_with_small_limit(
+    endpoint: Endpoint, field: str, small: int
+) -> tuple[Endpoint, int]:
     """`endpoint` itself when its tier limit is small, else a fresh app with the limit lowered."""
     declared = getattr(endpoint.info.limits, field)
     try:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 
 from harness.contract import MessageRecalled
-from suites import require_protocols, settled
+from harness.testkit import Endpoint, require_protocols, settled
 
 pytestmark = pytest.mark.capability("chat")
 
 
 @pytest.fixture(autouse=True)
-def _old_and_new_protocols(endpoint):
+def _old_and_new_protocols(endpoint: Endpoint) -> None:
     """Every test here mixes v1 and v2 clients in one app."""
     require_protocols(endpoint, "v1", "v2")
 

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
-from harness.contract import MessageReceived, Target
-from suites import burst_size, client_through_link, settled
+from harness.contract import Message, MessageReceived, Target
+from harness.testkit import (
+    app_connections,
+    burst_size,
+    client_through_link,
+    settled,
+    wait_connections,
+)
 
 pytestmark = pytest.mark.capability("chat")
-
-
 
 
 @pytest.mark.capability("offline")
@@ -75,7 +77,9 @@ async def test_history_pages_have_no_gap_or_overlap(endpoint, im_user, oracle, u
     want = [a.message_id for a in acks]
     page_size = max(2, n // 3)
 
-    backwards, before, pages = [], None, 0
+    backwards: list[Message] = []
+    before: int | None = None
+    pages = 0
     while True:
         page = await bob.client.history(conv, before=before, limit=page_size)
         oracle.observe_history(bob.id, page, before=before)
@@ -89,7 +93,8 @@ async def test_history_pages_have_no_gap_or_overlap(endpoint, im_user, oracle, u
         assert pages <= n, "backward paging does not end"
         before = page.messages[0].seq
 
-    forwards, after, pages = [], 0, 0
+    forwards: list[Message] = []
+    after, pages = 0, 0
     while True:
         page = await bob.client.history(conv, after=after, limit=page_size)
         oracle.observe_history(bob.id, page, after=after)
@@ -135,7 +140,7 @@ async def test_offline_push_reaches_webhook(endpoint, im_user, push_receiver, or
 @pytest.mark.needs_admin
 @pytest.mark.capability("push")
 async def test_vanished_client_is_noticed_within_keepalive(
-    endpoint, im_user, push_receiver, units, until
+    endpoint, im_user, push_receiver, fault_link, units
 ):
     """A client that vanishes silently (no FIN/RST) is noticed in 2 x keepalive; push resumes."""
     keepalive = endpoint.info.keepalive_s
@@ -145,18 +150,15 @@ async def test_vanished_client_is_noticed_within_keepalive(
             "suite; set [harness] keepalive_v1/keepalive_v2 to a few seconds to run this"
         )
     app = await endpoint.with_app(webhook=push_receiver.url)
-    app_id = app.settings.app_id
     alice = await im_user("alice", endpoint=app)
 
-    async def connections() -> int:
-        return (await endpoint.admin.counters())["connections_by_app"].get(app_id, 0)
-
-    async with client_through_link(app) as (link, bob, _info):
-        assert await connections() == 2
+    async with client_through_link(fault_link, app) as (link, bob, _info):
+        assert await app_connections(app) == 2
         with link.blackhole():  # bob's phone loses signal: nothing reaches the server any more
             await bob.drop()
-            await until(
-                lambda: _equals(connections(), 1),
+            await wait_connections(
+                app,
+                1,
                 timeout=2 * keepalive + units(1),
                 what=f"the service to notice the vanished client (keepalive {keepalive}s)",
             )
@@ -166,19 +168,17 @@ async def test_vanished_client_is_noticed_within_keepalive(
             )
 
 
-async def _equals(value, expected) -> bool:
-    return (await value) == expected
-
-
 @pytest.mark.capability("offline", "history")
-async def test_acked_messages_survive_a_server_crash(endpoint, im_user, oracle, units):
+async def test_acked_messages_survive_a_server_crash(
+    endpoint, im_user, restart_service, oracle, units
+):
     """Every acknowledged message survives a hard crash of the server (kill -9) and a restart."""
     if endpoint.service is None:
         pytest.skip(f"endpoint {endpoint.name!r} is not started by the harness; cannot crash it")
     alice = await im_user("alice")
     bob = await im_user("bob", connect=False)
     acks = [await alice.send(bob, f"durable {i}") for i in range(burst_size(endpoint, 10))]
-    await asyncio.to_thread(endpoint.service.restart, kill=True)
+    await restart_service(kill=True)
 
     await bob.connect()
     got = await bob.recorder.wait_messages(len(acks), conversation=acks[0].conversation,

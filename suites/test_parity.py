@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import difflib
 import uuid
+from collections.abc import Awaitable, Callable
 
 import pytest
 
-from harness.contract import MembershipChanged, MessageReceived, Target
+from harness.contract import Ack, Event, MembershipChanged, MessageReceived, Target
 from harness.errors import FeatureDisabled, IMError, Unsupported
-from harness.oracle import Oracle
-from harness.session import new_user
+from harness.testkit import Endpoint, Oracle, User, new_user
 
 ROLES = ("alice", "bob", "carol", "dave")
 
@@ -24,11 +24,11 @@ ROLES = ("alice", "bob", "carol", "dave")
 class Script:
     """Runs the conversation on one endpoint and writes what each user observed."""
 
-    def __init__(self, endpoint, oracle, size: int) -> None:
+    def __init__(self, endpoint: Endpoint, oracle: Oracle, size: int) -> None:
         self.ep = endpoint
         self.oracle = oracle
         self.size = size  # a body size both profiles accept
-        self.users: dict = {}
+        self.users: dict[str, User] = {}
         self.lines: list[str] = []
         self._convs: dict[str, str] = {}
 
@@ -38,12 +38,12 @@ class Script:
     def conv(self, conversation: str) -> str:
         return self._convs.setdefault(conversation, f"conv{len(self._convs) + 1}")
 
-    def note(self, step: str, ack) -> None:
+    def note(self, step: str, ack: Ack) -> None:
         self.lines.append(
             f"{step}: ack seq={ack.seq} in {self.conv(ack.conversation)} duplicate={ack.duplicate}"
         )
 
-    async def outcome(self, op) -> str:
+    async def outcome(self, op: Awaitable[object]) -> str:
         try:
             await op
         except IMError as exc:
@@ -54,7 +54,9 @@ class Script:
         verdict = "as declared" if outcome == expected else f"{outcome}, declared {expected}"
         self.lines.append(f"{what}: {verdict}")
 
-    async def run(self, units, until) -> list[str]:
+    async def run(
+        self, units: Callable[[float], float], until: Callable[..., Awaitable[object]]
+    ) -> list[str]:
         for role in ROLES:
             self.users[role] = await new_user(self.ep, self.oracle, role)
         alice, bob, carol, dave = (self.users[r] for r in ROLES)
@@ -106,7 +108,7 @@ class Script:
             self.declared(feature, result, "ok" if self.ep.info.supports(feature) else "refused")
         return self.lines
 
-    def _render(self, event) -> str:
+    def _render(self, event: Event) -> str:
         if isinstance(event, MessageReceived):
             m = event.message
             body = m.body if len(m.body) <= 40 else f"<{len(m.body.encode())} bytes>"
@@ -129,7 +131,8 @@ async def test_same_conversation_reads_the_same_on_old_and_new(endpoints, units,
     sizes = [ep.info.limits.max_message_bytes for ep in (old, new)]
     size = min(s for s in sizes if s is not None) if any(sizes) else 4096
 
-    transcripts, oracles = {}, {}
+    transcripts: dict[str, list[str]] = {}
+    oracles: dict[str, Oracle] = {}
     for name, ep in ((old_name, old), (new_name, new)):
         # One oracle per endpoint: message ids are only unique within one service.
         script = Script(ep, oracles.setdefault(name, Oracle()), size)

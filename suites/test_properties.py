@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from harness.faults.world import WorldContext, WorldMachine
-from harness.properties import profile_name, run_machine
+from harness.testkit import WorldContext, WorldMachine, profile_name, run_machine
 
 
 @pytest.fixture(scope="session")
-def world_context(im_session) -> WorldContext:
+def world_context(im_session: Any) -> WorldContext:
     """The first endpoint whose service the harness started, shared by every example."""
     for name in im_session.names:
         service = im_session.services.get(name)
@@ -33,7 +33,7 @@ def world_context(im_session) -> WorldContext:
 
 
 def _replay_args(config: pytest.Config, defects: tuple[str, ...]) -> list[str]:
-    args = []
+    args: list[str] = []
     for flag in ("--im-config", "--im-endpoints"):
         value = config.getoption(flag)
         if value:
@@ -42,7 +42,10 @@ def _replay_args(config: pytest.Config, defects: tuple[str, ...]) -> list[str]:
 
 
 def test_conversations_keep_their_guarantees(
-    world_context: WorldContext, im_session, request: pytest.FixtureRequest
+    world_context: WorldContext,
+    im_session: Any,
+    fault_timeline: Any,
+    request: pytest.FixtureRequest,
 ) -> None:
     """No acked message lost or duplicated, order kept, recalls and receipts consistent."""
     config = request.config
@@ -51,7 +54,7 @@ def test_conversations_keep_their_guarantees(
     except Exception as exc:  # a bad profile name is a usage error, not a property failure
         pytest.fail(str(exc), pytrace=False)
     seed = config.getoption("--hypothesis-seed")
-    world_context.timeline = type(world_context.timeline)(request.node.nodeid)
+    world_context.timeline = fault_timeline  # every example's faults land on this test's
 
     class Machine(WorldMachine):
         context = world_context

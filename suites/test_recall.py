@@ -6,26 +6,14 @@ import asyncio
 
 import pytest
 
-from harness.contract import MessageRecalled, ServerRule
+from harness.contract import Message, MessageRecalled, ServerRule
 from harness.errors import Forbidden, RecallWindowExpired
-from suites import require_server_enforces, settled
+from harness.testkit import User, expect_event, require_server_enforces, settled
 
 pytestmark = pytest.mark.capability("chat", "recall")
 
 
-async def _wait_recall(user, message_id: str, units, *, offline: bool | None = None):
-    def match(e):
-        return isinstance(e, MessageRecalled) and e.message_id == message_id
-
-    [event] = await user.recorder.wait_for(
-        match, timeout=units(5), what=f"the recall of {message_id} at {user.id}"
-    )
-    if offline is not None:
-        assert event.offline is offline, f"recall event offline={event.offline}, want {offline}"
-    return event
-
-
-async def _history_entry(user, conversation: str, message_id: str):
+async def _history_entry(user: User, conversation: str, message_id: str) -> Message:
     page = await user.client.history(conversation, limit=100)
     [entry] = [m for m in page.messages if m.message_id == message_id]
     return entry
@@ -41,7 +29,7 @@ async def test_recall_reaches_online_peer_and_history(endpoint, im_user, oracle,
     await bob.recorder.wait_messages(2, conversation=ack.conversation, timeout=units(5))
 
     await alice.recall(ack)
-    event = await _wait_recall(bob, ack.message_id, units, offline=False)
+    event = await expect_event(bob, MessageRecalled, message_id=ack.message_id, offline=False)
     assert (event.conversation, event.by) == (ack.conversation, alice.id)
 
     for reader in (alice, bob):
@@ -65,7 +53,7 @@ async def test_recall_reaches_offline_peer_on_reconnect(endpoint, im_user, oracl
 
     await alice.recall(ack)
     await bob.reconnect()
-    await _wait_recall(bob, ack.message_id, units, offline=True)
+    await expect_event(bob, MessageRecalled, message_id=ack.message_id, offline=True)
     assert (await _history_entry(bob, ack.conversation, ack.message_id)).recalled
     await settled(oracle)
     oracle.assert_ok()
@@ -89,7 +77,7 @@ async def test_group_recall_by_sender_or_admin_only(endpoint, im_user, im_group,
     await bob.recall(by_bob2)  # the sender takes back his own
     for member, mid in ((bob, by_bob.message_id), (carol, by_bob.message_id),
                         (carol, by_bob2.message_id), (alice, by_bob2.message_id)):
-        await _wait_recall(member, mid, units)
+        await expect_event(member, MessageRecalled, message_id=mid)
     await settled(oracle)
     oracle.assert_ok()
 

@@ -5,34 +5,17 @@ from __future__ import annotations
 import pytest
 
 from harness.contract import ReceiptUpdated
-from suites import sentinel, settled
+from harness.testkit import User, expect_event, sentinel, settled
 
 pytestmark = pytest.mark.capability("chat", "receipts")
 
 
-async def _wait_receipt(user, conversation: str, reader: str, seq: int, units, *, offline=None):
-    def match(e):
-        return (
-            isinstance(e, ReceiptUpdated)
-            and (e.conversation, e.reader, e.up_to_seq) == (conversation, reader, seq)
-        )
-
-    [event] = await user.recorder.wait_for(
-        match, timeout=units(5), what=f"{reader}'s read receipt up to {seq} at {user.id}"
-    )
-    if offline is not None:
-        assert event.offline is offline, f"receipt offline={event.offline}, want {offline}"
-    return event
-
-
-def _receipts(user, conversation: str, reader: str) -> list[int]:
+def _receipts(user: User, conversation: str, reader: str) -> list[int]:
     return [
         e.up_to_seq
         for e in user.recorder.of_type(ReceiptUpdated)
         if e.conversation == conversation and e.reader == reader
     ]
-
-
 
 
 async def test_one_to_one_read_cursor_reaches_sender_and_never_goes_back(
@@ -47,11 +30,13 @@ async def test_one_to_one_read_cursor_reaches_sender_and_never_goes_back(
     s1, s2, s3 = (a.seq for a in acks)
 
     await bob.client.mark_read(conv, s2)
-    await _wait_receipt(alice, conv, bob.id, s2, units, offline=False)
+    await expect_event(
+        alice, ReceiptUpdated, conversation=conv, reader=bob.id, up_to_seq=s2, offline=False
+    )
     await bob.client.mark_read(conv, s1)  # an older position must not move the cursor back
     await bob.client.mark_read(conv, s2)  # nor does re-reading the same position announce again
     await bob.client.mark_read(conv, s3)
-    await _wait_receipt(alice, conv, bob.id, s3, units)
+    await expect_event(alice, ReceiptUpdated, conversation=conv, reader=bob.id, up_to_seq=s3)
     assert _receipts(alice, conv, bob.id) == [s2, s3]
     await settled(oracle)
     oracle.assert_ok()
@@ -73,13 +58,15 @@ async def test_group_read_cursors_reach_every_other_member(
     await bob.client.mark_read(conv, s2)
     await carol.client.mark_read(conv, s1)
     for watcher in (alice, carol):
-        await _wait_receipt(watcher, conv, bob.id, s2, units)
+        await expect_event(watcher, ReceiptUpdated, conversation=conv, reader=bob.id, up_to_seq=s2)
     for watcher in (alice, bob):
-        await _wait_receipt(watcher, conv, carol.id, s1, units)
+        await expect_event(
+            watcher, ReceiptUpdated, conversation=conv, reader=carol.id, up_to_seq=s1
+        )
 
     await bob.client.mark_read(conv, s1)  # backwards: no effect
     await carol.client.mark_read(conv, s2)
-    await _wait_receipt(alice, conv, carol.id, s2, units)
+    await expect_event(alice, ReceiptUpdated, conversation=conv, reader=carol.id, up_to_seq=s2)
     await sentinel(bob, alice)
     assert _receipts(alice, conv, bob.id) == [s2]
     assert _receipts(alice, conv, carol.id) == [s1, s2]
@@ -97,7 +84,10 @@ async def test_offline_sender_catches_up_on_receipts(endpoint, im_user, oracle, 
     await alice.close()
     await bob.client.mark_read(ack.conversation, ack.seq)
     await alice.reconnect()
-    await _wait_receipt(alice, ack.conversation, bob.id, ack.seq, units, offline=True)
+    await expect_event(
+        alice, ReceiptUpdated,
+        conversation=ack.conversation, reader=bob.id, up_to_seq=ack.seq, offline=True,
+    )
     await settled(oracle)
     oracle.assert_ok()
 
@@ -115,6 +105,9 @@ async def test_offline_reader_catches_up_then_reads(endpoint, im_user, oracle, u
     got = await bob.recorder.wait_messages(4, conversation=first.conversation, timeout=units(5))
     assert [m.body for m in got[1:]] == [f"while away {i}" for i in range(3)]
     await bob.client.mark_read(first.conversation, got[-1].seq)
-    await _wait_receipt(alice, first.conversation, bob.id, acks[-1].seq, units, offline=False)
+    await expect_event(
+        alice, ReceiptUpdated,
+        conversation=first.conversation, reader=bob.id, up_to_seq=acks[-1].seq, offline=False,
+    )
     await settled(oracle)
     oracle.assert_ok()

@@ -5,6 +5,7 @@ A 1:1 peer's and a plain group member's recalls are refused too: test_recall.py 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 
@@ -12,12 +13,12 @@ import pytest
 
 from harness.contract import Credentials, MessageReceived, Target
 from harness.errors import Forbidden, NotFound, RecallWindowExpired, Unauthorized
-from suites import settled
+from harness.testkit import Endpoint, expect_event, mint_credentials, sentinel, settled
 
 pytestmark = pytest.mark.capability("chat")
 
 
-async def _refused_login(endpoint, credentials: Credentials) -> None:
+async def _refused_login(endpoint: Endpoint, credentials: Credentials) -> None:
     client = None
     try:
         with pytest.raises(Unauthorized):
@@ -46,25 +47,17 @@ async def test_tampered_token_is_refused(endpoint, im_user):
         await _refused_login(endpoint, Credentials(alice.id, _flip(token, index)))
 
 
-def _mint(endpoint, user_id: str, ttl_s: float) -> str:
-    """A reference-service token for `user_id` signed with the endpoint's own app key."""
-    if endpoint.settings.adapter != "reference":
-        pytest.skip(f"endpoint {endpoint.name!r} is not the reference service; cannot mint tokens")
-    from harness.reference import tokens
-
-    app_key = endpoint.settings.secrets["app_key"]
-    return tokens.mint(endpoint.settings.app_id, app_key, user_id, ttl_s=ttl_s)
-
-
 @pytest.mark.needs_admin
 async def test_expired_token_is_refused(endpoint, im_user):
     """A correctly signed token whose expiry has passed is refused as Unauthorized."""
-    alice = await im_user("alice", connect=False)
-    fresh = _mint(endpoint, alice.id, ttl_s=600)
-    client = await endpoint.adapter.connect(Credentials(alice.id, fresh))  # the minting is right
+    app = await endpoint.with_app()  # an app the harness holds the key of, to mint with
+    alice = await im_user("alice", endpoint=app, connect=False)
+    fresh = await mint_credentials(app, alice.id, ttl_s=600)
+    client = await app.adapter.connect(fresh)  # the minting is right
     await client.close()
-    expired = _mint(endpoint, alice.id, ttl_s=-60)
-    await _refused_login(endpoint, Credentials(alice.id, expired))
+    expired = await mint_credentials(app, alice.id, ttl_s=0)  # expires as it is minted
+    await asyncio.sleep(0.01)  # the expiry is rounded to the millisecond: be past it
+    await _refused_login(app, expired)
 
 
 @pytest.mark.needs_admin
@@ -98,12 +91,7 @@ async def test_non_member_cannot_read_or_post_to_group(
         await mallory.client.group_info(group.group_id)
 
     # Everything for bob arrives in order: after the sentinel, an intruder's post would be in.
-    sentinel = await alice.send(bob, "sentinel")
-    await bob.recorder.wait_for(
-        lambda e: isinstance(e, MessageReceived) and e.message.message_id == sentinel.message_id,
-        timeout=units(5),
-        what="the sentinel",
-    )
+    await sentinel(alice, bob)
     senders = {m.sender for m in bob.recorder.messages(ack.conversation)}
     assert senders == {alice.id}, f"bob received group messages from {senders - {alice.id}}"
     await settled(oracle)
@@ -142,11 +130,7 @@ async def test_sender_is_stamped_from_the_token(endpoint, im_user, units):
     by_alice = await alice.send(carol, "alice's words", client_id=client_id)
     assert not by_alice.duplicate
     assert by_alice.message_id != by_bob.message_id
-    [event] = await carol.recorder.wait_for(
-        lambda e: isinstance(e, MessageReceived) and e.message.message_id == by_alice.message_id,
-        timeout=units(5),
-        what="alice's message",
-    )
+    event = await expect_event(carol, MessageReceived, message_id=by_alice.message_id)
     assert (event.message.sender, event.message.body) == (alice.id, "alice's words")
 
 

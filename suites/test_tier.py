@@ -19,6 +19,7 @@ from harness.errors import (
     TooLarge,
     Unsupported,
 )
+from harness.testkit import Endpoint
 
 pytestmark = pytest.mark.capability("chat")
 
@@ -26,7 +27,9 @@ pytestmark = pytest.mark.capability("chat")
 SMALL_ENOUGH = 128
 
 
-async def _fresh_app_with_small_limit(endpoint, field: str, small: int):
+async def _fresh_app_with_small_limit(
+    endpoint: Endpoint, field: str, small: int
+) -> tuple[Endpoint, int]:
     """A fresh app whose `field` limit is `small` (override) or the tier's own when small."""
     try:
         app = await endpoint.with_app(limits={field: small})

@@ -11,6 +11,7 @@ from harness.contract import (
     Ack,
     Disconnected,
     Event,
+    MembershipChanged,
     Message,
     MessageRecalled,
     MessageReceived,
@@ -224,3 +225,60 @@ async def test_count_must_be_positive() -> None:
     rec = Recorder("bob", QueueClient())  # type: ignore[arg-type]
     with pytest.raises(HarnessError, match="count=0"):
         await rec.wait_for(lambda e: True, count=0)
+
+
+async def test_wait_event_matches_the_event_then_its_message() -> None:
+    """`offline=` is the event's own field; `message_id=`/`conversation=` are its message's."""
+    client = QueueClient()
+    rec = Recorder("bob", client)  # type: ignore[arg-type]
+    rec.start()
+    client.queue.put_nowait(message(1))
+    client.queue.put_nowait(MessageRecalled(CONV, "m1", "alice"))
+    client.queue.put_nowait(MessageReceived(message(2).message, offline=True))
+    client.queue.put_nowait(message(3, "g:g1"))
+    got = await rec.wait_event(MessageReceived, conversation="g:g1")
+    assert got.message.message_id == "m3"
+    assert (await rec.wait_event(MessageReceived, offline=True)).message.message_id == "m2"
+    recall = await rec.wait_event(MessageRecalled, message_id="m1", by="alice")
+    assert recall == MessageRecalled(CONV, "m1", "alice")
+    # The first match wins: m2 and m3 have the same sender, but m1 came first.
+    assert (await rec.wait_event(MessageReceived, sender="alice")).message.message_id == "m1"
+    await rec.stop()
+
+
+async def test_wait_event_waits_for_a_later_event() -> None:
+    client = QueueClient()
+    rec = Recorder("bob", client)  # type: ignore[arg-type]
+    rec.start()
+    client.queue.put_nowait(MembershipChanged("g1", "carol", "added", "alice"))
+    waiting = asyncio.create_task(rec.wait_event(MembershipChanged, user="carol", change="left"))
+    await settle(rec, 1)
+    assert not waiting.done(), "an event with other fields matched"
+    client.queue.put_nowait(MembershipChanged("g1", "carol", "left", "carol"))
+    event = await asyncio.wait_for(waiting, units(5))
+    assert event.by == "carol"
+    await rec.stop()
+
+
+async def test_wait_event_timeout_names_the_type_and_fields() -> None:
+    client = QueueClient()
+    rec = Recorder("bob", client)  # type: ignore[arg-type]
+    rec.start()
+    client.queue.put_nowait(message(1))
+    await settle(rec, 1)
+    with pytest.raises(WaitTimeout) as info:
+        await rec.wait_event(MessageReceived, message_id="m9", timeout=units(0.1))
+    assert "waited for MessageReceived(message_id='m9') and" in str(info.value)
+    assert "0 of 1 matched among 1 events" in str(info.value)
+    await rec.stop()
+
+
+async def test_wait_event_refuses_a_field_the_type_lacks() -> None:
+    """A typo fails at once, naming the known fields, instead of waiting out the timeout."""
+    rec = Recorder("bob", QueueClient())  # type: ignore[arg-type]
+    rec.start()
+    with pytest.raises(HarnessError, match=r"MessageRecalled has no such field; known: .*by"):
+        await rec.wait_event(MessageRecalled, messageid="m1")
+    with pytest.raises(HarnessError, match="known: .*message_id.*offline"):
+        await rec.wait_event(MessageReceived, up_to_seq=3)
+    await rec.stop()
