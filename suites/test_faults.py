@@ -161,7 +161,7 @@ async def test_kill_9_under_traffic_loses_no_acked_message(
     endpoint, im_user, fault_link, restart_service, oracle, units, until
 ):
     """The service is killed while sends and deliveries are in flight; every ack holds."""
-    if endpoint.service is None:
+    if endpoint.server is None:
         pytest.skip(f"endpoint {endpoint.name!r} is not started by the harness; cannot crash it")
     alice = await im_user("alice", adapter_options=FAST)
     bob = await im_user("bob", adapter_options=FAST)

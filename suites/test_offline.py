@@ -173,7 +173,7 @@ async def test_acked_messages_survive_a_server_crash(
     endpoint, im_user, restart_service, oracle, units
 ):
     """Every acknowledged message survives a hard crash of the server (kill -9) and a restart."""
-    if endpoint.service is None:
+    if endpoint.server is None:
         pytest.skip(f"endpoint {endpoint.name!r} is not started by the harness; cannot crash it")
     alice = await im_user("alice")
     bob = await im_user("bob", connect=False)

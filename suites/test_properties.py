@@ -20,15 +20,15 @@ from harness.testkit import WorldContext, WorldMachine, profile_name, run_machin
 
 @pytest.fixture(scope="session")
 def world_context(im_session: Any) -> WorldContext:
-    """The first endpoint whose service the harness started, shared by every example."""
+    """The first endpoint whose server the harness started and administers (apps per example)."""
     for name in im_session.names:
-        service = im_session.services.get(name)
-        if service is not None:
-            return WorldContext(service=service, settings=im_session.settings(name))
+        server = im_session.servers.get(name)
+        if server is not None and server.app() is not None:
+            return WorldContext(server=server, settings=im_session.settings(name))
     named = " and ".join(f"endpoint {name!r}" for name in im_session.names)
     pytest.skip(
-        f"{named}: not a reference service the harness started (the property tests restart "
-        "the service and create an app per example)"
+        f"{named}: not started by the harness with an admin API (the property tests restart "
+        "the server and create an app per example)"
     )
 
 

@@ -31,7 +31,7 @@ LIMITATION = re.compile(
     r"|is too large to reach in a suite"
     r"|does not offer protocol '[\w.-]+'"
     r"|is not started by the harness"
-    r"|not a reference service the harness started"
+    r"|not started by the harness with an admin API"
 )
 
 
