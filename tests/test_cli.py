@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 
 from harness.reference.launcher import ReferenceService
+from harness.report.allure import ALLURE_ENV
 from harness.report.loadreport import read_history
 from harness.timing import units
 
+ROOT = Path(__file__).resolve().parents[1]  # its node_modules has the Allure CLI (`npm ci`)
 RECALL_ONLINE = "test_recall_reaches_online_peer_and_history"
 
 
@@ -21,7 +23,8 @@ def cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float
 
     return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=cwd,
                           capture_output=True, text=True, timeout=units(timeout),
-                          env={**os.environ, "COLUMNS": "200", **(env or {})}, check=False)
+                          env={**os.environ, "COLUMNS": "200", ALLURE_ENV: str(ROOT),
+                               **(env or {})}, check=False)
 
 
 def verdict(reports: Path) -> dict:
