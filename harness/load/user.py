@@ -57,6 +57,7 @@ COLLECT_GRACE_S = 15.0  # beyond the drain time, how long the master waits for w
 # The oracle keeps every message of the run; with the default young-generation threshold (700)
 # the collector rescans that growing heap often enough to cost ~8 us per message.
 GC_THRESHOLD0 = 10_000
+REQUEST_TYPE = "IM"  # the request_type of every locust request event this layer fires
 
 
 class _State:
@@ -191,7 +192,7 @@ def _fire_requests(environment: Environment) -> None:
     while True:
         while STATE.emitted:
             name, ms, exc = STATE.emitted.popleft()
-            fire(request_type="IM", name=name, response_time=ms, response_length=0,
+            fire(request_type=REQUEST_TYPE, name=name, response_time=ms, response_length=0,
                  exception=exc, context={})
         gevent.sleep(0.2)
 
