@@ -6,6 +6,7 @@ there, with no checkout of this project anywhere on the path.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -49,7 +50,9 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copytree(ROOT, source, ignore=lambda _d, names: [n for n in names if n in SKIP
                                                              or n.endswith(".egg-info")])
     dist = tmp / "dist"
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+    # This venv's setuptools when it has one (fast, offline); else pip fetches it to build.
+    isolation = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-q",
           "-w", str(dist), str(source)], cwd=tmp)
     [wheel] = dist.glob("im_harness-*.whl")
     venv = tmp / "venv"
