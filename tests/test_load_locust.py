@@ -251,3 +251,17 @@ def test_a_team_locustfile_adds_a_scenario_judged_by_its_registered_budgets(
     assert _failed(s) == {"send_ack.p50_ms"}
     assert s["counts"]["deliveries"] == s["counts"]["acks"] > 0
     assert s["plan"]["weights"] == {"pairs": 1}
+
+
+def test_a_scenario_whose_registered_budgets_are_missing_is_a_usage_error(
+        tmp_path: Path) -> None:
+    (tmp_path / "locustfile.py").write_text(TEAM_LOCUSTFILE, encoding="utf-8")  # no pairs.toml
+    cmd = [sys.executable, "-m", "locust", "-f", str(tmp_path / "locustfile.py"),
+           *_args(tmp_path, "--scenario", "pairs")[len(LOCUST):]]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=units(60), check=False)
+    assert done.returncode == 2, done.stderr[-3000:]
+    [line] = [ln for ln in done.stderr.splitlines() if ln.startswith("im-harness load:")]
+    assert "scenario 'pairs' registered the budgets" in line
+    assert "pairs.toml" in line
+    assert not (tmp_path / "summary.json").exists()

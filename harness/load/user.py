@@ -164,9 +164,13 @@ def _budgets(path: str, chosen: ScenarioPlan) -> Budgets | None:
         return load_budgets(path)
     if len(chosen.weights) != 1:
         return None
-    registered = scenarios.get(next(iter(chosen.weights))).budgets
-    if registered is None or not registered.is_file():
+    name = next(iter(chosen.weights))
+    registered = scenarios.get(name).budgets
+    if registered is None:
         return None
+    if not registered.is_file():
+        raise ConfigError(f"scenario {name!r} registered the budgets {registered}, which do not "
+                          "exist; add that file or pass --budgets")
     with as_file(registered) as file:
         return load_budgets(file)
 
