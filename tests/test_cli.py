@@ -240,3 +240,25 @@ def test_serve_prints_urls_keeps_keys_in_a_private_file_and_stops_on_ctrl_c(tmp_
     keys = [line.split("=", 1)[1] for line in env_file.read_text().split()]
     assert len(keys) == 2
     assert all(k and k not in out for k in keys)
+
+
+TEAM_SUITE = '''
+async def test_team_hello(im_user):
+    alice = await im_user("alice")
+    bob = await im_user("bob")
+    await alice.send(bob, "from the team's own suite")
+    await bob.recorder.wait_messages(1)
+'''
+
+
+def test_a_team_suite_runs_beside_the_packaged_suites(tmp_path):
+    team = tmp_path / "team"
+    team.mkdir()
+    (team / "test_team.py").write_text(TEAM_SUITE)
+    done = cli("signoff", "--path", "harness.suites", "--path", str(team), "-k",
+               f"{RECALL_ONLINE} or test_team_hello", "--no-load", "--no-html", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    doc = verdict(tmp_path / "reports")
+    assert doc["parity"]["recall"]["new"]["passed"] == 1  # a packaged suite
+    assert doc["parity"]["team"]["old"]["passed"] == 1  # the team's, on both endpoints
+    assert doc["parity"]["team"]["new"]["passed"] == 1

@@ -147,7 +147,8 @@ def plugins_missing() -> str:
     missing = [m for m in ("harness.pytest_plugin", "harness.pytest_allure") if m not in loaded]
     if missing:
         return (f"pytest plugin {', '.join(missing)} is not registered in this Python; install "
-                "the project into it: pip install -e \".[dev]\"")
+                "im-harness into it: pip install \"im-harness[load]\" (in a checkout: "
+                "pip install -e \".[dev]\")")
     return ""
 
 
