@@ -34,7 +34,7 @@ if "locust" in sys.modules or os.environ.get("BENCH_NAIVE_OUT"):
     import itertools
 
     from locust import User, constant, events, task
-    from websockets.sync.client import connect
+    from websockets.sync.client import ClientConnection, connect
 
     DELIVERED = [0]
     SENT = itertools.count()
@@ -44,7 +44,7 @@ if "locust" in sys.modules or os.environ.get("BENCH_NAIVE_OUT"):
 
         wait_time = constant(0)
 
-        def _login(self, token: str) -> object:
+        def _login(self, token: str) -> ClientConnection:
             ws = connect(f"{os.environ['BENCH_WS']}/v2", proxy=None)
             ws.send(json.dumps({"id": 1, "op": "login", "token": token, "cursor": 0}))
             while "re" not in json.loads(ws.recv()):

@@ -31,7 +31,6 @@ from harness.report.allure import NODE_HINT, allure_command
 from harness.report.parity import ParityTable
 from harness.report.signoff import (
     DEFAULT_SCENARIOS,
-    PROJECT_ROOT,
     Outcome,
     Plan,
     finish,
@@ -135,34 +134,46 @@ ConfigOpt = Annotated[str | None, typer.Option("--config", "-c", help="im-harnes
 ReportsOpt = Annotated[Path, typer.Option("--reports", help="output folder")]
 EndpointsOpt = Annotated[str, typer.Option("--endpoints", help="old,new: two endpoint names")]
 KeywordOpt = Annotated[str | None, typer.Option("-k", help="pytest -k expression (a subset)")]
-PathOpt = Annotated[list[str] | None, typer.Option("--path", help="suite path (repeatable)")]
+PathOpt = Annotated[list[str] | None, typer.Option(
+    "--path", help="suite file, folder or package (repeatable; default: the packaged suites, "
+    "harness.suites; --path harness.suites --path DIR runs yours beside them)")]
 ScenarioOpt = Annotated[list[str] | None, typer.Option(
-    "--scenario", help=f"load scenario (repeatable; default {','.join(DEFAULT_SCENARIOS)})")]
+    "--scenario", help=f"load scenario (repeatable; default {','.join(DEFAULT_SCENARIOS)}; "
+    "`python -m harness.load list` shows every registered one)")]
 UsersOpt = Annotated[int, typer.Option("--users", min=1, help="load users per scenario")]
 TimeOpt = Annotated[str, typer.Option("--load-time", help="load run time per scenario, e.g. 5s")]
 BudgetsOpt = Annotated[str | None, typer.Option(
-    "--budgets-dir", help="folder of <scenario>.toml budgets (default: loadtests/budgets)")]
-HtmlOpt = Annotated[bool, typer.Option("--html/--no-html", help="build the Allure HTML report")]
+    "--budgets-dir", help="folder of <scenario>.toml budgets (default: the budgets each "
+    "scenario registered)")]
+LocustfileOpt = Annotated[str | None, typer.Option(
+    "--locustfile", help="a locustfile with an IMUser subclass (default: the installed one)")]
+HtmlOpt = Annotated[bool, typer.Option(
+    "--html/--no-html", help="build the Allure HTML report (needs Node.js and the `allure` npm "
+    "package: $IM_HARNESS_ALLURE, else node_modules in this folder or a parent, else PATH)")]
 
 
-def _check_load(run_time: str, budgets_dir: str | None, scenarios: list[str]) -> None:
+def _check_load(run_time: str, budgets_dir: str | None, scenarios: list[str],
+                locustfile: str | None = None) -> None:
     import re
 
-    from harness.load.scenarios import SCENARIOS
+    from harness.load.scenarios import scenarios as registered
 
     if not re.fullmatch(r"\d+(\.\d+)?[smh]?", run_time.strip()):
         raise ConfigError(f"--load-time {run_time!r} is not a duration; use e.g. 5s or 2m")
+    if locustfile and not Path(locustfile).is_file():
+        raise ConfigError(f"--locustfile {locustfile!r} does not exist; pass an existing file")
     for name in scenarios:
-        if name not in SCENARIOS:
+        # A team's locustfile may register scenarios of its own: locust judges those names.
+        if not locustfile and name not in registered:
             raise ConfigError(f"--scenario {name!r} is not a load scenario; known: "
-                              f"{', '.join(SCENARIOS)}")
+                              f"{', '.join(registered)}")
         if budgets_dir and not (Path(budgets_dir) / f"{name}.toml").is_file():
             raise ConfigError(f"--budgets-dir {budgets_dir!r} has no {name}.toml; add it or "
                               "point at another folder")
 
 
 def _node_hint(html: bool) -> None:
-    if html and allure_command(PROJECT_ROOT) is None:
+    if html and allure_command() is None:
         err.print(f"im-harness: {NODE_HINT}; the JSON verdict and parity table are still "
                   "produced", markup=False, soft_wrap=True)
 
@@ -178,6 +189,7 @@ def signoff(
     users: UsersOpt = 10,
     load_time: TimeOpt = "5s",
     budgets_dir: BudgetsOpt = None,
+    locustfile: LocustfileOpt = None,
     load: Annotated[bool, typer.Option("--load/--no-load", help="run the load scenarios")] = True,
     html: HtmlOpt = True,
 ) -> None:
@@ -185,12 +197,12 @@ def signoff(
     scenarios = list(scenario or DEFAULT_SCENARIOS) if load else []
     try:
         hc, names = _config(config, endpoints, pytest=True)
-        _check_load(load_time, budgets_dir, scenarios)
+        _check_load(load_time, budgets_dir, scenarios, locustfile)
     except ConfigError as exc:
         raise usage(str(exc)) from None
     plan = Plan(reports=reports, config=config, endpoints=names, paths=list(path or []),
                 keyword=keyword, scenarios=scenarios, users=users, run_time=load_time,
-                budgets_dir=budgets_dir, html=html)
+                budgets_dir=budgets_dir, locustfile=locustfile, html=html)
     reports.mkdir(parents=True, exist_ok=True)
     _node_hint(html)
     ui = RichUI(console)
@@ -240,16 +252,17 @@ def load_cmd(
     users: UsersOpt = 10,
     load_time: TimeOpt = "5s",
     budgets_dir: BudgetsOpt = None,
+    locustfile: LocustfileOpt = None,
 ) -> None:
     """Load scenarios on one endpoint against their budgets (exit 1 when one is over)."""
     scenarios = list(scenario or DEFAULT_SCENARIOS)
     try:
         load_config(config).selected([endpoint])
-        _check_load(load_time, budgets_dir, scenarios)
+        _check_load(load_time, budgets_dir, scenarios, locustfile)
     except ConfigError as exc:
         raise usage(str(exc)) from None
     plan = Plan(reports=reports, config=config, scenarios=scenarios, users=users,
-                run_time=load_time, budgets_dir=budgets_dir)
+                run_time=load_time, budgets_dir=budgets_dir, locustfile=locustfile)
     reports.mkdir(parents=True, exist_ok=True)
     ui = RichUI(console)
     ok = True
@@ -359,7 +372,7 @@ def doctor(config: ConfigOpt = None, endpoints: EndpointsOpt = "old,new") -> Non
         console.print(table)
     finally:
         session.stop()
-    node = "ok" if allure_command(PROJECT_ROOT) else NODE_HINT
+    node = "ok" if allure_command() else NODE_HINT
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     console.print(f"allure report: {node}", markup=False, soft_wrap=True)
     console.print(f"chromium (browser check): {chromium or 'not installed'}", markup=False)

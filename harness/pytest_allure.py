@@ -39,14 +39,11 @@ except ImportError:  # allure-pytest is optional
     allure_commons = None  # type: ignore[assignment]
 
 ENDPOINTS_FILE = "im-endpoints.json"  # what the sign-off reads the promised capabilities from
-DOCS = Path(__file__).resolve().parent.parent
-# Where each area's behaviour is described: our README/protocol, or the vendor's documentation.
-REFERENCE_DOCS = {
-    "Chat": "harness/reference/PROTOCOL.md", "Groups": "harness/reference/PROTOCOL.md",
-    "Recall": "harness/reference/PROTOCOL.md", "Receipts": "harness/reference/PROTOCOL.md",
-    "Offline": "harness/reference/PROTOCOL.md", "Security": "harness/reference/PROTOCOL.md",
-    "Tier": "harness/reference/PROTOCOL.md", "Interop": "harness/reference/PROTOCOL.md",
-}
+# Where each area's behaviour is described: the reference protocol installed with the package
+# (package data of harness.reference), or the vendor's documentation.
+PROTOCOL = Path(__file__).resolve().parent / "reference" / "PROTOCOL.md"
+REFERENCE_AREAS = frozenset({"Chat", "Groups", "Recall", "Receipts", "Offline", "Security",
+                             "Tier", "Interop"})
 MATRIX_SPEC = "https://spec.matrix.org/latest/client-server-api/"
 MATRIX_DOCS = {
     "Chat": "#sending-events-to-a-room", "Groups": "#room-membership",
@@ -238,9 +235,8 @@ class AllureLayer:
         area = area_of(item)
         if adapter == "matrix" and area in MATRIX_DOCS:
             allure.dynamic.link(MATRIX_SPEC + MATRIX_DOCS[area], name=f"Matrix spec: {area}")
-        else:
-            doc = REFERENCE_DOCS.get(area, "README.md")
-            allure.dynamic.link((DOCS / doc).as_uri(), name=f"{area}: {doc}")
+        elif area in REFERENCE_AREAS and PROTOCOL.is_file():
+            allure.dynamic.link(PROTOCOL.as_uri(), name=f"{area}: reference PROTOCOL.md")
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(

@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 
 from harness.reference.launcher import ReferenceService
+from harness.report.allure import ALLURE_ENV
 from harness.report.loadreport import read_history
 from harness.timing import units
 
+ROOT = Path(__file__).resolve().parents[1]  # its node_modules has the Allure CLI (`npm ci`)
 RECALL_ONLINE = "test_recall_reaches_online_peer_and_history"
 
 
@@ -21,7 +23,8 @@ def cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float
 
     return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=cwd,
                           capture_output=True, text=True, timeout=units(timeout),
-                          env={**os.environ, "COLUMNS": "200", **(env or {})}, check=False)
+                          env={**os.environ, "COLUMNS": "200", ALLURE_ENV: str(ROOT),
+                               **(env or {})}, check=False)
 
 
 def verdict(reports: Path) -> dict:
@@ -237,3 +240,25 @@ def test_serve_prints_urls_keeps_keys_in_a_private_file_and_stops_on_ctrl_c(tmp_
     keys = [line.split("=", 1)[1] for line in env_file.read_text().split()]
     assert len(keys) == 2
     assert all(k and k not in out for k in keys)
+
+
+TEAM_SUITE = '''
+async def test_team_hello(im_user):
+    alice = await im_user("alice")
+    bob = await im_user("bob")
+    await alice.send(bob, "from the team's own suite")
+    await bob.recorder.wait_messages(1)
+'''
+
+
+def test_a_team_suite_runs_beside_the_packaged_suites(tmp_path):
+    team = tmp_path / "team"
+    team.mkdir()
+    (team / "test_team.py").write_text(TEAM_SUITE)
+    done = cli("signoff", "--path", "harness.suites", "--path", str(team), "-k",
+               f"{RECALL_ONLINE} or test_team_hello", "--no-load", "--no-html", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    doc = verdict(tmp_path / "reports")
+    assert doc["parity"]["recall"]["new"]["passed"] == 1  # a packaged suite
+    assert doc["parity"]["team"]["old"]["passed"] == 1  # the team's, on both endpoints
+    assert doc["parity"]["team"]["new"]["passed"] == 1

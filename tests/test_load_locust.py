@@ -214,3 +214,54 @@ def test_bridge_runs_coroutines_on_uvloop_or_the_fallback_loop(
     finally:
         bridge.close()
     assert kind.startswith("uvloop") if with_uvloop else kind.startswith("asyncio")
+
+
+TEAM_LOCUSTFILE = '''
+from pathlib import Path
+
+from harness.load.scenarios import scenario
+from harness.load.user import IMUser
+
+
+@scenario("pairs", defaults={"rate": 4.0}, description="a team's own scenario: pairs chatting",
+          budgets=Path(__file__).with_name("pairs.toml"))
+async def pairs(run, params, index):
+    ends = await run.setup(lambda: run.pair("pairs"))
+    if ends is not None:
+        await run.chat(params["rate"], ends)
+
+
+class TeamUser(IMUser):
+    pass
+'''
+
+
+def test_a_team_locustfile_adds_a_scenario_judged_by_its_registered_budgets(
+        tmp_path: Path) -> None:
+    (tmp_path / "locustfile.py").write_text(TEAM_LOCUSTFILE, encoding="utf-8")
+    (tmp_path / "pairs.toml").write_text(
+        'scenario = "pairs"\nmax_loss = 0\n[send_ack]\np50_ms = 0.0001\n', encoding="utf-8")
+    cmd = [sys.executable, "-m", "locust", "-f", str(tmp_path / "locustfile.py"),
+           *_args(tmp_path, "--scenario", "pairs")[len(LOCUST):]]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=units(90), check=False)
+    assert done.returncode == 1, done.stderr[-3000:]  # over the team's own (impossible) budget
+    s = _summary(tmp_path)
+    assert s["budgets"]["source"] == str(tmp_path / "pairs.toml")
+    assert _failed(s) == {"send_ack.p50_ms"}
+    assert s["counts"]["deliveries"] == s["counts"]["acks"] > 0
+    assert s["plan"]["weights"] == {"pairs": 1}
+
+
+def test_a_scenario_whose_registered_budgets_are_missing_is_a_usage_error(
+        tmp_path: Path) -> None:
+    (tmp_path / "locustfile.py").write_text(TEAM_LOCUSTFILE, encoding="utf-8")  # no pairs.toml
+    cmd = [sys.executable, "-m", "locust", "-f", str(tmp_path / "locustfile.py"),
+           *_args(tmp_path, "--scenario", "pairs")[len(LOCUST):]]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=units(60), check=False)
+    assert done.returncode == 2, done.stderr[-3000:]
+    [line] = [ln for ln in done.stderr.splitlines() if ln.startswith("im-harness load:")]
+    assert "scenario 'pairs' registered the budgets" in line
+    assert "pairs.toml" in line
+    assert not (tmp_path / "summary.json").exists()

@@ -6,9 +6,12 @@ The layer arrives through its `pytest11` entry point, as in a user's run: no `-p
 from __future__ import annotations
 
 import json
+import urllib.parse
 from pathlib import Path
 
 import pytest
+
+import harness.reference
 
 pytest_plugins = ["pytester"]
 
@@ -78,6 +81,11 @@ def test_labels_attachments_and_no_secret_in_results(pytester: pytest.Pytester, 
     assert {"endpoint", "adapter", "protocol", "tier"} <= set(params)
     assert failed["links"]
     assert failed["links"][0]["url"].startswith("file://")
+    # the installed package's copy of the protocol, not a file of a checkout
+    doc = Path(urllib.parse.unquote(urllib.parse.urlsplit(failed["links"][0]["url"]).path))
+    assert doc.name == "PROTOCOL.md"
+    assert doc.is_file()
+    assert doc.parent == Path(harness.reference.__file__).resolve().parent
     names = {a["name"] for a in failed.get("attachments", [])}
     assert {"oracle: explanation and transcript", "hypothesis: shrunk steps and seed",
             "fault timeline"} <= names

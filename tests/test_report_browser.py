@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.report.signoff import PROJECT_ROOT
+from harness.report.allure import ALLURE_ENV
 from harness.timing import units
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]  # its node_modules has the Allure CLI
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
@@ -41,7 +43,7 @@ def test_report_shows_verdict_and_parity_in_a_real_browser(tmp_path):
          "test_recall_reaches_online_peer_and_history", "--scenario", "chat", "--load-time",
          "2s", "--users", "3"],
         cwd=tmp_path, capture_output=True, text=True, timeout=units(240), check=False,
-        env={**os.environ, "COLUMNS": "200"})
+        env={**os.environ, "COLUMNS": "200", ALLURE_ENV: str(PROJECT_ROOT)})
     doc = json.loads((tmp_path / "reports" / "verdict.json").read_text())
     assert doc["report"], done.stdout + done.stderr
     url = Path(doc["report"]).as_uri()

@@ -244,3 +244,26 @@ def test_latency_over_time_starts_at_the_first_measured_row(tmp_path):
     csv_file.write_text(HISTORY.splitlines()[0] + "\n" + HISTORY.splitlines()[2] + "\n")
     result = load_result(LoadOutcome("chat", load_summary()), history_csv=csv_file)
     assert "latency over time" not in {a.name for a in result.attachments}
+
+
+def test_allure_is_found_by_variable_then_node_modules_up_from_the_cwd(tmp_path, monkeypatch):
+    from harness.report import allure as allure_module
+
+    monkeypatch.setattr(allure_module.shutil, "which",
+                        lambda name: "/usr/bin/node" if name == "node" else None)
+    monkeypatch.delenv(allure_module.ALLURE_ENV, raising=False)
+    team = tmp_path / "team"
+    (team / "node_modules" / "allure").mkdir(parents=True)
+    (team / "node_modules" / "allure" / "cli.js").write_text("// allure")
+    (team / "sub").mkdir()
+    assert allure_module.allure_command(team / "sub") == [
+        "/usr/bin/node", str((team / "node_modules" / "allure" / "cli.js").resolve())]
+    assert allure_module.allure_command(tmp_path) is None  # not in the harness's own install
+    other = tmp_path / "other"
+    (other / "node_modules" / ".bin").mkdir(parents=True)
+    (other / "node_modules" / ".bin" / "allure").write_text("#!/usr/bin/env node")
+    monkeypatch.setenv(allure_module.ALLURE_ENV, str(other))
+    assert allure_module.allure_command(team) == [
+        "/usr/bin/node", str((other / "node_modules" / ".bin" / "allure").resolve())]
+    monkeypatch.setenv(allure_module.ALLURE_ENV, str(tmp_path / "missing"))
+    assert allure_module.allure_command(team) is None

@@ -1,5 +1,6 @@
 """Load testing on the harness's adapters: metrics, budgets, scenarios, summaries (no locust here).
 
-The locust layer lives in `loadtests/locustfile.py` and `harness/load/bridge.py` (which imports
-gevent and is imported only from load-test modules).
+The scenarios register in `harness/load/scenarios.py` (built-ins in `units.py`). The locust layer
+is `harness/load/user.py` (`IMUser`, the listeners) and `harness/load/bridge.py`: both import
+gevent and are imported only from locustfiles such as `loadtests/locustfile.py`.
 """

@@ -3,6 +3,7 @@
 Example::
 
     python -m harness.load compare --scenario chat --users 20 --run-time 10s
+    python -m harness.load list        # the registered scenarios, defaults and budgets
 
 Each endpoint runs as its own headless locust process (so no locust import here); the summaries,
 CSVs and HTML reports land under --report-dir. Exit code: 0 when every run is within budget,
@@ -16,11 +17,15 @@ import json
 import subprocess
 import sys
 from collections.abc import Sequence
+from importlib.resources import files
 from pathlib import Path
 
 from harness.load.summary import EXIT_OK, EXIT_OVER_BUDGET, EXIT_USAGE, compare_table
 
-DEFAULT_LOCUSTFILE = Path(__file__).resolve().parents[2] / "loadtests" / "locustfile.py"
+
+def default_locustfile() -> Path:
+    """The locustfile installed with the package (`harness/loadtests/locustfile.py`)."""
+    return Path(str(files("harness.loadtests").joinpath("locustfile.py")))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,10 +39,22 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--run-time", default="10s")
     cmp.add_argument("--processes", type=int, default=0, help="locust --processes per run")
     cmp.add_argument("--report-dir", default="reports")
-    cmp.add_argument("--locustfile", default=str(DEFAULT_LOCUSTFILE))
+    cmp.add_argument("--locustfile", default=None,
+                     help="default: the installed harness.loadtests locustfile")
     cmp.add_argument("extra", nargs=argparse.REMAINDER,
                      help="after --: more locustfile options (--budgets, --im-config, --rate...)")
+    sub.add_parser("list", help="the registered scenarios: parameters, defaults, budgets")
     return parser
+
+
+def list_scenarios() -> int:
+    from harness.load.scenarios import scenarios
+
+    for name in scenarios:
+        item = scenarios.get(name)
+        params = ", ".join(f"{k}={v:g}" for k, v in item.defaults.items())
+        print(f"{name}: {item.description}\n    {params}\n    budgets: {item.budgets or '-'}")
+    return EXIT_OK
 
 
 def compare(args: argparse.Namespace) -> int:
@@ -51,7 +68,8 @@ def compare(args: argparse.Namespace) -> int:
     summaries = []
     for name in names:
         stem = report / f"load-{args.scenario}-{name}"
-        cmd = [sys.executable, "-m", "locust", "-f", args.locustfile, "--headless",
+        locustfile = args.locustfile or str(default_locustfile())
+        cmd = [sys.executable, "-m", "locust", "-f", locustfile, "--headless",
                "-u", str(args.users), "-r", str(args.spawn_rate or args.users),
                "-t", args.run_time, "--scenario", args.scenario, "--endpoint", name,
                "--summary-json", f"{stem}.json", "--csv", str(stem), "--html", f"{stem}.html",
@@ -80,6 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "compare":
         return compare(args)
+    if args.command == "list":
+        return list_scenarios()
     return EXIT_USAGE  # pragma: no cover - argparse requires a command
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from harness.contract import Credentials, IMClient, MessageReceived, Target
 from harness.errors import ConnectionLost, IMError, IMTimeout, LimitReached
 from harness.load.metrics import LoadMetrics
-from harness.load.scenarios import ScenarioPlan
+from harness.load.scenarios import ScenarioPlan, scenarios
 from harness.oracle import Oracle
 from harness.session import Endpoint, describe, unique_id
 from harness.timing import WaitTimeout, until
@@ -32,7 +32,8 @@ _KIND_COUNTER = {"loss": "loss", "duplicate": "duplicates", "order": "reordered"
                  "group_order": "reordered"}
 
 
-def _ms(seconds: float) -> float:
+def ms(seconds: float) -> float:
+    """Seconds as milliseconds, rounded for the request events."""
     return round(seconds * 1000.0, 3)
 
 
@@ -56,19 +57,19 @@ class LoadRun:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pumps: set[asyncio.Task[None]] = set()
         self._units = itertools.count()
-        self._canary = itertools.count()
+        self.state: dict[str, Any] = {}  # per-run state a scenario keeps (e.g. a counter)
 
     def __repr__(self) -> str:
         return f"<LoadRun {self.plan.label} on {self.endpoint.name}: {self.metrics!r}>"
 
     # -- building blocks ---------------------------------------------------------------------
 
-    def _background(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def background(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _behind(self, intended: float) -> None:
+    def behind(self, intended: float) -> None:
         if time.monotonic() - intended > self.slack_s:
             self.metrics.count("behind_schedule")
 
@@ -87,7 +88,7 @@ class LoadRun:
         elapsed = time.monotonic() - start
         self.metrics.count("connects")
         self.metrics.record("connect", elapsed)
-        self.emit("connect", _ms(elapsed), None)
+        self.emit("connect", ms(elapsed), None)
         self.clients.append(client)
         self.watch(creds.user_id, client)
         return client
@@ -104,7 +105,7 @@ class LoadRun:
                 f"{'?' if cap is None else format(cap, 'g')}): those connect failures are the cap, "
                 "not noise"
             )
-        self.emit("connect", _ms(time.monotonic() - start), exc)
+        self.emit("connect", ms(time.monotonic() - start), exc)
 
     def watch(self, user_id: str, client: IMClient) -> None:
         """Pump a client's events: oracle first, then delivery latency for our own sends."""
@@ -126,16 +127,16 @@ class LoadRun:
             if intended is not None:
                 latency = time.monotonic() - intended
                 self.metrics.record("delivery", latency)
-                self.emit("delivery", _ms(latency), None)
+                self.emit("delivery", ms(latency), None)
 
     def send(self, sender: str, client: IMClient, target: Target, recipients: Sequence[str],
              intended: float, seq: int) -> None:
         """Fire one scheduled send without waiting for it (open model)."""
-        self._behind(intended)
+        self.behind(intended)
         self.metrics.count("sends")
         client_id = f"{sender}:{seq}"
         self.intended[client_id] = intended
-        self._background(self._send(sender, client, target, recipients, intended, client_id))
+        self.background(self._send(sender, client, target, recipients, intended, client_id))
 
     async def _send(self, sender: str, client: IMClient, target: Target,
                     recipients: Sequence[str], intended: float, client_id: str) -> None:
@@ -159,12 +160,12 @@ class LoadRun:
         self.oracle.sent(sender, ack, recipients=recipients)
         self.metrics.count("acks")
         self.metrics.record("send_ack", elapsed)
-        self.emit("send_ack", _ms(elapsed), None)
+        self.emit("send_ack", ms(elapsed), None)
 
     def _send_failed(self, exc: IMError, intended: float) -> None:
         self.metrics.count("send_errors")
         self.metrics.error(exc)
-        self.emit("send_ack", _ms(time.monotonic() - intended), exc)
+        self.emit("send_ack", ms(time.monotonic() - intended), exc)
 
     async def schedule(self, rate: float, op: Callable[[float, int], Any]) -> None:
         """Call `op(intended, n)` at `rate` per second on a fixed schedule until stopped."""
@@ -185,7 +186,7 @@ class LoadRun:
             if asyncio.iscoroutine(result):
                 await result
 
-    async def _setup(self, make: Callable[[], Awaitable[Any]]) -> Any:
+    async def setup(self, make: Callable[[], Awaitable[Any]]) -> Any:
         """Run a unit's setup, retrying on endpoint errors (counted) until it works or we stop."""
         while self.sending:
             try:
@@ -197,24 +198,24 @@ class LoadRun:
     # -- scenario units ----------------------------------------------------------------------
 
     async def unit(self, scenario: str) -> None:
-        """Run one unit of `scenario` until cancelled or stopped."""
-        params = self.plan.params[scenario]
-        runner = getattr(self, f"_unit_{scenario}")
-        await runner(params, next(self._units))
+        """Run one unit of the registered `scenario` until cancelled or stopped."""
+        await scenarios.get(scenario).unit(self, self.plan.params[scenario], next(self._units))
 
-    async def _pair(self, name: str, protocols: tuple[str | None, str | None] = (None, None)
-                    ) -> tuple[tuple[str, IMClient], tuple[str, IMClient]]:
+    async def pair(self, name: str, protocols: tuple[str | None, str | None] = (None, None)
+                   ) -> tuple[tuple[str, IMClient], tuple[str, IMClient]]:
+        """Two new users, both connected: ((user_id, client), (user_id, client))."""
         a, b = await asyncio.gather(self.provision(f"{name}-a"), self.provision(f"{name}-b"))
         ca = await self.connect(a, protocol=protocols[0])
         try:
             cb = await self.connect(b, protocol=protocols[1])
         except IMError:
-            await self._close(ca)
+            await self.close_client(ca)
             raise
         return (a.user_id, ca), (b.user_id, cb)
 
-    async def _chat(self, rate: float, ends: tuple[tuple[str, IMClient], tuple[str, IMClient]]
-                    ) -> None:
+    async def chat(self, rate: float, ends: tuple[tuple[str, IMClient], tuple[str, IMClient]]
+                   ) -> None:
+        """Both ends of a pair send to each other at `rate` per second each."""
         (a, ca), (b, cb) = ends
         to_a, to_b = Target.to_user(a), Target.to_user(b)
 
@@ -224,147 +225,12 @@ class LoadRun:
 
         await self.schedule(rate, op)
 
-    async def _unit_chat(self, params: dict[str, float], index: int) -> None:
-        ends = await self._setup(lambda: self._pair("chat"))
-        if ends is not None:
-            await self._chat(params["rate"], ends)
-
-    async def _unit_canary(self, params: dict[str, float], index: int) -> None:
-        cohort = params["cohort"]
-
-        def proto() -> str:
-            i = next(self._canary)  # exactly cohort % of clients, spread evenly, are on v2
-            on_v2 = int((i + 1) * cohort // 100) > int(i * cohort // 100)
-            self.cohorts["v2" if on_v2 else "v1"] += 1
-            return "v2" if on_v2 else "v1"
-
-        ends = await self._setup(lambda: self._pair("canary", (proto(), proto())))
-        if ends is not None:
-            await self._chat(params["rate"], ends)
-
-    async def _unit_group(self, params: dict[str, float], index: int) -> None:
-        size = max(2, int(params["group_size"]))
-
-        async def make() -> tuple[str, IMClient, str, list[str]]:
-            creds = await asyncio.gather(*(self.provision("group") for _ in range(size)))
-            clients: list[IMClient] = []
-            try:
-                for c in creds:
-                    clients.append(await self.connect(c))
-                members = [c.user_id for c in creds[1:]]
-                info = await clients[0].create_group(f"load-{index}", members)
-            except IMError:
-                await asyncio.gather(*(self._close(c) for c in clients))
-                raise
-            return creds[0].user_id, clients[0], info.group_id, members
-
-        made = await self._setup(make)
-        if made is None:
-            return
-        owner, client, group, members = made
-        target = Target.to_group(group)
-        await self.schedule(params["rate"],
-                            lambda intended, n: self.send(owner, client, target, members,
-                                                          intended, n))
-
-    async def _unit_churn(self, params: dict[str, float], index: int) -> None:
-        creds = await self._setup(lambda: self.provision("churn"))
-        if creds is None:
-            return
-        hold = params["hold_s"]
-
-        async def cycle(intended: float, n: int) -> None:
-            self._behind(intended)
-            with contextlib.suppress(IMError):
-                client = await self.connect(creds, intended=intended)
-                self._background(self._hold_and_close(client, hold))
-
-        await self.schedule(params["rate"], cycle)
-
-    async def _hold_and_close(self, client: IMClient, hold: float) -> None:
+    async def hold_and_close(self, client: IMClient, hold: float) -> None:
         await asyncio.sleep(hold)
-        await self._close(client)
+        await self.close_client(client)
 
-    async def _unit_history(self, params: dict[str, float], index: int) -> None:
-        ends = await self._setup(lambda: self._pair("history"))
-        if ends is None:
-            return
-        (a, ca), (b, cb) = ends
-        conversation = ""
-        for n in range(int(params["prefill"])):
-            try:
-                ack = await ca.send(Target.to_user(b), f"prefill {n}", client_id=f"{a}:p{n}")
-            except IMError as exc:
-                self.metrics.error(exc)
-                continue
-            self.oracle.sent(a, ack, recipients=(b,))
-            conversation = ack.conversation
-        if not conversation:
-            return
-        page = max(1, min(100, int(params["page"])))
-        cursor: list[int | None] = [None]
-
-        async def fetch(intended: float, n: int) -> None:
-            self._behind(intended)
-            try:
-                result = await cb.history(conversation, before=cursor[0], limit=page)
-            except IMError as exc:
-                self.metrics.count("history_errors")
-                self.metrics.error(exc)
-                self.emit("history", _ms(time.monotonic() - intended), exc)
-                return
-            elapsed = time.monotonic() - intended
-            self.metrics.count("history_pages")
-            self.metrics.record("history", elapsed)
-            self.emit("history", _ms(elapsed), None)
-            self.oracle.observe_history(b, result)
-            more = result.has_more and result.messages
-            cursor[0] = result.messages[0].seq if more else None
-
-        await self.schedule(params["rate"], fetch)
-
-    async def _unit_storm(self, params: dict[str, float], index: int) -> None:
-        count = max(1, int(params["receivers"]))
-
-        async def make() -> tuple[str, IMClient, list[tuple[str, IMClient]]]:
-            creds = await asyncio.gather(*(self.provision("storm") for _ in range(count + 1)))
-            clients: list[IMClient] = []
-            try:
-                for c in creds:
-                    clients.append(await self.connect(c))
-            except IMError:
-                await asyncio.gather(*(self._close(c) for c in clients))
-                raise
-            receivers = [(c.user_id, cl) for c, cl in zip(creds[1:], clients[1:], strict=True)]
-            return creds[0].user_id, clients[0], receivers
-
-        made = await self._setup(make)
-        if made is None:
-            return
-        sender, client, receivers = made
-        targets = [(Target.to_user(uid), (uid,)) for uid, _ in receivers]
-
-        def op(intended: float, n: int) -> None:
-            target, recipients = targets[n % len(targets)]
-            self.send(sender, client, target, recipients, intended, n)
-
-        async def storms() -> None:
-            every, offline = params["every_s"], params["offline_s"]
-            while self.sending:
-                await asyncio.sleep(every)
-                await asyncio.gather(*(cl.drop() for _, cl in receivers),
-                                     return_exceptions=True)
-                await asyncio.sleep(offline)
-                intended = time.monotonic()
-                await asyncio.gather(*(self._reconnect(cl, intended) for _, cl in receivers))
-
-        storm = asyncio.ensure_future(storms())
-        try:
-            await self.schedule(params["rate"], op)
-        finally:
-            storm.cancel()
-
-    async def _reconnect(self, client: IMClient, intended: float) -> None:
+    async def reconnect(self, client: IMClient, intended: float) -> None:
+        """Reconnect a dropped client, timed from `intended` like a connect."""
         try:
             await client.reconnect()
         except IMError as exc:
@@ -373,17 +239,11 @@ class LoadRun:
         elapsed = time.monotonic() - intended
         self.metrics.count("connects")
         self.metrics.record("connect", elapsed)
-        self.emit("connect", _ms(elapsed), None)
-
-    async def _unit_idle(self, params: dict[str, float], index: int) -> None:
-        for _ in range(int(params["sessions"])):
-            with contextlib.suppress(IMError):
-                await self.connect(await self.provision("idle"))
-        await asyncio.Event().wait()
+        self.emit("connect", ms(elapsed), None)
 
     # -- the end -----------------------------------------------------------------------------
 
-    async def _close(self, client: IMClient) -> None:
+    async def close_client(self, client: IMClient) -> None:
         with contextlib.suppress(Exception):
             await client.close()
 
@@ -401,7 +261,7 @@ class LoadRun:
                         what="in-flight deliveries")
         self.judge()
         clients, self.clients = self.clients, []
-        closing = asyncio.gather(*(self._close(c) for c in clients))
+        closing = asyncio.gather(*(self.close_client(c) for c in clients))
         try:
             await asyncio.wait_for(closing, timeout=max(1.0, drain_s))
         except TimeoutError:

@@ -1,35 +1,107 @@
-"""Scenario selection and parameters: names, weights and knobs, from TOML and the command line."""
+"""Load scenarios: each registered once by name, then chosen, weighted and tuned per run.
+
+A scenario is one decorated coroutine: what one locust user runs (a "unit") on a `LoadRun`,
+with its parameters' defaults, a one-line description and its default budgets file::
+
+    from harness.load.scenarios import packaged_budgets, scenario
+
+    @scenario("ping", defaults={"weight": 1, "rate": 1.0}, description="one user pinging itself",
+              budgets=Path(__file__).parent / "budgets" / "ping.toml")
+    async def ping(run: LoadRun, params: Mapping[str, float], index: int) -> None:
+        ...
+
+The built-in scenarios live in `harness/load/units.py`; other packages may register theirs
+through the `im_harness.scenarios` entry-point group (pointing at a `Scenario`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
 
 from harness.config import read_toml
 from harness.errors import ConfigError
+from harness.registry import Registry
 
-# scenario -> parameter -> default; every parameter is a number.
-DEFAULTS: dict[str, dict[str, float]] = {
-    "chat": {"weight": 1, "rate": 2.0},  # rate: messages/s per sender (both peers send)
-    "group": {"weight": 1, "rate": 1.0, "group_size": 5},
-    "churn": {"weight": 1, "rate": 1.0, "hold_s": 0.5},  # rate: connects/s per user
-    "history": {"weight": 1, "rate": 2.0, "prefill": 30, "page": 10},
-    "storm": {"weight": 1, "rate": 4.0, "receivers": 8, "every_s": 3.0, "offline_s": 0.5},
-    "canary": {"weight": 1, "rate": 2.0, "cohort": 20},  # cohort: % of clients on v2
-    "idle": {"weight": 1, "sessions": 10},  # connected sessions that only listen
-}
-SCENARIOS = tuple(DEFAULTS)
-DESCRIPTIONS = {
-    "chat": "1:1 chat between two peers in one process, both sending on a fixed schedule",
-    "group": "group fan-out: the owner sends to a group of group_size members",
-    "churn": "connect/login churn: log in, hold hold_s, log out, on a fixed schedule",
-    "history": "history paging through prefill messages, page messages a page",
-    "storm": "offline-reconnect storm: receivers drop and return together every every_s",
-    "canary": "mixed old/new clients: cohort % of clients on v2, the rest on v1, chatting",
-    "idle": "idle connected sessions (capacity)",
-}
+if TYPE_CHECKING:
+    from harness.load.driver import LoadRun
+
+# unit(run, params, index): one user's share of the scenario, run until cancelled or stopped
+Unit = Callable[["LoadRun", Mapping[str, float], int], Awaitable[None]]
+
+
+def packaged_budgets(name: str) -> Traversable:
+    """A budgets file shipped with the package: `harness/loadtests/budgets/<name>`."""
+    return files("harness.loadtests").joinpath("budgets", name)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A registered load scenario."""
+
+    name: str
+    unit: Unit
+    defaults: Mapping[str, float]  # every parameter with its default; `weight` included
+    description: str
+    budgets: Traversable | Path | None = None  # judged when the run names no --budgets
+
+
+class _Scenarios(Registry[Scenario]):
+    """The scenario registry; the built-in scenarios register on the first lookup."""
+
+    def _load_entry_points(self) -> None:
+        if not self._loaded:
+            import harness.load.units  # noqa: F401 - registers the built-in scenarios
+
+        super()._load_entry_points()
+
+    def names(self) -> list[str]:
+        """In registration order (the built-ins first), as the help and errors list them."""
+        self._load_entry_points()
+        return list(self._items)
+
+
+scenarios: Registry[Scenario] = _Scenarios("scenario", group="im_harness.scenarios")
+
+
+@overload
+def scenario(name: str, *, unit: Unit, defaults: Mapping[str, float], description: str,
+             budgets: Traversable | Path | None = None) -> Scenario: ...
+
+
+@overload
+def scenario(name: str, *, unit: None = None, defaults: Mapping[str, float], description: str,
+             budgets: Traversable | Path | None = None) -> Callable[[Unit], Unit]: ...
+
+
+def scenario(name: str, *, unit: Unit | None = None, defaults: Mapping[str, float],
+             description: str, budgets: Traversable | Path | None = None
+             ) -> Scenario | Callable[[Unit], Unit]:
+    """Register a scenario: as a decorator on its unit, or at once with `unit=`."""
+    values = {"weight": 1.0, **{k: float(v) for k, v in defaults.items()}}
+
+    def register(fn: Unit) -> Scenario:
+        item = Scenario(name=name, unit=fn, defaults=values, description=description,
+                        budgets=budgets)
+        scenarios.register(name)(item)
+        return item
+
+    if unit is not None:
+        return register(unit)
+
+    def deco(fn: Unit) -> Unit:
+        register(fn)
+        return fn
+
+    return deco
+
+
+def _known() -> str:
+    return ", ".join(scenarios.names())
 
 
 @dataclass(frozen=True)
@@ -61,10 +133,8 @@ def parse_selection(text: str) -> dict[str, int]:
             continue
         name, _, weight = part.partition(":")
         name = name.strip()
-        if name not in DEFAULTS:
-            raise ConfigError(
-                f"--scenario {name!r} is not a scenario; known: {', '.join(SCENARIOS)}"
-            )
+        if name not in scenarios:
+            raise ConfigError(f"--scenario {name!r} is not a scenario; known: {_known()}")
         if weight:
             try:
                 out[name] = int(weight)
@@ -77,30 +147,28 @@ def parse_selection(text: str) -> dict[str, int]:
         else:
             out[name] = 0  # filled from the config below
     if not out:
-        raise ConfigError(f"--scenario is empty; choose from {', '.join(SCENARIOS)}")
+        raise ConfigError(f"--scenario is empty; choose from {_known()}")
     return out
 
 
 def load_params(path: str | Path | None) -> dict[str, dict[str, float]]:
     """Scenario parameters: the defaults, overridden by a TOML file of [scenario] tables."""
-    params = {name: dict(values) for name, values in DEFAULTS.items()}
+    params = {name: dict(scenarios.get(name).defaults) for name in scenarios.names()}
     if path is None:
         return params
     file = Path(path)
     data = read_toml(file, missing=f"--scenarios-file {str(path)!r} does not exist; "
                                    "pass an existing path")
     for name, table in data.items():
-        if name not in DEFAULTS:
-            raise ConfigError(
-                f"scenarios {file}: [{name}] is not a scenario; known: {', '.join(SCENARIOS)}"
-            )
+        if name not in params:
+            raise ConfigError(f"scenarios {file}: [{name}] is not a scenario; known: {_known()}")
         if not isinstance(table, Mapping):
             raise ConfigError(f"scenarios {file}: {name} must be a table [{name}]")
         for key, value in table.items():
-            if key not in DEFAULTS[name]:
+            if key not in params[name]:
                 raise ConfigError(
                     f"scenarios {file}: [{name}] {key!r} is not a parameter; known: "
-                    f"{', '.join(DEFAULTS[name])}"
+                    f"{', '.join(params[name])}"
                 )
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 raise ConfigError(f"scenarios {file}: [{name}] {key} = {value!r} must be >= 0")
@@ -109,7 +177,7 @@ def load_params(path: str | Path | None) -> dict[str, dict[str, float]]:
 
 
 def plan(selection: str, params_file: str | Path | None = None,
-         overrides: Mapping[str, float] | None = None) -> ScenarioPlan:
+         overrides: Mapping[str, float | None] | None = None) -> ScenarioPlan:
     """Build the plan for `--scenario`, the scenarios file, and per-run overrides (rate, ...)."""
     weights = parse_selection(selection)
     params = load_params(params_file)
@@ -118,7 +186,7 @@ def plan(selection: str, params_file: str | Path | None = None,
             if value is not None and key in params[name]:
                 params[name][key] = float(value)
         weights[name] = weights[name] or max(1, int(params[name]["weight"]))
-    cohort = params["canary"]["cohort"]
+    cohort = params["canary"]["cohort"] if "canary" in params else 0
     if not 0 <= cohort <= 100:
         raise ConfigError(f"canary cohort = {cohort:g} must be a percentage from 0 to 100")
     return ScenarioPlan(weights=weights, params={n: params[n] for n in weights})

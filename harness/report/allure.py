@@ -21,9 +21,12 @@ from harness.report.redact import Redactor
 from harness.report.results import FAILURE_LABEL
 
 GENERATED_LABEL = "im_generated"  # marks results written here (load, verdict): not suite tests
+ALLURE_ENV = "IM_HARNESS_ALLURE"  # the allure script, or a folder whose node_modules has it
 NODE_HINT = (
-    "Node.js 20+ and npm are needed for the HTML report: install them (Debian: "
-    "`apt-get install -y nodejs npm`), then run `npm ci` in the project root"
+    "Node.js 20+ and the `allure` npm package (Allure Report 3) are needed for the HTML report: "
+    "install Node.js (Debian: `apt-get install -y nodejs npm`), then run `npm install allure` "
+    "(or `npm ci` in a checkout of im-harness) in this folder or a parent, or set "
+    f"{ALLURE_ENV} to the folder holding that node_modules"
 )
 
 # Allure 3 reads categories from its config file only (a categories.json in results is ignored).
@@ -187,16 +190,36 @@ def write_config(path: str | Path, *, name: str, output: str | Path, history: st
     return file
 
 
-def allure_command(project_root: str | Path) -> list[str] | None:
-    """How to run the pinned Allure 3 CLI, or None when node or `npm ci` is missing."""
+def _in_node_modules(folder: Path) -> Path | None:
+    for candidate in (folder / "node_modules" / "allure" / "cli.js",
+                      folder / "node_modules" / ".bin" / "allure"):
+        if candidate.exists():
+            return candidate.resolve()
+    return None
+
+
+def allure_command(cwd: str | Path | None = None) -> list[str] | None:
+    """How to run the Allure 3 CLI, or None when node or the `allure` package is missing.
+
+    Looked up as npx would, never in the harness's own install: $IM_HARNESS_ALLURE (the script
+    or a folder with node_modules), then node_modules in `cwd` (default: the current folder) or
+    any parent, then `allure` on PATH.
+    """
     node = shutil.which("node")
-    script = Path(project_root) / "node_modules" / "allure" / "cli.js"
-    if node is None or not script.is_file():
-        bin_link = Path(project_root) / "node_modules" / ".bin" / "allure"
-        if node is not None and bin_link.exists():
-            return [node, str(bin_link.resolve())]
+    if node is None:
         return None
-    return [node, str(script)]
+    configured = os.environ.get(ALLURE_ENV, "").strip()
+    if configured:
+        target = Path(configured).expanduser()
+        script = _in_node_modules(target) if target.is_dir() else target
+        return [node, str(script)] if script is not None and script.is_file() else None
+    here = Path(cwd or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        script = _in_node_modules(folder)
+        if script is not None:
+            return [node, str(script)]
+    on_path = shutil.which("allure")
+    return [on_path] if on_path else None
 
 
 class ReportError(Exception):
@@ -204,9 +227,9 @@ class ReportError(Exception):
 
 
 def generate(results_dirs: Sequence[str | Path], output: str | Path, config: str | Path, *,
-             project_root: str | Path, timeout: float = 300.0) -> Path:
+             timeout: float = 300.0) -> Path:
     """Run `allure generate` into a fresh `output` folder; returns the single HTML file."""
-    command = allure_command(project_root)
+    command = allure_command()
     if command is None:
         raise ReportError(NODE_HINT)
     out = Path(output)
@@ -216,7 +239,7 @@ def generate(results_dirs: Sequence[str | Path], output: str | Path, config: str
            str(out.resolve()), *(str(Path(d).resolve()) for d in results_dirs)]
     env = dict(os.environ, NO_COLOR="1", FORCE_COLOR="0")
     try:
-        done = subprocess.run(cmd, cwd=str(project_root), capture_output=True, text=True,
+        done = subprocess.run(cmd, capture_output=True, text=True,
                               timeout=timeout, env=env, check=False)
     except subprocess.TimeoutExpired:
         raise ReportError(f"allure generate took over {timeout:g}s; see {out}") from None

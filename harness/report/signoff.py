@@ -38,8 +38,11 @@ from harness.report.redact import Redactor, config_secrets
 from harness.report.results import Results, read_results
 from harness.report.verdict import LoadOutcome, Verdict, decide, verdict_document, write_json
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PACKAGED_SUITES = "harness.suites"  # the suites installed with the package (run with --pyargs)
 DEFAULT_SCENARIOS = ("chat", "group")
+# The packaged suites are async tests: they need pytest-asyncio's auto mode, which an installed
+# package cannot set from an ini file of its own (pytest reads the ini of the run's rootdir).
+ASYNCIO_INI = ["-o", "asyncio_mode=auto", "-o", "asyncio_default_fixture_loop_scope=function"]
 PYTEST_EXIT = {2: "interrupted", 3: "internal error", 4: "usage error", 5: "no tests collected"}
 
 
@@ -71,13 +74,15 @@ class Plan:
     reports: Path = Path("reports")
     config: str | None = None
     endpoints: tuple[str, str] = ("old", "new")
-    paths: list[str] = field(default_factory=list)  # suite paths; default: the suites/ folder
+    # suite files, folders or packages; default: the packaged suites (harness.suites)
+    paths: list[str] = field(default_factory=list)
     keyword: str | None = None
     pytest_args: list[str] = field(default_factory=list)
     scenarios: Sequence[str] = DEFAULT_SCENARIOS
     users: int = 10
     run_time: str = "5s"
-    budgets_dir: str | None = None  # <dir>/<scenario>.toml; default: the load layer's own
+    budgets_dir: str | None = None  # <dir>/<scenario>.toml; default: each scenario's registered
+    locustfile: str | None = None  # default: the installed harness.loadtests locustfile
     html: bool = True
     suite_timeout_s: float = 1800.0
     started_ms: int = field(default_factory=lambda: int(time.time() * 1000))
@@ -120,10 +125,13 @@ class Outcome:
 
 
 def suite_paths(plan: Plan) -> list[str]:
-    if plan.paths:
-        return list(plan.paths)
-    local = Path("suites")
-    return [str(local if local.is_dir() else PROJECT_ROOT / "suites")]
+    """What pytest collects: the plan's paths or packages, else the packaged suites.
+
+    pytest runs with --pyargs, so an entry that names an importable package (harness.suites, a
+    team's own suites package) is collected from where it is installed, and any other entry is a
+    file or folder: `--path harness.suites --path tests/im` runs a team's suites beside ours.
+    """
+    return list(plan.paths) or [PACKAGED_SUITES]
 
 
 def plugins_missing() -> str:
@@ -139,13 +147,17 @@ def plugins_missing() -> str:
     missing = [m for m in ("harness.pytest_plugin", "harness.pytest_allure") if m not in loaded]
     if missing:
         return (f"pytest plugin {', '.join(missing)} is not registered in this Python; install "
-                "the project into it: pip install -e \".[dev]\"")
+                "im-harness into it: pip install \"im-harness[load]\" (in a checkout: "
+                "pip install -e \".[dev]\")")
     return ""
 
 
 def _pytest_base(plan: Plan) -> list[str]:
-    cmd = [sys.executable, "-m", "pytest", *suite_paths(plan), "-p", "no:cacheprovider",
+    paths = suite_paths(plan)
+    cmd = [sys.executable, "-m", "pytest", "--pyargs", *paths, "-p", "no:cacheprovider",
            "--im-endpoints", ",".join(plan.endpoints)]
+    if PACKAGED_SUITES in paths:
+        cmd += ASYNCIO_INI
     if plan.config:
         cmd += ["--im-config", plan.config]
     if plan.keyword:
@@ -209,7 +221,7 @@ def _seconds(run_time: str) -> float:
 def run_load(plan: Plan, scenario: str, ui: UI, endpoint: str | None = None
              ) -> tuple[LoadOutcome, Path, str]:
     """One headless locust run of `scenario` on the new endpoint, via the load layer."""
-    from harness.load.__main__ import DEFAULT_LOCUSTFILE
+    from harness.load.__main__ import default_locustfile
 
     name = endpoint or plan.endpoints[1]
     folder = plan.reports / "load"
@@ -217,7 +229,8 @@ def run_load(plan: Plan, scenario: str, ui: UI, endpoint: str | None = None
     stem = folder / f"{scenario}-{name}"
     summary_path = Path(f"{stem}.json")
     summary_path.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "locust", "-f", str(DEFAULT_LOCUSTFILE), "--headless",
+    cmd = [sys.executable, "-m", "locust", "-f", str(plan.locustfile or default_locustfile()),
+           "--headless",
            "-u", str(plan.users), "-r", str(plan.users), "-t", plan.run_time,
            "--scenario", scenario, "--endpoint", name, "--summary-json", str(summary_path),
            "--csv", str(stem), "--csv-full-history", "--only-summary"]
@@ -374,8 +387,7 @@ def finish(plan: Plan, suite: SuiteRun | None, loads: Sequence[tuple[LoadOutcome
                            variables=report_variables(verdict, table) if decide_verdict else {})
         with ui.task("Allure report", None):
             try:
-                report = generate([plan.results_dir.resolve()], plan.report_dir.resolve(), cfg,
-                                  project_root=PROJECT_ROOT)
+                report = generate([plan.results_dir.resolve()], plan.report_dir.resolve(), cfg)
             except ReportError as exc:
                 report_problem = str(exc)
     document = verdict_document(
