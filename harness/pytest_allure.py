@@ -24,6 +24,7 @@ from harness.report.results import (
     CAPABILITY_LABEL,
     CASE_LABEL,
     ENDPOINT_LABEL,
+    ENDPOINTS_FILE,
     FAILURE_LABEL,
     HARNESS,
     NOT_SUPPORTED,
@@ -38,7 +39,6 @@ except ImportError:  # allure-pytest is optional
     allure = None  # type: ignore[assignment]
     allure_commons = None  # type: ignore[assignment]
 
-ENDPOINTS_FILE = "im-endpoints.json"  # what the sign-off reads the promised capabilities from
 # Where each area's behaviour is described: the reference protocol installed with the package
 # (package data of harness.reference), or the vendor's documentation.
 PROTOCOL = Path(__file__).resolve().parent / "reference" / "PROTOCOL.md"

@@ -14,6 +14,7 @@ ENDPOINT_LABEL = "im_endpoint"
 CAPABILITY_LABEL = "im_capability"
 CASE_LABEL = "im_case"
 FAILURE_LABEL = "im_failure"  # product | harness | unsupported | budget
+ENDPOINTS_FILE = "im-endpoints.json"  # what the sign-off reads the promised capabilities from
 
 PRODUCT, HARNESS, UNSUPPORTED, BUDGET = "product", "harness", "unsupported", "budget"
 # A skip that means "the endpoint does not offer this" (the plugin's reasons), not a harness gap.

@@ -269,7 +269,7 @@ def run_load(plan: Plan, scenario: str, ui: UI, endpoint: str | None = None
 
 
 def _endpoints_info(plan: Plan) -> dict[str, Any]:
-    from harness.pytest_allure import ENDPOINTS_FILE
+    from harness.report.results import ENDPOINTS_FILE
 
     try:
         return dict(json.loads((plan.results_dir / ENDPOINTS_FILE).read_text()))
