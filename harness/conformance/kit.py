@@ -207,8 +207,8 @@ class Context:
 
 def _name(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
-    if len(text) > 160:
-        text = text[:157] + "..."
+    if len(text) > 300:
+        text = text[:297] + "..."
     return f"{type(exc).__name__}({text!r})" if text else type(exc).__name__
 
 
