@@ -84,6 +84,6 @@ def new_adapter(
         target = write_package(name, dir)
     except ConfigError as exc:
         raise cli.usage(str(exc)) from None
-    cli.console.print(f"created {target}", markup=False)
+    cli.console.print(f"created {target}", markup=False, soft_wrap=True)
     cli.console.print(f"next: pip install -e {target} && pytest {target / 'tests'}  "
                       f"(see {target / 'README.md'})", markup=False, soft_wrap=True)

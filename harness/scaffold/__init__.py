@@ -2,7 +2,8 @@
 
 The templates (`templates/**/*.tmpl`, package data) are `string.Template` texts with the
 placeholders `$name` (registry name), `$dist` (`im-harness-NAME`), `$module`
-(`im_harness_NAME`) and `$Class` (`Name`, for class names).
+(`im_harness_NAME`), `$Class` (`Name`, for class names) and `$NAME` (`NAME`, for
+environment variables).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def names_for(name: str) -> dict[str, str]:
         "dist": f"im-harness-{name}",
         "module": "im_harness_" + "_".join(words),
         "Class": "".join(w.capitalize() for w in words),
+        "NAME": "_".join(words).upper(),
     }
 
 
