@@ -15,7 +15,7 @@ import enum
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from harness.config import HarnessConfig
 from harness.contract import (
@@ -29,7 +29,6 @@ from harness.recorder import Recorder
 from harness.session import Endpoint, HarnessSession, describe, run_sync, unique_id
 from harness.timing import units
 
-E = TypeVar("E", bound=BaseException)
 DEFAULT_TIMEOUT_UNITS = 20.0  # per clause; a slow CI machine scales it with IM_HARNESS_TIME_SCALE
 
 
@@ -212,7 +211,7 @@ def _name(exc: BaseException) -> str:
     return f"{type(exc).__name__}({text!r})" if text else type(exc).__name__
 
 
-async def setup(what: str, aw: Awaitable[E | Any]) -> Any:
+async def setup(what: str, aw: Awaitable[Any]) -> Any:
     """Await a step the clause needs before it can check anything; a failure fails the clause."""
     try:
         return await aw
