@@ -25,6 +25,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from harness.cli_adapter import check_adapter, new_adapter
 from harness.config import HarnessConfig, load_config, split_names
 from harness.errors import ConfigError, HarnessError
 from harness.report.allure import NODE_HINT, allure_command
@@ -376,6 +377,10 @@ def doctor(config: ConfigOpt = None, endpoints: EndpointsOpt = "old,new") -> Non
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     console.print(f"allure report: {node}", markup=False, soft_wrap=True)
     console.print(f"chromium (browser check): {chromium or 'not installed'}", markup=False)
+
+
+app.command("check-adapter")(check_adapter)
+app.command("new-adapter")(new_adapter)
 
 
 def main() -> None:
