@@ -48,6 +48,27 @@ def test_the_package_has_both_entry_points_and_every_part(tmp_path: Path) -> Non
     assert 'app_key_env = "ACME_CHAT_APP_KEY"' in (target / "README.md").read_text()
 
 
+def test_the_server_stub_meets_the_server_protocol(tmp_path: Path) -> None:
+    """The stub is an EmbeddedServer, so an url-less endpoint gets its clear error."""
+    import importlib.util
+
+    from harness.servers import EmbeddedServer, ServerRequest
+
+    target = write_package("acme", tmp_path)
+    path = target / "src/im_harness_acme/server.py"
+    spec = importlib.util.spec_from_file_location("acme_server_stub", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    wanted = {n for n in vars(EmbeddedServer) if not n.startswith("_")}
+    wanted |= set(EmbeddedServer.__annotations__)
+    missing = sorted(n for n in wanted if not hasattr(module.AcmeServer, n))
+    assert not missing, f"the server stub lacks {missing}"
+    with pytest.raises(ConfigError, match="external only: set url"):
+        module.AcmeServer.for_request(ServerRequest(endpoint="new", adapter="acme"))
+
+
 @pytest.mark.parametrize("name", ["Acme", "acme chat", "-acme", "acme--x", "9acme", ""])
 def test_an_unusable_name_is_refused(name: str) -> None:
     with pytest.raises(ConfigError, match="not a usable adapter name"):
