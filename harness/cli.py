@@ -14,11 +14,13 @@ import contextlib
 import os
 import shutil
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -26,10 +28,16 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from harness.cli_adapter import check_adapter, new_adapter
-from harness.config import HarnessConfig, load_config, split_names
+from harness.config import (
+    HarnessConfig,
+    environment_problem,
+    load_config,
+    split_names,
+)
 from harness.errors import ConfigError, HarnessError
 from harness.report.allure import NODE_HINT, allure_command
 from harness.report.parity import ParityTable
+from harness.report.redact import Redactor
 from harness.report.signoff import (
     DEFAULT_SCENARIOS,
     Outcome,
@@ -73,8 +81,26 @@ class RichUI:
 
 
 def usage(message: str) -> typer.Exit:
-    err.print(f"im-harness: {message}", markup=False, soft_wrap=True)
+    """Print the one usage-error line (secrets masked) and return the exit to raise."""
+    err.print(f"im-harness: {Redactor.from_environ().line(message)}", markup=False,
+              soft_wrap=True)
     return typer.Exit(EXIT_USAGE)
+
+
+def check_paths(paths: list[str] | None) -> None:
+    """Every --path is an existing file or folder, or an importable package (pytest --pyargs)."""
+    import importlib.util
+
+    for entry in paths or []:
+        if Path(entry).exists():
+            continue
+        spec = None
+        if entry.replace(".", "").replace("_", "").isalnum():
+            with contextlib.suppress(ImportError, ValueError):
+                spec = importlib.util.find_spec(entry)
+        if spec is None:
+            raise ConfigError(f"--path {entry!r} is neither a file or folder nor an importable "
+                              "package; pass an existing path or a package name")
 
 
 def _config(path: str | None, endpoints: str, *, pytest: bool = False
@@ -82,7 +108,9 @@ def _config(path: str | None, endpoints: str, *, pytest: bool = False
     """The validated configuration and the two endpoints (old first); ConfigError otherwise."""
     from harness.session import HarnessSession
 
-    if pytest and (problem := plugins_missing()):
+    if pytest and (missing := plugins_missing()):
+        raise ConfigError(missing)
+    if problem := environment_problem():
         raise ConfigError(problem)
     config = load_config(path)
     names = split_names(endpoints)
@@ -156,21 +184,42 @@ HtmlOpt = Annotated[bool, typer.Option(
 def _check_load(run_time: str, budgets_dir: str | None, scenarios: list[str],
                 locustfile: str | None = None) -> None:
     import re
+    from importlib.resources import as_file
 
+    from harness.load.budgets import load_budgets
     from harness.load.scenarios import scenarios as registered
+    from harness.report.signoff import MAX_LOAD_S, run_seconds
 
     if not re.fullmatch(r"\d+(\.\d+)?[smh]?", run_time.strip()):
         raise ConfigError(f"--load-time {run_time!r} is not a duration; use e.g. 5s or 2m")
+    if not 0 < run_seconds(run_time) <= MAX_LOAD_S:
+        raise ConfigError(f"--load-time {run_time!r} must be more than 0s and at most "
+                          f"{MAX_LOAD_S // 3600:g}h; use e.g. 5s or 2m")
     if locustfile and not Path(locustfile).is_file():
         raise ConfigError(f"--locustfile {locustfile!r} does not exist; pass an existing file")
+    if budgets_dir and not Path(budgets_dir).is_dir():
+        raise ConfigError(f"--budgets-dir {budgets_dir!r} is not a folder; pass a folder of "
+                          "<scenario>.toml budgets")
     for name in scenarios:
         # A team's locustfile may register scenarios of its own: locust judges those names.
         if not locustfile and name not in registered:
             raise ConfigError(f"--scenario {name!r} is not a load scenario; known: "
                               f"{', '.join(registered)}")
-        if budgets_dir and not (Path(budgets_dir) / f"{name}.toml").is_file():
-            raise ConfigError(f"--budgets-dir {budgets_dir!r} has no {name}.toml; add it or "
-                              "point at another folder")
+        if budgets_dir:
+            file = Path(budgets_dir) / f"{name}.toml"
+            if not file.is_file():
+                raise ConfigError(f"--budgets-dir {budgets_dir!r} has no {name}.toml; add it "
+                                  "or point at another folder")
+            load_budgets(file)  # a bad value is a usage error now, not after the run
+        elif name in registered and (packaged := registered.get(name).budgets) is not None:
+            if packaged.is_file():
+                with as_file(packaged) as file:
+                    load_budgets(file)
+
+
+def _check_reports(reports: Path) -> None:
+    if reports.exists() and not reports.is_dir():
+        raise ConfigError(f"--reports {str(reports)!r} is a file, not a folder; pass a folder")
 
 
 def _node_hint(html: bool) -> None:
@@ -198,6 +247,8 @@ def signoff(
     scenarios = list(scenario or DEFAULT_SCENARIOS) if load else []
     try:
         hc, names = _config(config, endpoints, pytest=True)
+        check_paths(path)
+        _check_reports(reports)
         _check_load(load_time, budgets_dir, scenarios, locustfile)
     except ConfigError as exc:
         raise usage(str(exc)) from None
@@ -208,6 +259,8 @@ def signoff(
     _node_hint(html)
     ui = RichUI(console)
     suite = run_suites(plan, ui)
+    if suite.usage:
+        raise usage(suite.problem)
     loads = [run_load(plan, name, ui) for name in scenarios]
     outcome = finish(plan, suite, loads, ui, hc, load_expected=load)
     _show(outcome, reports)
@@ -226,16 +279,20 @@ def run(
     """The suites only, on old and new: parity table and Allure report (no verdict)."""
     try:
         hc, names = _config(config, endpoints, pytest=True)
+        check_paths(path)
+        _check_reports(reports)
     except ConfigError as exc:
         raise usage(str(exc)) from None
     plan = Plan(reports=reports, config=config, endpoints=names, paths=list(path or []),
                 keyword=keyword, scenarios=(), html=html)
     reports.mkdir(parents=True, exist_ok=True)
-    # A sign-off's verdict would now point at a report it no longer describes.
-    (reports / "verdict.json").unlink(missing_ok=True)
     _node_hint(html)
     ui = RichUI(console)
     suite = run_suites(plan, ui)
+    if suite.usage:
+        raise usage(suite.problem)
+    # A sign-off's verdict would now point at a report it no longer describes.
+    (reports / "verdict.json").unlink(missing_ok=True)
     outcome = finish(plan, suite, [], ui, hc, load_expected=False, decide_verdict=False)
     _show(outcome, reports, verdict=False)
     if suite.problem:
@@ -258,7 +315,10 @@ def load_cmd(
     """Load scenarios on one endpoint against their budgets (exit 1 when one is over)."""
     scenarios = list(scenario or DEFAULT_SCENARIOS)
     try:
+        if problem := environment_problem():
+            raise ConfigError(problem)
         load_config(config).selected([endpoint])
+        _check_reports(reports)
         _check_load(load_time, budgets_dir, scenarios, locustfile)
     except ConfigError as exc:
         raise usage(str(exc)) from None
@@ -269,6 +329,8 @@ def load_cmd(
     ok = True
     for name in scenarios:
         outcome, _, text = run_load(plan, name, ui, endpoint=endpoint)
+        if outcome.usage:
+            raise usage(outcome.problem)
         if outcome.summary is None:
             ok = False
             console.print(f"load {name}: NO RESULT: {outcome.problem}", markup=False)
@@ -291,6 +353,13 @@ def serve(
     from harness.session import HarnessSession
 
     try:
+        if problem := environment_problem():
+            raise ConfigError(problem)
+        if env_file.is_dir():
+            raise ConfigError(f"--env-file {str(env_file)!r} is a folder; pass a file path")
+        if env_file.parent.exists() and not env_file.parent.is_dir():
+            raise ConfigError(f"--env-file {str(env_file)!r}: {str(env_file.parent)!r} is not "
+                              "a folder; pass a path in an existing folder")
         hc = load_config(config)
         names = [n for n in hc.selected() if hc.endpoints[n].embedded]
         if not names:
@@ -383,9 +452,27 @@ app.command("check-adapter")(check_adapter)
 app.command("new-adapter")(new_adapter)
 
 
-def main() -> None:
-    """Console-script entry point."""
-    app()
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: a usage error is one line and exit 2, as everywhere."""
+    try:
+        code = app(args=argv, standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx else "im-harness --help")
+        sys.exit(EXIT_USAGE)
+    except click.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx else "im-harness"
+        hint = f"; see {command} --help" if exc.ctx else ""
+        err.print(f"{command}: {Redactor.from_environ().line(exc.format_message())}{hint}",
+                  markup=False, soft_wrap=True)
+        sys.exit(EXIT_USAGE)
+    except click.ClickException as exc:
+        err.print(f"im-harness: {Redactor.from_environ().line(exc.format_message())}",
+                  markup=False, soft_wrap=True)
+        sys.exit(EXIT_USAGE)
+    except click.exceptions.Abort:
+        err.print("im-harness: aborted", markup=False)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -81,6 +81,9 @@ def new_adapter(
     from harness.scaffold import write_package
 
     try:
+        if dir.exists() and not dir.is_dir():
+            raise ConfigError(f"new-adapter --dir {str(dir)!r} is a file, not a folder; pass "
+                              "a folder")
         target = write_package(name, dir)
     except ConfigError as exc:
         raise cli.usage(str(exc)) from None

@@ -10,6 +10,7 @@ app and `new` speaks v2 on a pro-tier app with recall and read receipts switched
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -19,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -31,10 +33,13 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from harness.contract import EndpointSettings, TierLimits
+from harness.contract import Capability, EndpointSettings, TierLimits
 from harness.errors import ConfigError
 from harness.registry import adapters
+from harness.report.redact import MASK, looks_env_name, looks_secret, mask_urls, shown
 from harness.servers import NoOptions, ServerRequest, servers
+from harness.timing import ENV_VAR as TIME_SCALE_ENV
+from harness.timing import scale_problem
 
 CONFIG_FILE = "im-harness.toml"
 PYPROJECT_TABLE = ("tool", "im-harness")
@@ -43,15 +48,10 @@ DEFECT_RATE_ENV = "IM_HARNESS_DEFECT_RATE"
 DEFAULT_ADAPTER = "reference"  # the adapter of an endpoint that names none
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_SECRET_WORDS = ("key", "token", "password", "passwd", "secret", "credential", "credentials")
 _LIMIT_NAMES = tuple(f.name for f in fields(TierLimits))
+_FEATURES = tuple(c.value for c in Capability)
 
-
-def looks_secret(key: str) -> bool:
-    """Whether a config key names a secret that must come from the environment instead."""
-    words = re.split(r"[_\-.]", key.lower())
-    return bool(words) and words[-1] in _SECRET_WORDS
+__all__ = ["looks_secret"]  # re-exported: the one definition lives in harness.report.redact
 
 
 def suggested_env_var(endpoint: str, key: str) -> str:
@@ -64,7 +64,7 @@ def _custom(kind: str, message: str, **ctx: Any) -> PydanticCustomError:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Timeouts(_Model):
@@ -91,8 +91,22 @@ class TierProfile(_Model):
                     f"is not a tier limit; known: {', '.join(_LIMIT_NAMES)}",
                     key=key,
                 )
-            if number < 0:
-                raise _custom("negative_limit", f"= {number!r} must be >= 0", key=key)
+            if not math.isfinite(number) or number < 0:
+                raise _custom(
+                    "negative_limit", f"= {number!r} must be a finite number >= 0", key=key
+                )
+        return value
+
+    @field_validator("features")
+    @classmethod
+    def _known_features(cls, value: dict[str, bool]) -> dict[str, bool]:
+        for key in value:
+            if key not in _FEATURES:
+                raise _custom(
+                    "unknown_feature",
+                    f"is not a capability or feature; known: {', '.join(_FEATURES)}",
+                    key=key,
+                )
         return value
 
 
@@ -121,11 +135,13 @@ class EndpointConfig(_Model):
             if key == "secrets_env":
                 continue
             if key.endswith("_env") and len(key) > 4:
-                if not isinstance(value, str) or not _ENV_NAME_RE.match(value):
+                if not isinstance(value, str) or not looks_env_name(value):
+                    # The value is not shown: a secret pasted here by mistake is common.
                     raise _custom(
                         "bad_env_name",
-                        f"= {value!r} is not an environment variable name; "
-                        f"write e.g. {key} = \"{key[:-4].upper()}\"",
+                        f"= {MASK} is not an environment variable name (the value is not "
+                        f"shown: it may be a secret); write e.g. {key} = "
+                        f"\"{key[:-4].upper()}\" and export that variable",
                         key=key,
                     )
                 refs[key[:-4]] = value
@@ -143,6 +159,26 @@ class EndpointConfig(_Model):
                         )
         out["secrets_env"] = refs
         return out
+
+    @field_validator("url")
+    @classmethod
+    def _usable_url(cls, value: str) -> str:
+        if not value:
+            return value
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError as exc:
+            raise _custom("bad_url", f"= {shown(value)} is not a usable URL ({exc}); write "
+                          "e.g. ws://127.0.0.1:8765") from None
+        if not parts.scheme or not parts.hostname:
+            raise _custom("bad_url", f"= {shown(value)} is not a URL with a scheme and a host; "
+                          "write e.g. ws://127.0.0.1:8765")
+        if "@" in parts.netloc:
+            raise _custom("bad_url", f"= {shown(value)} carries credentials (user:password@); "
+                          "remove them from the url and name a variable with a *_env key "
+                          "instead, e.g. token_env = \"NEW_TOKEN\"")
+        return value
 
     @field_validator("tier", mode="before")
     @classmethod
@@ -197,6 +233,14 @@ class HarnessOptions(_Model):
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         return split_names(value) if isinstance(value, str) else value
+
+    @field_validator("endpoints")
+    @classmethod
+    def _some_endpoints(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not value:
+            raise _custom("no_endpoints", "= [] names no endpoint; name at least one, or remove "
+                          "the key to run every configured endpoint")
+        return value
 
     @field_validator("defects")
     @classmethod
@@ -338,8 +382,17 @@ def find_config(rootdir: Path) -> tuple[Path, tuple[str, ...]] | None:
     pyproject = rootdir / "pyproject.toml"
     if pyproject.is_file():
         data = read_toml(pyproject)
-        if PYPROJECT_TABLE[1] in data.get(PYPROJECT_TABLE[0], {}):
+        tool = data.get(PYPROJECT_TABLE[0], {})
+        if not isinstance(tool, Mapping):
+            return None
+        if PYPROJECT_TABLE[1] in tool:
             return pyproject, PYPROJECT_TABLE
+        for name in tool:
+            if re.sub(r"[-_. ]", "", str(name).lower()) == "imharness":
+                raise ConfigError(
+                    f"{pyproject}: [tool.{name}] is not read; the harness reads "
+                    f"[tool.{PYPROJECT_TABLE[1]}]; rename the table"
+                )
     return None
 
 
@@ -363,6 +416,12 @@ def load_config(
         data = data.get(part, {})
     if not isinstance(data, dict):
         raise ConfigError(f"{file.name}: [{'.'.join(table)}] must be a table")
+    if not data:
+        where = f"its [{'.'.join(table)}] table" if table else "the file"
+        raise ConfigError(
+            f"{file}: {where} is empty, so nothing is configured; add [endpoints.NAME] "
+            "tables (see examples/im-harness.toml), or remove it to run the embedded defaults"
+        )
     return parse_config(data, source=file.name, prefix=table)
 
 
@@ -443,11 +502,9 @@ def options_problem(
             )
         if err["type"] == "missing":
             return f"{path} is required by {owner}; known options: {known}"
-        shown = "<hidden>" if looks_secret(str(err["loc"][-1]) if err["loc"] else "") else (
-            _short(err.get("input"))
-        )
+        value = shown(err.get("input"), str(err["loc"][-1]) if err["loc"] else "")
         msg = str(err["msg"])
-        return f"{path} = {shown}: {msg[:1].lower() + msg[1:]}; fix the value"
+        return f"{path} = {value}: {msg[:1].lower() + msg[1:]}; fix the value"
     return None
 
 
@@ -456,6 +513,8 @@ def read_toml(file: Path, *, missing: str | None = None) -> dict[str, Any]:
     try:
         with file.open("rb") as fh:
             return tomllib.load(fh)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(_not_utf8(file, exc)) from None
     except tomllib.TOMLDecodeError as exc:
         text = str(exc)
         m = re.search(r"\(at line (\d+), column (\d+)\)", text)
@@ -474,6 +533,68 @@ def read_toml(file: Path, *, missing: str | None = None) -> dict[str, Any]:
         raise ConfigError(missing) from None
     except OSError as exc:
         raise ConfigError(f"{file}: cannot read: {exc.strerror}") from None
+
+
+def _not_utf8(file: Path, exc: UnicodeDecodeError) -> str:
+    raw = file.read_bytes()
+    start = raw.find(exc.object[exc.start:exc.end]) if isinstance(exc.object, bytes) else -1
+    if start < 0:
+        start = 0
+    line = raw.count(b"\n", 0, start) + 1
+    column = start - (raw.rfind(b"\n", 0, start) + 1) + 1
+    byte = raw[start:start + 1].hex() if start < len(raw) else "?"
+    return (f"{file}:{line}:{column}: not UTF-8 (byte 0x{byte}); TOML files must be UTF-8: "
+            "save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)")
+
+
+def environment_problem(environ: Mapping[str, str] | None = None) -> str | None:
+    """What is wrong with the harness's environment variables, or None (checked up front)."""
+    env = os.environ if environ is None else environ
+    if TIME_SCALE_ENV in env:
+        problem = scale_problem(env[TIME_SCALE_ENV])
+        if problem:
+            return problem
+    raw = env.get(DEFECTS_ENV, "").strip()
+    if raw:
+        problem = defect_problem(split_names(raw))
+        if problem:
+            return f"{DEFECTS_ENV} {problem}; unset it or fix the name"
+    raw = env.get(DEFECT_RATE_ENV, "").strip()
+    if raw:
+        return rate_problem(DEFECT_RATE_ENV + "=", raw)
+    return None
+
+
+def number_problem(label: str, raw: object, *, low: float | None = None,
+                   high: float | None = None, low_open: bool = False,
+                   example: str = "1") -> str | None:
+    """`label` + ` 'x' must be a finite number > 0; e.g. 1` when `raw` is out of range, else None.
+
+    `label` ends with `=` for an environment variable, else it is an option name.
+    """
+    bounds = []
+    if low is not None:
+        bounds.append(f"{'>' if low_open else '>='} {low:g}")
+    if high is not None:
+        bounds.append(f"<= {high:g}")
+    rng = f"a finite number {' and '.join(bounds)}".rstrip()
+    sep = "" if label.endswith("=") else " "
+    try:
+        value = float(raw) if not isinstance(raw, bool) else math.nan  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        value = math.nan
+    ok = math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if ok:
+        return None
+    return f"{label}{sep}{shown(raw)} must be {rng}; e.g. {example}"
+
+
+def rate_problem(label: str, raw: object) -> str | None:
+    return number_problem(label, raw, low=0, high=1, example="0.05")
 
 
 # --- one-line errors ----------------------------------------------------------------------
@@ -506,18 +627,45 @@ def explain(exc: ValidationError, *, source: str, prefix: tuple[str, ...] = ()) 
             f"remove it, write {secret}_env = \"{var}\" in [{'.'.join([*prefix, *loc[:2]])}] "
             f"and export {var}"
         )
-    if kind in { "bad_env_name", "unknown_limit", "negative_limit",
-                "unknown_defect", "no_endpoints", "bad_endpoint_name"}:
+    if kind in {"bad_env_name", "unknown_limit", "negative_limit", "unknown_feature",
+                "unknown_defect", "no_endpoints", "bad_endpoint_name", "bad_url"}:
         return f"{source}: {path} {msg}"
     value = err.get("input")
-    shown = "<hidden>" if any(looks_secret(p) for p in loc) else _short(value)
+    hidden = any(looks_secret(p) for p in loc)
+    text = MASK if hidden else shown(value, loc[-1] if loc else "")
     msg = msg[:1].lower() + msg[1:]
-    return f"{source}: {path} = {shown}: {msg}; fix the value"
+    fix = "fix the value"
+    if kind.startswith(("finite_number", "greater_than", "less_than", "float_", "int_")):
+        rng = _range(tuple(err["loc"]))
+        if rng:
+            fix = f"use {rng}"
+    return mask_urls(f"{source}: {path} = {text}: {msg}; {fix}")
 
 
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+def _range(loc: tuple[Any, ...]) -> str:
+    """`a finite number > 0` for the numeric field a validation `loc` points at ('' if none)."""
+    model: Any = HarnessConfig
+    info = None
+    for part in loc:
+        model = _unwrap(model)
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            info = model.model_fields.get(str(part))
+            if info is None:
+                return ""
+            model = info.annotation
+        elif typing.get_origin(model) is dict:
+            model = typing.get_args(model)[1]
+        else:
+            return ""
+    bounds = []
+    for meta in info.metadata if info is not None else ():
+        for attr, sign in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
+            bound = getattr(meta, attr, None)
+            if bound is not None:
+                bounds.append(f"{sign} {bound:g}")
+    if not bounds and "limits" in [str(p) for p in loc]:
+        bounds.append(">= 0")  # a tier limit (checked again, with its name, by TierProfile)
+    return "a finite number" + (" " + " and ".join(bounds) if bounds else "")
 
 
 def _known_keys(loc: tuple[Any, ...]) -> str:

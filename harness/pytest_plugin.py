@@ -23,13 +23,17 @@ from harness.config import (
     DEFECTS_ENV,
     HarnessConfig,
     defect_problem,
+    environment_problem,
     load_config,
+    number_problem,
+    rate_problem,
     split_names,
 )
 from harness.contract import Capability, EndpointInfo, GroupInfo
 from harness.errors import ConfigError
 from harness.faults.timeline import FaultTimeline
 from harness.properties import register_profiles
+from harness.report.redact import Redactor
 from harness.timing import ENV_VAR as TIME_SCALE_ENV
 from harness.timing import units as _units
 from harness.timing import until as _until
@@ -97,26 +101,20 @@ def _defect_rate(hc: HarnessConfig) -> float | None:
     raw = os.environ.get(DEFECT_RATE_ENV, "").strip()
     if not raw:
         return hc.harness.defect_rate
-    try:
-        rate = float(raw)
-    except ValueError:
-        rate = -1.0
-    if not 0 <= rate <= 1:
-        raise ConfigError(f"{DEFECT_RATE_ENV}={raw!r} must be a number from 0 to 1, e.g. 0.05")
-    return rate
+    problem = rate_problem(f"{DEFECT_RATE_ENV}=", raw)
+    if problem:
+        raise ConfigError(problem)
+    return float(raw)
 
 
 def _time_scale(config: pytest.Config, hc: HarnessConfig) -> float | None:
     raw = config.getoption("im_time_scale")
     if raw is None:
         return hc.harness.time_scale
-    try:
-        scale = float(raw)
-    except ValueError:
-        scale = -1.0
-    if not scale > 0:
-        raise ConfigError(f"--im-time-scale {raw!r} must be a number > 0, e.g. 1 or 2.5")
-    return scale
+    problem = number_problem("--im-time-scale", raw, low=0, low_open=True, example="1 or 2.5")
+    if problem:
+        raise ConfigError(problem)
+    return float(raw)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -125,8 +123,14 @@ def pytest_configure(config: pytest.Config) -> None:
     from harness.session import HarnessSession
 
     try:
+        problem = environment_problem()
+        if problem:
+            raise ConfigError(problem)
         hc = load_config(config.getoption("im_config"), rootdir=config.rootpath)
         wanted = config.getoption("im_endpoints")
+        if wanted is not None and not split_names(wanted):
+            raise ConfigError(f"--im-endpoints {wanted!r} names no endpoint; pass e.g. old,new "
+                              f"(configured: {', '.join(hc.endpoints)}), or leave it out for all")
         names = hc.selected(split_names(wanted) if wanted is not None else None)
         session = HarnessSession(
             hc, names, defects=_defects(config, hc), defect_rate=_defect_rate(hc)
@@ -134,7 +138,7 @@ def pytest_configure(config: pytest.Config) -> None:
         session.resolve()  # a missing credential variable is a usage error, now
         scale = _time_scale(config, hc)
     except ConfigError as exc:
-        raise pytest.UsageError(str(exc)) from None
+        raise pytest.UsageError(Redactor.from_environ().line(str(exc))) from None
     config.stash[CONFIG_KEY] = hc
     config.stash[SESSION_KEY] = session
     config.stash[_SAVED_SCALE_KEY] = os.environ.get(TIME_SCALE_ENV)
@@ -163,7 +167,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     try:
         hs.probe(hs.external())
     except ConfigError as exc:
-        raise pytest.UsageError(str(exc)) from None
+        raise pytest.UsageError(Redactor.from_environ().line(str(exc))) from None
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -18,16 +19,25 @@ ENV_VAR = "IM_HARNESS_TIME_SCALE"
 BASE_UNIT_S = 1.0
 
 
-def unit() -> float:
-    """Seconds in one time unit: 1 s times the scale from the environment."""
-    raw = os.environ.get(ENV_VAR, "1")
+def scale_problem(raw: str) -> str | None:
+    """Why `IM_HARNESS_TIME_SCALE=raw` is unusable (one line), or None."""
     try:
         scale = float(raw)
     except ValueError:
-        raise ConfigError(f"{ENV_VAR}={raw!r} is not a number; set it to e.g. 1 or 2.5") from None
-    if scale <= 0:
-        raise ConfigError(f"{ENV_VAR}={raw!r} must be > 0; set it to e.g. 1 or 2.5")
-    return BASE_UNIT_S * scale
+        scale = math.nan
+    if math.isfinite(scale) and scale > 0:
+        return None
+    return (f"{ENV_VAR}={raw!r} must be a finite number > 0; set it to e.g. 1 or 2.5, "
+            "or unset it")
+
+
+def unit() -> float:
+    """Seconds in one time unit: 1 s times the scale from the environment."""
+    raw = os.environ.get(ENV_VAR, "1")
+    problem = scale_problem(raw)
+    if problem:
+        raise ConfigError(problem)
+    return BASE_UNIT_S * float(raw)
 
 
 def units(n: float) -> float:

@@ -137,12 +137,12 @@ def test_missing_explicit_file(tmp_path: Path) -> None:
         (
             {"endpoints": {"new": {"timeouts": {"send": -1}}}},
             "im-harness.toml: endpoints.new.timeouts.send = -1: input should be greater than 0; "
-            "fix the value",
+            "use a finite number > 0",
         ),
         (
             {"harness": {"time_scale": "fast"}},
             "im-harness.toml: harness.time_scale = 'fast': input should be a valid number, "
-            "unable to parse string as a number; fix the value",
+            "unable to parse string as a number; use a finite number > 0",
         ),
         (
             {"endpoints": {}},
@@ -160,8 +160,9 @@ def test_missing_explicit_file(tmp_path: Path) -> None:
         ),
         (
             {"endpoints": {"new": {"app_key_env": "my key"}}},
-            "im-harness.toml: endpoints.new.app_key_env = 'my key' is not an environment "
-            'variable name; write e.g. app_key_env = "APP_KEY"',
+            "im-harness.toml: endpoints.new.app_key_env = <redacted> is not an environment "
+            "variable name (the value is not shown: it may be a secret); write e.g. "
+            'app_key_env = "APP_KEY" and export that variable',
         ),
     ],
 )

@@ -47,7 +47,7 @@ def test_budget_with_no_samples_fails() -> None:
         ({"max_los": 0}, "'max_los' is not a budget key"),
         ({"send_ack": {"p99": 3}}, "[send_ack] 'p99' is not a budget key"),
         ({"max_error_ratio": 2}, "must be a ratio between 0 and 1"),
-        ({"max_loss": "none"}, "max_loss = 'none' must be a number >= 0"),
+        ({"max_loss": "none"}, "max_loss = 'none' must be a finite number >= 0"),
     ],
 )
 def test_bad_budget_keys_are_one_line_errors(data: dict[str, object], needle: str) -> None:

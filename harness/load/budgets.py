@@ -14,6 +14,7 @@ Example budgets file::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,8 +134,10 @@ def parse_budgets(data: Mapping[str, Any], *, source: str) -> Budgets:
 
 
 def _number(source: str, key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ConfigError(f"budgets {source}: {key} = {value!r} must be a number >= 0")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+            math.isfinite(value) and value >= 0):
+        raise ConfigError(f"budgets {source}: {key} = {value!r} must be a finite number >= 0; "
+                          "fix the value")
     return float(value)
 
 

@@ -16,6 +16,7 @@ through the `im_harness.scenarios` entry-point group (pointing at a `Scenario`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from importlib.resources import files
@@ -170,8 +171,10 @@ def load_params(path: str | Path | None) -> dict[str, dict[str, float]]:
                     f"scenarios {file}: [{name}] {key!r} is not a parameter; known: "
                     f"{', '.join(params[name])}"
                 )
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise ConfigError(f"scenarios {file}: [{name}] {key} = {value!r} must be >= 0")
+            if isinstance(value, bool) or not isinstance(value, int | float) or not (
+                    math.isfinite(value) and value >= 0):
+                raise ConfigError(f"scenarios {file}: [{name}] {key} = {value!r} must be a "
+                                  "finite number >= 0; fix the value")
             params[name][key] = float(value)
     return params
 

@@ -40,7 +40,14 @@ from locust.env import Environment
 from locust.exception import StopUser
 from locust.runners import MasterRunner, Runner, WorkerRunner
 
-from harness.config import load_config
+from harness.config import (
+    defect_problem,
+    environment_problem,
+    load_config,
+    number_problem,
+    rate_problem,
+    split_names,
+)
 from harness.contract import EndpointSettings
 from harness.errors import ConfigError, HarnessError
 from harness.load.bridge import AsyncBridge
@@ -49,6 +56,7 @@ from harness.load.driver import LoadRun
 from harness.load.metrics import LoadMetrics
 from harness.load.scenarios import ScenarioPlan, plan, scenarios
 from harness.load.summary import EXIT_USAGE, build_summary, render, write_summary
+from harness.report.redact import Redactor
 from harness.session import HarnessSession, describe, open_endpoint
 from harness.timing import units
 
@@ -89,7 +97,7 @@ def _runner(environment: Environment) -> Runner:
 
 
 def _usage_error(message: str) -> NoReturn:
-    sys.stderr.write(f"im-harness load: {message}\n")
+    sys.stderr.write(f"im-harness load: {Redactor.from_environ().line(message)}\n")
     sys.stderr.flush()
     if STATE.session is not None:
         STATE.session.stop()
@@ -120,6 +128,31 @@ def _options(parser: Any) -> None:
                        help="JSON summary path (default reports/load-<scenario>-<endpoint>.json)")
 
 
+def check_options(opts: Any) -> None:
+    """Every im-harness option of this locust run, checked before anything starts."""
+    problem = environment_problem()
+    checks: tuple[tuple[str, float | None, float, float | None, bool, str], ...] = (
+        ("--rate", opts.rate, 0, None, True, "1 or 0.5"),
+        ("--group-size", opts.group_size, 2, None, False, "5"),
+        ("--cohort", opts.cohort, 0, 100, False, "20"),
+        ("--drain-s", opts.drain_s, 0, 3600, False, "3"),
+    )
+    for option, value, low, high, low_open, example in checks:
+        if problem is None and value is not None:
+            problem = number_problem(option, value, low=low, high=high, low_open=low_open,
+                                     example=example)
+    if problem is None and opts.im_defect_rate is not None:
+        problem = rate_problem("--im-defect-rate", opts.im_defect_rate)
+    if problem is None and opts.im_defect.strip():
+        found = defect_problem(split_names(opts.im_defect))
+        if found:
+            problem = f"--im-defect {found}"
+    if problem is None and not opts.endpoint.strip():
+        problem = "--endpoint '' names no endpoint; pass e.g. new"
+    if problem:
+        raise ConfigError(problem)
+
+
 @events.init.add_listener
 def _init(environment: Environment, runner: Any, **_kw: Any) -> None:
     runner.register_message("im_setup", _on_setup)
@@ -131,6 +164,7 @@ def _init(environment: Environment, runner: Any, **_kw: Any) -> None:
         return  # the master sends everything else a worker needs
     opts = _opts(environment)
     try:
+        check_options(opts)
         chosen = plan(opts.scenario, opts.scenarios_file or None,
                       {"rate": opts.rate, "group_size": opts.group_size, "cohort": opts.cohort})
         STATE.budgets = _budgets(opts.budgets, chosen)

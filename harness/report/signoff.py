@@ -44,6 +44,12 @@ DEFAULT_SCENARIOS = ("chat", "group")
 # package cannot set from an ini file of its own (pytest reads the ini of the run's rootdir).
 ASYNCIO_INI = ["-o", "asyncio_mode=auto", "-o", "asyncio_default_fixture_loop_scope=function"]
 PYTEST_EXIT = {2: "interrupted", 3: "internal error", 4: "usage error", 5: "no tests collected"}
+PYTEST_USAGE = 4
+LOCUST_USAGE = 2  # the locustfile's usage-error exit (harness.load.summary.EXIT_USAGE)
+MAX_LOAD_S = 24 * 3600  # the longest --load-time: beyond that it is a typo, not a plan
+LOAD_FILES = (".json", ".json.tmp", "_stats.csv", "_stats_history.csv", "_failures.csv",
+              "_exceptions.csv", ".html")  # what one locust run writes under its stem
+STAGING = ".new-"  # prefix of what a step writes before it is swapped in
 
 
 class UI(Protocol):
@@ -109,6 +115,7 @@ class SuiteRun:
     exit_code: int | None
     problem: str = ""
     seconds: float = 0.0
+    usage: bool = False  # pytest refused its input (exit 4): nothing ran, earlier results kept
 
 
 @dataclass
@@ -173,49 +180,103 @@ def count_tests(plan: Plan) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def _staged(path: Path) -> Path:
+    return path.with_name(STAGING + path.name)
+
+
+def _swap_in(staged: Path, final: Path) -> None:
+    """Replace `final` (file or folder) with `staged`, which the run has just produced."""
+    if final.is_dir() and not final.is_symlink():
+        shutil.rmtree(final)
+    else:
+        final.unlink(missing_ok=True)
+    if staged.exists():
+        os.replace(staged, final)
+
+
+def _discard(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _usage_line(text: str, tool: str) -> str:
+    """The line a tool's usage error printed (pytest's `ERROR: ...`, the locustfile's)."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in lines:
+        if ln.startswith(("ERROR:", "im-harness load:", "error:")):
+            return ln.removeprefix("ERROR:").strip()
+    return f"{tool} refused its input: {lines[-1] if lines else 'no output'}"
+
+
 def run_suites(plan: Plan, ui: UI) -> SuiteRun:
-    """pytest with --alluredir and --junitxml; the progress bar follows the result files."""
-    shutil.rmtree(plan.results_dir, ignore_errors=True)
-    plan.results_dir.mkdir(parents=True, exist_ok=True)
-    plan.junit.unlink(missing_ok=True)
+    """pytest with --alluredir and --junitxml; the progress bar follows the result files.
+
+    pytest writes beside the previous results; they are swapped in only when pytest ran (a
+    usage error, exit 4, leaves the previous results, log and JUnit file as they were).
+    """
+    results, junit, log = (_staged(plan.results_dir), _staged(plan.junit),
+                           _staged(plan.reports / "suites.log"))
+    for path in (results, junit, log):
+        _discard(path)
+    results.mkdir(parents=True, exist_ok=True)
     total = count_tests(plan)
-    cmd = [*_pytest_base(plan), "--alluredir", str(plan.results_dir),
-           "--junitxml", str(plan.junit), "-q", "-rfE"]
-    log = plan.reports / "suites.log"
+    cmd = [*_pytest_base(plan), "--alluredir", str(results),
+           "--junitxml", str(junit), "-q", "-rfE"]
     started = time.monotonic()
-    with log.open("w", encoding="utf-8") as out, ui.task(
-        f"suites on {' and '.join(plan.endpoints)}", total
-    ) as advance:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            while proc.poll() is None:
-                advance(len(list(plan.results_dir.glob("*-result.json"))))
-                if time.monotonic() - started > plan.suite_timeout_s:
-                    proc.kill()
-                    proc.wait()
-                    return SuiteRun(None, f"the suites did not finish within "
-                                    f"{plan.suite_timeout_s:g}s and were stopped; see {log}",
-                                    time.monotonic() - started)
-                time.sleep(0.25)
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        advance(len(list(plan.results_dir.glob("*-result.json"))))
-    code = proc.returncode
-    seconds = time.monotonic() - started
+    try:
+        with log.open("w", encoding="utf-8") as out, ui.task(
+            f"suites on {' and '.join(plan.endpoints)}", total
+        ) as advance:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+            timed_out = False
+            try:
+                while proc.poll() is None:
+                    advance(len(list(results.glob("*-result.json"))))
+                    if time.monotonic() - started > plan.suite_timeout_s:
+                        proc.kill()
+                        proc.wait()
+                        timed_out = True
+                        break
+                    time.sleep(0.25)
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
+            advance(len(list(results.glob("*-result.json"))))
+        code = proc.returncode
+        seconds = time.monotonic() - started
+        text = log.read_text(errors="replace")
+        if code == PYTEST_USAGE and not timed_out:
+            return SuiteRun(code, _usage_line(text, "pytest"), seconds, usage=True)
+    except BaseException:
+        for path in (results, junit, log):
+            _discard(path)
+        raise
+    for staged, final in ((results, plan.results_dir), (junit, plan.junit),
+                          (log, plan.reports / "suites.log")):
+        _swap_in(staged, final)
+    log = plan.reports / "suites.log"
+    if timed_out:
+        return SuiteRun(None, f"the suites did not finish within {plan.suite_timeout_s:g}s "
+                        f"and were stopped; see {log}", seconds)
     if code in (0, 1):
         return SuiteRun(code, "", seconds)
     what = PYTEST_EXIT.get(code, f"exit code {code}" if code >= 0 else f"signal {-code}")
-    tail = " | ".join(ln.strip() for ln in log.read_text(errors="replace").splitlines()[-3:])
+    tail = " | ".join(ln.strip() for ln in text.splitlines()[-3:])
     return SuiteRun(code, f"the suites did not complete ({what}): {tail}", seconds)
 
 
-def _seconds(run_time: str) -> float:
+def run_seconds(run_time: str) -> float:
+    """`5s`, `2m`, `1h`, `30` -> seconds (60 for what is not a duration)."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", run_time)
     if not match:
         return 60.0
     return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+
+
+_seconds = run_seconds
 
 
 def run_load(plan: Plan, scenario: str, ui: UI, endpoint: str | None = None
@@ -226,9 +287,12 @@ def run_load(plan: Plan, scenario: str, ui: UI, endpoint: str | None = None
     name = endpoint or plan.endpoints[1]
     folder = plan.reports / "load"
     folder.mkdir(parents=True, exist_ok=True)
-    stem = folder / f"{scenario}-{name}"
+    final = folder / f"{scenario}-{name}"
+    # locust writes beside the previous run's files; they are replaced only by a run's own
+    stem = _staged(final)
+    for old in folder.glob(f"{stem.name}*"):
+        _discard(old)
     summary_path = Path(f"{stem}.json")
-    summary_path.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "locust", "-f", str(plan.locustfile or default_locustfile()),
            "--headless",
            "-u", str(plan.users), "-r", str(plan.users), "-t", plan.run_time,
@@ -256,15 +320,27 @@ def run_load(plan: Plan, scenario: str, ui: UI, endpoint: str | None = None
             raise
         text = proc.stdout.read() if proc.stdout else ""
         advance(limit)
-    history = Path(f"{stem}_stats_history.csv")
     stopped_ms = int(time.time() * 1000)
+    produced = sorted(folder.glob(f"{stem.name}*"))
     try:
         summary = json.loads(summary_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
+        summary = None
+    history = Path(f"{final}_stats_history.csv")
+    if summary is None:
+        for path in produced:
+            _discard(path)
+        if proc.returncode == LOCUST_USAGE:
+            return (LoadOutcome(scenario, None, _usage_line(text, "locust"), started_ms,
+                                stopped_ms, usage=True), history, text)
         last = " | ".join(ln.strip() for ln in text.strip().splitlines()[-2:])
         problem = f"locust exited {proc.returncode} without a summary: {last or 'no output'}"
         return (LoadOutcome(scenario, None, problem, started_ms, stopped_ms), history,
                 text)
+    for suffix in LOAD_FILES:
+        _discard(folder / f"{final.name}{suffix}")  # the previous run's, also those not rewritten
+    for path in produced:
+        os.replace(path, folder / (final.name + path.name[len(stem.name):]))
     return LoadOutcome(scenario, summary, "", started_ms, stopped_ms), history, text
 
 

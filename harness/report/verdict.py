@@ -26,6 +26,7 @@ class LoadOutcome:
     problem: str = ""
     started_ms: int = 0  # wall clock of the run, for the report's timeline
     stopped_ms: int = 0
+    usage: bool = False  # locust refused its input (exit 2): no run, earlier results kept
 
     @property
     def ok(self) -> bool:
