@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -456,24 +455,21 @@ def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: a usage error is one line and exit 2, as everywhere."""
     try:
         code = app(args=argv, standalone_mode=False)
-    except click.exceptions.NoArgsIsHelpError as exc:
-        click.echo(exc.ctx.get_help() if exc.ctx else "im-harness --help")
-        sys.exit(EXIT_USAGE)
-    except click.UsageError as exc:
-        command = exc.ctx.command_path if exc.ctx else "im-harness"
-        hint = f"; see {command} --help" if exc.ctx else ""
-        err.print(f"{command}: {Redactor.from_environ().line(exc.format_message())}{hint}",
-                  markup=False, soft_wrap=True)
-        sys.exit(EXIT_USAGE)
-    except click.ClickException as exc:
-        err.print(f"im-harness: {Redactor.from_environ().line(exc.format_message())}",
-                  markup=False, soft_wrap=True)
-        sys.exit(EXIT_USAGE)
-    except click.exceptions.Abort:
+    except typer.Abort:
         err.print("im-harness: aborted", markup=False)
         sys.exit(130)
+    except typer.TyperException as exc:  # typer's (vendored click's) usage errors
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            console.print(ctx.get_help(), markup=False)
+            sys.exit(EXIT_USAGE)
+        command = ctx.command_path if ctx is not None else "im-harness"
+        hint = f"; see {command} --help" if ctx is not None else ""
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        err.print(f"{command}: {Redactor.from_environ().line(message)}{hint}", markup=False,
+                  soft_wrap=True)
+        sys.exit(EXIT_USAGE)
     sys.exit(code if isinstance(code, int) else 0)
-
 
 if __name__ == "__main__":
     main()

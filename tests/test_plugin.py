@@ -34,9 +34,9 @@ async def test_send(im_user, endpoint, oracle):
     [msg] = await bob.recorder.wait_messages(1)
     assert (msg.body, msg.message_id, msg.sender) == ("hello", ack.message_id, alice.id)
     oracle.assert_ok()
-    if endpoint.service is not None:
+    if endpoint.server is not None:
         with open(os.environ["PIDS_FILE"], "a") as fh:
-            fh.write(f"{endpoint.service.pid}\\n")
+            fh.write(f"{endpoint.server.pid}\\n")
 
 
 @pytest.mark.capability("recall")
@@ -224,7 +224,7 @@ tier = { name = "free", limits = { max_connections = 5, recall_window_s = 2 } }
             r"IM_TEST_UNSET_VAR, which is not set.*",
         ),
         ("", ("--im-endpoints", "nwe"), r"defaults: endpoint 'nwe' is not configured; .*"),
-        ("", ("--im-time-scale", "-2"), r"--im-time-scale '-2' must be a number > 0.*"),
+        ("", ("--im-time-scale", "-2"), r"--im-time-scale '-2' must be a finite number > 0.*"),
     ],
     ids=["adapter", "toml", "key", "secret", "env", "endpoints", "time-scale"],
 )

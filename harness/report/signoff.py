@@ -249,6 +249,8 @@ def run_suites(plan: Plan, ui: UI) -> SuiteRun:
         seconds = time.monotonic() - started
         text = log.read_text(errors="replace")
         if code == PYTEST_USAGE and not timed_out:
+            for path in (results, junit, log):
+                _discard(path)
             return SuiteRun(code, _usage_line(text, "pytest"), seconds, usage=True)
     except BaseException:
         for path in (results, junit, log):
