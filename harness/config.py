@@ -459,6 +459,12 @@ def endpoint_problem(name: str, ep: EndpointConfig, where: str) -> str | None:
     )
     if problem:
         return problem
+    protocols = getattr(adapter_cls, "protocols", None)  # optional: the versions it speaks
+    if protocols and ep.protocol and ep.protocol not in protocols:
+        return (
+            f"{where}.protocol = {ep.protocol!r} is not a protocol of adapter {ep.adapter!r}; "
+            f"known: {', '.join(protocols)}"
+        )
     if ep.url:
         if ep.server:
             return (

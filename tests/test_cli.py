@@ -211,6 +211,38 @@ def test_doctor_reaches_the_endpoints_and_prints_capabilities(tmp_path):
     assert "max_message_bytes=" in done.stdout
 
 
+def test_doctor_says_a_wrong_admin_token_is_refused_not_tier_admin(tmp_path):
+    with ReferenceService(tmp_path / "db.sqlite") as service:
+        app = service.create_app_sync(tier="pro")
+        (tmp_path / "im-harness.toml").write_text(f'''
+[endpoints.old]
+url = "{service.ws_url}"
+app_id = "{app.app_id}"
+app_key_env = "T_KEY"
+[endpoints.old.options]
+api_url = "{service.api_url}"
+[endpoints.new]
+url = "{service.ws_url}"
+app_id = "{app.app_id}"
+app_key_env = "T_KEY"
+admin_token_env = "T_ADMIN"
+[endpoints.new.options]
+api_url = "{service.api_url}"
+''')
+        wrong = "wrong-admin-token-4242"
+        done = cli("doctor", cwd=tmp_path, timeout=60,
+                   env={"T_KEY": app.app_key, "T_ADMIN": wrong})
+        right = cli("doctor", cwd=tmp_path, timeout=60,
+                    env={"T_KEY": app.app_key, "T_ADMIN": service.admin_token})
+    assert done.returncode == 2, done.stdout + done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert "endpoint 'new': its admin secret is refused" in line
+    assert "tier_admin" not in done.stdout
+    assert wrong not in done.stdout + done.stderr
+    assert right.returncode == 0, right.stdout + right.stderr
+    assert "tier_admin" in right.stdout
+
+
 def test_serve_prints_urls_keeps_keys_in_a_private_file_and_stops_on_ctrl_c(tmp_path):
     import signal
     import subprocess
