@@ -80,10 +80,15 @@ class RichUI:
         self.out.print(text)
 
 
-def usage(message: str) -> typer.Exit:
-    """Print the one usage-error line (secrets masked) and return the exit to raise."""
+def say(message: str) -> None:
+    """One line on stderr, `im-harness: ...`, with anything secret-looking masked."""
     err.print(f"im-harness: {Redactor.from_environ().line(message)}", markup=False,
               soft_wrap=True)
+
+
+def usage(message: str) -> typer.Exit:
+    """Print the one usage-error line (secrets masked) and return the exit to raise."""
+    say(message)
     return typer.Exit(EXIT_USAGE)
 
 
@@ -146,7 +151,7 @@ def _show(outcome: Outcome, reports: Path, verdict: bool = True) -> None:
     if outcome.report:
         console.print(f"report: {outcome.report}", markup=False)
     elif outcome.report_problem:
-        err.print(f"im-harness: no HTML report: {outcome.report_problem}", markup=False)
+        say(f"no HTML report: {outcome.report_problem}")
     if not verdict:
         return
     v = outcome.verdict
@@ -296,7 +301,7 @@ def run(
     outcome = finish(plan, suite, [], ui, hc, load_expected=False, decide_verdict=False)
     _show(outcome, reports, verdict=False)
     if suite.problem:
-        err.print(f"im-harness: {suite.problem}", markup=False, soft_wrap=True)
+        say(suite.problem)
     bad = any(o.bad for o in outcome.results.outcomes) or bool(suite.problem)
     raise typer.Exit(EXIT_NO_GO if bad or not outcome.results.outcomes else EXIT_GO)
 
@@ -372,7 +377,7 @@ def serve(
         with RichUI(console).task("starting the embedded servers", None):
             session.start()
     except HarnessError as exc:
-        err.print(f"im-harness: {exc}", markup=False)
+        say(str(exc))
         raise typer.Exit(EXIT_NO_GO) from None
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):  # also when started with SIGINT ignored
@@ -466,8 +471,7 @@ def doctor(config: ConfigOpt = None, endpoints: EndpointsOpt = "old,new") -> Non
         raise usage(str(exc)) from None
     except HarnessError as exc:
         session.stop()
-        err.print(f"im-harness: {Redactor.from_environ().line(str(exc))}", markup=False,
-                  soft_wrap=True)
+        say(str(exc))
         raise typer.Exit(EXIT_NO_GO) from None
     try:
         table = Table(title="Endpoints", title_justify="left")

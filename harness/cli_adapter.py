@@ -57,7 +57,7 @@ def check_adapter(
     except ConfigError as exc:
         raise cli.usage(str(exc)) from None
     except HarnessError as exc:
-        cli.err.print(f"im-harness: {exc}", markup=False, soft_wrap=True)
+        cli.say(str(exc))
         raise typer.Exit(EXIT_FAILED) from None
     cli.console.print(results_table(endpoint, results))
     failed = [r.clause for r in results if r.failed]

@@ -280,7 +280,8 @@ def _finish_local() -> dict[str, Any] | None:
     try:
         payload = bridge.run(run.finish(drain), timeout=3 * drain + units(10))
     except HarnessError as exc:
-        log.error("im-harness load: finishing the run failed: %s", exc)
+        log.error("im-harness load: finishing the run failed: %s",
+                  Redactor.from_environ().line(str(exc)))
         return None
     endpoint = run.endpoint
 
