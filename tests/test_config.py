@@ -330,3 +330,84 @@ def test_invalid_toml_at_end_of_file(tmp_path: Path) -> None:
     assert str(info.value) == (
         f"{path}:3:10: invalid TOML: Invalid value at the end of the file; fix the syntax there"
     )
+
+
+# --- bad input found before any work (issue: every bad input is one line) -------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        ({"harness": {"time_scale": float("inf")}},
+         "harness.time_scale = inf: input should be a finite number; use a finite number > 0"),
+        ({"harness": {"propagation_delay": float("nan")}},
+         "harness.propagation_delay = nan: input should be a finite number; use a finite "
+         "number >= 0"),
+        ({"endpoints": {"new": {"tier": {"limits": {"recall_window_s": float("inf")}}}}},
+         "use a finite number >= 0"),
+        ({"endpoints": {"new": {"tier": {"features": {"recal": True}}}}},
+         "endpoints.new.tier.features.recal is not a capability or feature; known: chat"),
+        ({"endpoints": {"new": {"url": "ws://u:pw-hunter2@127.0.0.1:1"}}},
+         "endpoints.new.url = 'ws://<redacted>@127.0.0.1:1' carries credentials"),
+        ({"endpoints": {"new": {"url": "127.0.0.1:8765"}}}, "is not a URL with a scheme"),
+        ({"endpoints": [{"app_key": "pw-hunter2"}]}, "endpoints = an array of 1 item(s)"),
+        ({"harness": {"endpoints": []}}, "harness.endpoints = [] names no endpoint"),
+    ],
+)
+def test_numbers_features_urls_and_tables_are_refused_without_echoing_secrets(
+    data: dict, words: str
+) -> None:
+    message = error_of(data)
+    assert words in message
+    assert "hunter2" not in message
+
+
+def test_a_non_utf8_file_names_the_line_and_the_byte(tmp_path: Path) -> None:
+    file = tmp_path / "im-harness.toml"
+    file.write_bytes(b"[harness]\n# caf\xe9\nseed = 1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(file)
+    assert str(info.value) == (
+        f"{file}:2:6: not UTF-8 (byte 0xe9); TOML files must be UTF-8: save the file as "
+        "UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+    )
+
+
+def test_an_empty_file_or_a_misspelt_pyproject_table_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "im-harness.toml").write_text("# nothing yet\n")
+    with pytest.raises(ConfigError, match="the file is empty, so nothing is configured"):
+        load_config(rootdir=tmp_path)
+    (tmp_path / "im-harness.toml").unlink()
+    (tmp_path / "pyproject.toml").write_text("[tool.im_harness.harness]\nseed = 1\n")
+    with pytest.raises(ConfigError, match=r"\[tool\.im_harness\] is not read; the harness "
+                                          r"reads \[tool\.im-harness\]"):
+        load_config(rootdir=tmp_path)
+    (tmp_path / "pyproject.toml").write_text("[tool.other]\nx = 1\n")
+    assert load_config(rootdir=tmp_path).source == "defaults"
+
+
+@pytest.mark.parametrize(
+    ("environ", "words"),
+    [
+        ({"IM_HARNESS_TIME_SCALE": "abc"}, "IM_HARNESS_TIME_SCALE='abc' must be a finite"),
+        ({"IM_HARNESS_TIME_SCALE": "inf"}, "IM_HARNESS_TIME_SCALE='inf' must be a finite"),
+        ({"IM_HARNESS_DEFECTS": "nope"}, "IM_HARNESS_DEFECTS = 'nope' is not a seeded defect"),
+        ({"IM_HARNESS_DEFECT_RATE": "nan"},
+         "IM_HARNESS_DEFECT_RATE='nan' must be a finite number >= 0 and <= 1; e.g. 0.05"),
+    ],
+)
+def test_environment_variables_are_checked_up_front(environ: dict, words: str) -> None:
+    from harness.config import environment_problem
+
+    assert words in (environment_problem(environ) or "")
+    assert environment_problem({"IM_HARNESS_TIME_SCALE": "2.5"}) is None
+
+
+def test_number_problem_says_the_range() -> None:
+    from harness.config import number_problem
+
+    assert number_problem("--rate", -1.0, low=0, low_open=True) == (
+        "--rate -1.0 must be a finite number > 0; e.g. 1")
+    assert number_problem("--cohort", 50, low=0, high=100) is None
+    assert "a finite number >= 0 and <= 100" in (number_problem("--cohort", "inf", low=0,
+                                                                high=100) or "")

@@ -267,3 +267,15 @@ def test_allure_is_found_by_variable_then_node_modules_up_from_the_cwd(tmp_path,
         "/usr/bin/node", str((other / "node_modules" / ".bin" / "allure").resolve())]
     monkeypatch.setenv(allure_module.ALLURE_ENV, str(tmp_path / "missing"))
     assert allure_module.allure_command(team) is None
+
+
+def test_the_one_masking_helper_masks_urls_secret_keys_and_pasted_secrets() -> None:
+    from harness.report.redact import Redactor, mask_urls, shown
+
+    assert mask_urls("at wss://bob:pw-9f@h.example:443/x") == f"at wss://{MASK}@h.example:443/x"
+    assert shown("pw-9f", "app_key") == MASK
+    assert shown("sk_live 9f", "app_key_env") == MASK  # not a variable name: maybe a secret
+    assert shown("NEW_APP_KEY", "app_key_env") == "'NEW_APP_KEY'"
+    assert shown({"app_key": "pw-9f"}) == "a table of 1 key(s)"
+    redactor = Redactor.from_environ({"NEW_APP_KEY": "pw-9f-long", "HOME": "/root"})
+    assert redactor.line("key pw-9f-long\nin /root") == f"key {MASK} in /root"
