@@ -495,9 +495,12 @@ def endpoint_problem(name: str, ep: EndpointConfig, where: str) -> str | None:
 def options_problem(
     model: type[BaseModel], options: Mapping[str, Any], where: str, owner: str
 ) -> str | None:
-    """`options` checked against `owner`'s pydantic model: one line naming key, value and fix."""
+    """`options` checked against `owner`'s pydantic model: one line naming key, value and fix.
+
+    Numbers must be finite whatever the model says: an `inf` timeout is never what was meant.
+    """
     try:
-        model.model_validate(dict(options))
+        validated = model.model_validate(dict(options))
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         path = ".".join([where, *(str(p) for p in err["loc"])])
@@ -511,6 +514,9 @@ def options_problem(
         value = shown(err.get("input"), str(err["loc"][-1]) if err["loc"] else "")
         msg = str(err["msg"])
         return f"{path} = {value}: {msg[:1].lower() + msg[1:]}; fix the value"
+    for key, value in validated.model_dump().items():
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{where}.{key} = {value!r} is not a finite number; use a finite number"
     return None
 
 

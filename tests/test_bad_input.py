@@ -99,6 +99,9 @@ ROWS = [
                    '[endpoints.new]\nurl = "ws://127.0.0.1:9"\n')),
     Row("config-adapter-option", "cli", ("doctor",), "is not an option of adapter 'reference'",
         files=toml("[endpoints.old.options]\nping_intervl_s = 1\n")),
+    Row("config-adapter-option-inf", "cli", ("doctor",),
+        "options.ping_interval_s = inf is not a finite number",
+        files=toml("[endpoints.old.options]\nping_interval_s = inf\n")),
     # --- [tool.im-harness] in pyproject.toml
     Row("pyproject-misspelt-table", "cli", ("doctor",), "[tool.im_harness] is not read",
         files={"pyproject.toml": "[tool.im_harness]\n[tool.im_harness.harness]\nseed = 1\n"}),
@@ -178,12 +181,14 @@ ROWS = [
     Row("pytest-config-missing", "pytest", ("--im-config", "missing.toml"), "no such file",
         PYTEST_USAGE),
     # --- locust options (the packaged locustfile)
-    Row("locust-rate-negative", "locust", ("--rate", "-1"), "--rate -1.0 must be a finite "
+    Row("locust-rate-negative", "locust", ("--rate", "-1"), "--rate '-1' must be a finite "
         "number > 0"),
-    Row("locust-drain-negative", "locust", ("--drain-s", "-1"), "--drain-s -1.0 must be"),
-    Row("locust-drain-inf", "locust", ("--drain-s", "inf"), "--drain-s inf must be"),
-    Row("locust-cohort", "locust", ("--cohort", "101"), "--cohort 101.0 must be"),
-    Row("locust-defect-rate", "locust", ("--im-defect-rate", "2"), "--im-defect-rate 2.0"),
+    Row("locust-drain-negative", "locust", ("--drain-s", "-1"), "--drain-s '-1' must be"),
+    Row("locust-drain-inf", "locust", ("--drain-s", "inf"), "--drain-s 'inf' must be"),
+    Row("locust-cohort", "locust", ("--cohort", "101"),
+        "--cohort '101' must be a finite number >= 0 and <= 100"),
+    Row("locust-defect-rate", "locust", ("--im-defect-rate", "2"), "--im-defect-rate '2' must be"),
+    Row("locust-rate-word", "locust", ("--rate", "fast"), "--rate 'fast' must be a finite"),
     Row("locust-scenario", "locust", ("--scenario", "nope"), "'nope' is not a scenario"),
     Row("locust-budgets-nan", "locust", ("--budgets", "b/chat.toml"),
         "send_ack.p99_ms = nan must be a finite number >= 0", files=budgets(
@@ -195,6 +200,9 @@ ROWS = [
     # --- python -m harness.load compare
     Row("compare-endpoints", "load", ("compare", "--endpoints", "old"),
         "must name two endpoints"),
+    Row("compare-users-word", "load", ("compare", "--users", "many"),
+        "argument --users: invalid int value: 'many'"),
+    Row("compare-users-0", "load", ("compare", "--users", "0"), "--users 0 must be >= 1"),
 ]
 
 

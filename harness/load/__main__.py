@@ -19,6 +19,7 @@ import sys
 from collections.abc import Sequence
 from importlib.resources import files
 from pathlib import Path
+from typing import NoReturn
 
 from harness.load.summary import EXIT_OK, EXIT_OVER_BUDGET, EXIT_USAGE, compare_table
 
@@ -28,8 +29,16 @@ def default_locustfile() -> Path:
     return Path(str(files("harness.loadtests").joinpath("locustfile.py")))
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and exit 2), as everywhere in the harness."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: {message}; see {self.prog} --help\n")
+        sys.exit(EXIT_USAGE)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m harness.load")
+    parser = _Parser(prog="python -m harness.load")
     sub = parser.add_subparsers(dest="command", required=True)
     cmp = sub.add_parser("compare", help="run a scenario against two endpoints, side by side")
     cmp.add_argument("--scenario", default="chat")
@@ -58,6 +67,12 @@ def list_scenarios() -> int:
 
 
 def compare(args: argparse.Namespace) -> int:
+    if args.users < 1 or args.processes < 0 or (args.spawn_rate is not None and not (
+            0 < args.spawn_rate < float("inf"))):
+        print(f"im-harness load: --users {args.users} must be >= 1, --processes "
+              f"{args.processes} >= 0 and --spawn-rate {args.spawn_rate} a finite number > 0",
+              file=sys.stderr)
+        return EXIT_USAGE
     names = [n.strip() for n in args.endpoints.split(",") if n.strip()]
     if len(names) != 2:
         print(f"im-harness load: --endpoints {args.endpoints!r} must name two endpoints, "

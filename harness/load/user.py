@@ -45,7 +45,6 @@ from harness.config import (
     environment_problem,
     load_config,
     number_problem,
-    rate_problem,
     split_names,
 )
 from harness.contract import EndpointSettings
@@ -117,12 +116,14 @@ def _options(parser: Any) -> None:
     group.add_argument("--im-config", default="", help="im-harness.toml (default: found in cwd)")
     group.add_argument("--im-defect", default="",
                        help="comma list of seeded defects for the embedded service")
-    group.add_argument("--im-defect-rate", type=float, default=None,
+    # Numbers are read as text and checked by check_options: one line naming the range, not
+    # argparse's usage block.
+    group.add_argument("--im-defect-rate", default=None,
                        help="fraction of operations a seeded defect hits (embedded service)")
-    group.add_argument("--rate", type=float, default=None, help="override each scenario's rate")
-    group.add_argument("--group-size", type=float, default=None, help="override group_size")
-    group.add_argument("--cohort", type=float, default=None, help="canary: percent on v2")
-    group.add_argument("--drain-s", type=float, default=None,
+    group.add_argument("--rate", default=None, help="override each scenario's rate")
+    group.add_argument("--group-size", default=None, help="override group_size")
+    group.add_argument("--cohort", default=None, help="canary: percent on v2")
+    group.add_argument("--drain-s", default=None,
                        help="seconds to wait for in-flight messages at the end (default 3 units)")
     group.add_argument("--summary-json", default="",
                        help="JSON summary path (default reports/load-<scenario>-<endpoint>.json)")
@@ -131,18 +132,20 @@ def _options(parser: Any) -> None:
 def check_options(opts: Any) -> None:
     """Every im-harness option of this locust run, checked before anything starts."""
     problem = environment_problem()
-    checks: tuple[tuple[str, float | None, float, float | None, bool, str], ...] = (
-        ("--rate", opts.rate, 0, None, True, "1 or 0.5"),
-        ("--group-size", opts.group_size, 2, None, False, "5"),
-        ("--cohort", opts.cohort, 0, 100, False, "20"),
-        ("--drain-s", opts.drain_s, 0, 3600, False, "3"),
+    checks: tuple[tuple[str, str, float, float | None, bool, str], ...] = (
+        ("--rate", "rate", 0, None, True, "1 or 0.5"),
+        ("--group-size", "group_size", 2, None, False, "5"),
+        ("--cohort", "cohort", 0, 100, False, "20"),
+        ("--drain-s", "drain_s", 0, 3600, False, "3"),
+        ("--im-defect-rate", "im_defect_rate", 0, 1, False, "0.05"),
     )
-    for option, value, low, high, low_open, example in checks:
+    for option, attr, low, high, low_open, example in checks:
+        value = getattr(opts, attr)
         if problem is None and value is not None:
             problem = number_problem(option, value, low=low, high=high, low_open=low_open,
                                      example=example)
-    if problem is None and opts.im_defect_rate is not None:
-        problem = rate_problem("--im-defect-rate", opts.im_defect_rate)
+            if problem is None:
+                setattr(opts, attr, float(value))
     if problem is None and opts.im_defect.strip():
         found = defect_problem(split_names(opts.im_defect))
         if found:
