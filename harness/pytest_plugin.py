@@ -32,7 +32,7 @@ from harness.config import (
 from harness.contract import Capability, EndpointInfo, GroupInfo
 from harness.errors import ConfigError
 from harness.faults.timeline import FaultTimeline
-from harness.properties import register_profiles
+from harness.properties import PROFILE_ENV, profile_name, register_profiles
 from harness.report.redact import Redactor
 from harness.timing import ENV_VAR as TIME_SCALE_ENV
 from harness.timing import units as _units
@@ -126,6 +126,8 @@ def pytest_configure(config: pytest.Config) -> None:
         problem = environment_problem()
         if problem:
             raise ConfigError(problem)
+        if os.environ.get(PROFILE_ENV, "").strip():
+            profile_name()  # an unknown IM_HARNESS_PROFILE, now rather than in a property test
         hc = load_config(config.getoption("im_config"), rootdir=config.rootpath)
         wanted = config.getoption("im_endpoints")
         if wanted is not None and not split_names(wanted):

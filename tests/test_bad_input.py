@@ -122,6 +122,8 @@ ROWS = [
         env={"IM_HARNESS_DEFECTS": "nope"}),
     Row("env-defect-rate-nan-pytest", "pytest", (), "IM_HARNESS_DEFECT_RATE='nan' must be a "
         "finite number >= 0 and <= 1", PYTEST_USAGE, env={"IM_HARNESS_DEFECT_RATE": "nan"}),
+    Row("env-profile-pytest", "pytest", (), "IM_HARNESS_PROFILE='nope' is not a registered "
+        "hypothesis profile", PYTEST_USAGE, env={"IM_HARNESS_PROFILE": "nope"}),
     Row("env-time-scale-locust", "locust", (), "IM_HARNESS_TIME_SCALE='0'",
         env={"IM_HARNESS_TIME_SCALE": "0"}),
     # --- im-harness flags
@@ -154,6 +156,12 @@ ROWS = [
         "max_loss = -1 must be a finite number >= 0", files=budgets("max_loss = -1\n")),
     Row("load-budgets-latin1", "cli", ("load", "--scenario", "chat", "--budgets-dir", "b"),
         "not UTF-8", files={"b/chat.toml": LATIN1}),
+    # locust itself refuses (its locustfile has no user for chat): the staged files are dropped
+    Row("load-locust-refuses", "cli", ("load", "--scenario", "chat", "--load-time", "1s",
+                                       "--locustfile", "mine.py"),
+        "the locustfile has no IMUser subclass for 'chat'", files={"mine.py": (
+            "from harness.load.user import IMUser\n\n\nclass Mine(IMUser):\n"
+            "    scenario = 'group'\n")}),
     Row("load-time-2d", "cli", ("load", "--load-time", "48h"), "at most 24h"),
     Row("doctor-config-missing", "cli", ("doctor", "--config", "missing.toml"), "no such file"),
     Row("doctor-endpoint-unknown", "cli", ("doctor", "--endpoints", "old,staging"),

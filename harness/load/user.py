@@ -179,15 +179,17 @@ def _init(environment: Environment, runner: Any, **_kw: Any) -> None:
             )
         config = load_config(opts.im_config or None)
         defects = [d.strip() for d in opts.im_defect.split(",") if d.strip()] or None
-        STATE.session = HarnessSession(config, [opts.endpoint], defects=defects,
-                                       defect_rate=opts.im_defect_rate).start()
+        session = HarnessSession(config, [opts.endpoint], defects=defects,
+                                 defect_rate=opts.im_defect_rate)
+        session.resolve()  # an unset secret variable: before anything starts
+        classes = expand(environment.user_classes, chosen.weights, chosen.weights)
+        if not classes:
+            raise ConfigError(f"the locustfile has no IMUser subclass for {chosen.label!r}; "
+                              "subclass harness.load.user.IMUser in it")
+        STATE.session = session.start()  # validation is done: only now start a server
     except HarnessError as exc:
         _usage_error(str(exc))
-    environment.user_classes = expand(environment.user_classes, chosen.weights,
-                                      chosen.weights)
-    if not environment.user_classes:
-        _usage_error(f"the locustfile has no IMUser subclass for {chosen.label!r}; "
-                     "subclass harness.load.user.IMUser in it")
+    environment.user_classes = classes
     assert STATE.session is not None  # _usage_error exits otherwise
     settings = STATE.session.settings(opts.endpoint)
     drain = opts.drain_s if opts.drain_s is not None else units(3)
