@@ -97,7 +97,7 @@ def check_paths(paths: list[str] | None) -> None:
     import importlib.util
 
     for entry in paths or []:
-        if Path(entry).exists():
+        if Path(entry.split("::", 1)[0]).exists():  # a file, folder or test id (file::test)
             continue
         spec = None
         if entry.replace(".", "").replace("_", "").isalnum():

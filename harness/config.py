@@ -157,6 +157,14 @@ class EndpointConfig(_Model):
                         raise _custom(
                             "literal_secret", "", key=f"{table}.{key}", secret=str(key)
                         )
+        for secret, var in refs.items():
+            if not isinstance(var, str) or not looks_env_name(var):
+                raise _custom(
+                    "bad_env_name",
+                    f"= {MASK} is not an environment variable name (the value is not shown: "
+                    f"it may be a secret); write e.g. {secret}_env = \"{secret.upper()}\"",
+                    key=f"secrets_env.{secret}",
+                )
         out["secrets_env"] = refs
         return out
 

@@ -86,6 +86,9 @@ ROWS = [
         files=toml('[endpoints.old]\nurl = "ws://127.0.0.1:99999"\n')),
     Row("config-secret-in-env-key", "cli", ("doctor",), "is not an environment variable name",
         files=toml(f'[endpoints.old]\napp_key_env = "{SECRET}"\n')),
+    Row("config-secret-in-secrets-env", "cli", ("doctor",), "secrets_env.app_key = <redacted>",
+        files=toml(f'[endpoints.old]\nurl = "ws://127.0.0.1:9"\n'
+                   f'secrets_env = {{ app_key = "{SECRET}" }}\n')),
     Row("config-literal-secret", "cli", ("doctor",), "looks like a literal secret",
         files=toml(f'[endpoints.old]\napp_key = "{SECRET}"\n')),
     Row("config-endpoints-array", "cli", ("doctor",), "endpoints = an array of 1 item(s)",
