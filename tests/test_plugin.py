@@ -34,9 +34,9 @@ async def test_send(im_user, endpoint, oracle):
     [msg] = await bob.recorder.wait_messages(1)
     assert (msg.body, msg.message_id, msg.sender) == ("hello", ack.message_id, alice.id)
     oracle.assert_ok()
-    if endpoint.service is not None:
+    if endpoint.server is not None:
         with open(os.environ["PIDS_FILE"], "a") as fh:
-            fh.write(f"{endpoint.service.pid}\\n")
+            fh.write(f"{endpoint.server.pid}\\n")
 
 
 @pytest.mark.capability("recall")

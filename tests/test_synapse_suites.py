@@ -38,6 +38,8 @@ LIMITATION = re.compile(
 INTERRUPTED = """
 import os, signal
 
+pytestmark = pytest.mark.slow
+
 def test_interrupted(im_session):
     with open("servers.txt", "w") as fh:
         for server in im_session.servers.values():
