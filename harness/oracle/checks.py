@@ -1,9 +1,10 @@
 """The checks that decide violations, each with the paragraph that explains it.
 
 Two sorts: incremental checks, which `Ingest` calls with the fact it was just fed and what it
-already knew (O(1) each, a history page O(its length + what it must contain)); and whole-run
-checks over everything fed so far (`losses`, `unexpected`, `group_order`, `recalls`), which
-`Oracle.violations()` runs, O(n log n) in all. None of them changes what the oracle keeps.
+already knew (O(1) each, a history page O(its length + what it must contain); happens-before
+is one of them, `causal_seen` for sightings and `causal_page`/`causal_pages` for history); and
+whole-run checks over everything fed so far (`losses`, `unexpected`, `group_order`, `recalls`),
+which `Oracle.violations()` runs, O(n log n) in all. None of them changes what the oracle keeps.
 """
 
 from __future__ import annotations
@@ -425,16 +426,18 @@ def unexpected(ing: Ingest, complete: bool) -> Iterable[Violation]:
 def group_order(ing: Ingest) -> Iterable[Violation]:
     """Two members of a conversation who saw the messages they share in different orders.
 
-    Judged on the orders of sighting alone, never on seqs (an adapter may number by arrival):
-    when one order fits every member's (their sightings chained together have no cycle), no
-    two members can disagree, in O(sightings); only otherwise are members compared in pairs.
+    Judged on the orders of sighting alone, never on the seqs members saw (an adapter may
+    number by arrival): when one order fits every member's, no two members can disagree. That
+    is tried first with each message's one acked seq as the order, then exactly (the members'
+    sightings chained together have no cycle), O(sightings) either way; only when no order
+    fits are members compared in pairs.
     """
     by_conv: dict[str, list[Participant]] = {}
     for part in ing._parts.values():
         for conv in part.order:
             by_conv.setdefault(conv, []).append(part)
     for conv, parts in by_conv.items():
-        if len(parts) < 2 or one_order_fits([p.order[conv] for p in parts]):
+        if len(parts) < 2 or one_order_fits(ing, [p.order[conv] for p in parts]):
             continue
         reported: set[frozenset[str]] = set()
         # members out of seq order first: where seqs are honest, one of them is the culprit
@@ -488,8 +491,20 @@ def in_seq_order(part: Participant, ids: list[str]) -> bool:
     return all(a < b for a, b in zip(seqs, seqs[1:], strict=False))
 
 
-def one_order_fits(orders: list[list[str]]) -> bool:
-    """Whether one total order contains every given order: their chains have no cycle (Kahn)."""
+def one_order_fits(ing: Ingest, orders: list[list[str]]) -> bool:
+    """Whether one total order contains every given order of message ids."""
+    info = ing._info  # one seq per message, whatever each member was shown
+    for ids in orders:
+        seqs = [info[mid][1] for mid in ids]
+        if not all(a < b for a, b in zip(seqs, seqs[1:], strict=False)):
+            break
+    else:
+        return True  # the acked seqs are such an order
+    return chains_acyclic(orders)
+
+
+def chains_acyclic(orders: list[list[str]]) -> bool:
+    """Whether the orders chained together have no cycle (Kahn): one order fits them all."""
     after: dict[str, list[str]] = {}
     waiting: dict[str, int] = {}  # id -> how many chain links still point at it
     for ids in orders:

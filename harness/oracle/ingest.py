@@ -2,8 +2,10 @@
 
 `Ingest` takes acks with their intended recipients, sends of unknown outcome, recalls, observed
 events and history pages, and keeps just enough to judge them: `observe()` is O(1) per event,
-`sent()` costs its recipients, a history page its length plus what it must contain. Where a fed
-fact can break a guarantee on its own, `checks` is asked right away and the violation kept.
+`sent()` costs its recipients (and, for a message already seen, what its receivers saw of the
+conversation since), a history page its length plus what it must contain plus one comparison
+per page of that conversation read before. Where a fed fact can break a guarantee on its own,
+`checks` is asked right away and the violation kept.
 
 Happens-before comes from the harness's own monotonic clock, never from the endpoint's seq: A
 happens before B when A's ack arrived before B's send was started into the same conversation
