@@ -63,9 +63,13 @@ class Store:
         self.max_batch = max_batch
         self.flush_delay_s = 0.0  # > 0 only for the ack_before_persist defect
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+        except BaseException:
+            self._db.close()
+            raise
         self._queue: deque[_Write] = deque()
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -147,6 +151,11 @@ class Store:
                         print(f"harness.reference: on_commit failed: {exc!r}", file=sys.stderr)
                 if not item.future.done():
                     item.future.set_result(None)
+
+    def abandon(self) -> None:
+        """Close a store that never started (its database proved unusable)."""
+        self._pool.shutdown(wait=False)
+        self._db.close()
 
     async def close(self) -> None:
         """Flush every queued write, stop the writer and close the database."""
