@@ -269,9 +269,12 @@ def _open_db(path: str, *, named: bool) -> tuple[Store, dict[str, list[tuple[obj
     flag, value = ("--db", path) if named else ("--db (a temporary file)", None)
     try:
         db = Store(path)
-    except (sqlite3.Error, OSError) as exc:
+    except (sqlite3.OperationalError, OSError) as exc:  # cannot open or write there
         raise UsageError(flag, value, f"SQLite cannot open it ({exc})",
                          "use a new file in a writable directory") from None
+    except sqlite3.Error as exc:  # opened, but not a database of ours
+        raise UsageError(flag, value, f"SQLite cannot use it ({exc})",
+                         "use a new path, or a file this service wrote before") from None
     try:
         return db, db.load()
     except sqlite3.Error as exc:

@@ -46,6 +46,26 @@ RECALL_MESSAGE = (
 )
 
 
+def _columns(db: sqlite3.Connection) -> dict[str, list[str]]:
+    names = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+    return {t: [c[1] for c in db.execute(f"PRAGMA table_info({t})")] for t in names}
+
+
+def _check_schema(db: sqlite3.Connection) -> None:
+    """`DatabaseError` when a table of ours exists with other columns (another program's file)."""
+    mem = sqlite3.connect(":memory:")
+    try:
+        mem.executescript(SCHEMA)
+        ours = _columns(mem)
+    finally:
+        mem.close()
+    for table, found in _columns(db).items():
+        if table in ours and found != ours[table]:
+            raise sqlite3.DatabaseError(
+                f"table {table} has columns ({', '.join(found)}), this service's has "
+                f"({', '.join(ours[table])})")
+
+
 @dataclass
 class _Write:
     ops: list[Op]
@@ -64,6 +84,7 @@ class Store:
         self.flush_delay_s = 0.0  # > 0 only for the ack_before_persist defect
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         try:
+            _check_schema(self._db)  # before anything is written to a file of another kind
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
