@@ -30,6 +30,9 @@ def _reject_constant(name: str) -> Any:
     raise JsonInputError(f"{name} is not JSON; send numbers as finite decimals")
 
 
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)  # one, not one per frame
+
+
 def depth(text: str) -> int:
     """How deeply arrays and objects nest in `text` (brackets inside strings not counted)."""
     brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
@@ -51,13 +54,14 @@ def loads(data: str | bytes, *, max_depth: int = MAX_DEPTH) -> Any:
         raise JsonInputError(f"nested deeper than {max_depth} levels of arrays/objects; "
                              f"flatten the data")
     try:
-        value = json.loads(text, parse_constant=_reject_constant)
+        value = _DECODER.decode(text)
     except JsonInputError:
         raise
     except RecursionError:  # unreachable with the depth test; kept as the last guard
         raise JsonInputError(f"nested deeper than {max_depth} levels of arrays/objects") from None
     except ValueError as err:  # JSONDecodeError, or an integer of more than 4300 digits
-        raise JsonInputError(f"not valid JSON ({_short(str(err))})") from None
+        why = "an integer of more than 4300 digits" if "digits" in str(err) else str(err)
+        raise JsonInputError(f"not valid JSON ({_short(why)})") from None
     if _SURROGATE_ESCAPE.search(text):
         try:
             json.dumps(value, ensure_ascii=False).encode("utf-8")
