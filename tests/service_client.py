@@ -172,6 +172,30 @@ class Api:
         return data["defects"]
 
 
+async def raw_http(svc: Svc, method: str, path: str, body: bytes = b"", *,
+                   authorization: bytes | None = None) -> tuple[int, bytes]:
+    """One HTTP/1.1 request written byte for byte (any header, any body): status and body."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", svc.api_port)
+    head = [f"{method} {path} HTTP/1.1".encode(), b"Host: 127.0.0.1",
+            b"Content-Type: application/json", f"Content-Length: {len(body)}".encode(),
+            b"Connection: close"]
+    if authorization is not None:
+        head.append(b"Authorization: " + authorization)
+    try:
+        writer.write(b"\r\n".join(head) + b"\r\n\r\n")
+        writer.write(body)
+        with contextlib.suppress(ConnectionError):  # a server may answer before reading all
+            await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), units(10))
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+    status_line, _, rest = raw.partition(b"\r\n")
+    _, _, payload = rest.partition(b"\r\n\r\n")
+    return int(status_line.split()[1]), payload
+
+
 _ids = itertools.count(1)
 
 
