@@ -15,7 +15,6 @@ import json
 import os
 import secrets
 import selectors
-import signal
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ import pytest
 from aiohttp import web
 from websockets.asyncio.client import ClientConnection, connect
 
+from harness import procs
 from harness.timing import units
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,11 +65,12 @@ class Svc:
             else ["--port", "0", "--api-port", "0"]
         env = {**os.environ, "IM_REF_ADMIN_TOKEN": self.admin_token}
         cmd = [sys.executable, "-m", "harness.reference", "--host", "127.0.0.1", "--db", self.db,
-               "--exit-with-parent",
                *ports, *self.args]
         with open(self.stderr_path, "a") as err:
-            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True,
-                                         env=env, cwd=ROOT)
+            # Through the harness's process registry: the service dies with this test run.
+            self.child = procs.spawn(cmd, name="reference service", stdout=subprocess.PIPE,
+                                     stderr=err, text=True, env=env, cwd=ROOT)
+        self.proc = self.child.proc
         assert self.proc.stdout is not None
         sel = selectors.DefaultSelector()
         sel.register(self.proc.stdout, selectors.EVENT_READ)
@@ -95,13 +96,7 @@ class Svc:
     def stop(self) -> int | None:
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=units(10))
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        self.child.stop()
         code = self.proc.returncode
         if self.proc.stdout:
             self.proc.stdout.close()
@@ -111,9 +106,7 @@ class Svc:
     def kill(self) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
+        self.child.kill()
         if self.proc.stdout:
             self.proc.stdout.close()
         self.proc = None

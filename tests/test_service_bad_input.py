@@ -427,7 +427,7 @@ def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, "IM_REF_ADMIN_TOKEN": ADMIN_SECRET, **env}
-    return subprocess.run([sys.executable, "-m", "harness.reference", "--exit-with-parent",
+    return subprocess.run([sys.executable, "-m", "harness.reference",
                            *args], cwd=ROOT, capture_output=True, text=True, env=full_env,
                           timeout=units(20), check=False)
 

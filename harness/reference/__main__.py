@@ -160,9 +160,6 @@ def _parser() -> _Parser:
     p.add_argument("--max-frame-bytes", default=str(1024 * 1024),
                    help=f"frames above this get too_large, {rng('max_frame_bytes')} (frames "
                         "above the hard cap of 4 MiB are closed with 1009)")
-    p.add_argument("--exit-with-parent", action="store_true",
-                   help="shut down when the process that started this one goes away (a crashed "
-                        "test run must not leave a service behind)")
     p.add_argument("--log-level", default="INFO", help=f"stderr log level: {', '.join(LOG_LEVELS)}")
     return p
 
@@ -283,16 +280,6 @@ def _open_db(path: str, *, named: bool) -> tuple[Store, dict[str, list[tuple[obj
                          "use a new path, or a file this service wrote before") from None
 
 
-async def _watch_parent(stop: asyncio.Event, parent: int, interval: float = 0.5) -> None:
-    """Set `stop` once this process is re-parented: its starter died (even by kill -9)."""
-    while not stop.is_set():
-        await asyncio.sleep(interval)
-        if os.getppid() != parent:
-            log = logging.getLogger("harness.reference")
-            log.warning("parent %d is gone; shutting down", parent)
-            stop.set()
-
-
 def _service(args: argparse.Namespace, db_path: str) -> Service:
     """The service on its database, state loaded; `UsageError` when the database is unusable."""
     store, rows = _open_db(db_path, named=args.db is not None)
@@ -343,11 +330,7 @@ async def _serve(args: argparse.Namespace, service: Service) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        watchdog = (asyncio.create_task(_watch_parent(stop, args.parent_pid))
-                    if args.exit_with_parent else None)
         await stop.wait()
-        if watchdog is not None:
-            watchdog.cancel()
         logging.getLogger("harness.reference").info("shutting down")
     finally:
         if ws_server is not None:
@@ -374,13 +357,11 @@ def _raise_fd_limit() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parent_pid = os.getppid()  # read first: the parent may die while we start
     try:
         args = _settings(argv)
     except UsageError as err:
         print(err.line(), file=sys.stderr)
         return 2
-    args.parent_pid = parent_pid
     logging.basicConfig(stream=sys.stderr, level=args.log_level,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.log_level != "DEBUG":
