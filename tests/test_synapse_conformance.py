@@ -16,13 +16,13 @@ ROOT = Path(__file__).resolve().parents[1]
 VERSIONS = {"old": "1.141.0", "new": "1.163.2"}
 
 
-@pytest.mark.parametrize("endpoint", ["old", "new"])
-def test_the_matrix_adapter_conforms(endpoint: str) -> None:
+@pytest.mark.parametrize("name", ["old", "new"])
+def test_the_matrix_adapter_conforms(name: str) -> None:
     try:
-        install_synapse(VERSIONS[endpoint])
+        install_synapse(VERSIONS[name])
     except HarnessError as exc:
         pytest.skip(f"Synapse cannot be installed here: {str(exc).splitlines()[0]}")
-    results = run_conformance(load_config(ROOT / "examples" / "synapse.toml"), endpoint)
+    results = run_conformance(load_config(ROOT / "examples" / "synapse.toml"), name)
     failed = {r.clause: r.reason for r in results if r.outcome is Outcome.FAIL}
     assert not failed, failed
     got = {r.clause: r for r in results}
