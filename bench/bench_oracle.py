@@ -3,19 +3,29 @@
 A four-member group where every message goes to the three others, fed the way a load run feeds
 it: `sent()` with the recipients, then one `observe()` per recipient, then `violations()`. The
 events are built before the clock starts, so only the oracle is timed, in process CPU seconds
-(the best round). With `--baseline FILE` another oracle module, one file such as the one before
-the package split (`git show f2bf19f~1:harness/oracle.py > /tmp/oracle_old.py`), is measured
-in the same run, alternating rounds, so both see the same machine load.
+(the best round). Scenarios: `plain` (no harness times, as before happens-before), `late`
+(each ack reaches the oracle after the recipients' events, as when fan-out beats the ack),
+and, for an oracle whose `sent()` takes `started_at`/`acked_at`, `timed` and `timed-late`
+(every send started after the previous ack: each pair of messages is happens-before).
 
-Usage: python bench/bench_oracle.py [--events 300000] [--rounds 5] [--baseline /tmp/old.py]
+A baseline is measured in the same run, alternating rounds, so both see the same machine load:
+`--baseline-ref main` reads `harness/oracle/` at that git ref into a temporary package;
+`--baseline FILE` loads one module file, such as the oracle before the package split
+(`git show f2bf19f~1:harness/oracle.py > /tmp/oracle_old.py`).
+
+Usage: python bench/bench_oracle.py [--events 300000] [--rounds 5] [--baseline-ref main]
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import importlib.util
+import inspect
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import ModuleType
@@ -40,29 +50,64 @@ def load(path: str) -> ModuleType:
     return module
 
 
-def script(events: int) -> list[tuple[str, Ack, tuple[str, ...], MessageReceived]]:
-    """Sends with their recipients and the event each recipient gets, built ahead of time."""
+def load_ref(ref: str, into: Path) -> ModuleType:
+    """`harness/oracle/` at git `ref` as a package of its own (its imports pointed at it)."""
+    names = subprocess.run(
+        ["git", "-C", str(ROOT), "ls-tree", "--name-only", f"{ref}:harness/oracle/"],
+        check=True, capture_output=True, text=True,
+    ).stdout.split()
+    package = into / "oracle_baseline_pkg"
+    package.mkdir()
+    for name in names:
+        if name.endswith(".py"):
+            text = subprocess.run(
+                ["git", "-C", str(ROOT), "show", f"{ref}:harness/oracle/{name}"],
+                check=True, capture_output=True, text=True,
+            ).stdout
+            text = text.replace("harness.oracle", "oracle_baseline_pkg")
+            (package / name).write_text(text)
+    sys.path.insert(0, str(into))
+    return importlib.import_module("oracle_baseline_pkg")
+
+
+Plan = list[tuple[str, Ack, tuple[str, ...], MessageReceived, float, float]]
+SCENARIOS = ("plain", "late", "timed", "timed-late")
+
+
+def script(events: int) -> Plan:
+    """Sends with their recipients, the event each gets and the send's times, built ahead."""
     out = []
     for n in range(1, events // (len(PEOPLE) - 1) + 1):
         sender = PEOPLE[n % len(PEOPLE)]
         ack = Ack(f"c{n}", f"m{n}", GROUP, n, 1000.0 + n)
         msg = Message(f"m{n}", GROUP, n, sender, f"c{n}", "text", f"hello {n}", 1000.0 + n, "g1")
         recipients = tuple(p for p in PEOPLE if p != sender)
-        out.append((sender, ack, recipients, MessageReceived(msg, offline=n % 7 == 0)))
+        event = MessageReceived(msg, offline=n % 7 == 0)
+        out.append((sender, ack, recipients, event, float(n), n + 0.5))
     return out
 
 
-def run(oracle_cls: Any, plan: list[tuple[str, Ack, tuple[str, ...], MessageReceived]]) -> dict:
+def run(oracle_cls: Any, plan: Plan, scenario: str) -> dict:
     oracle = oracle_cls()
     gc.collect()
     gc.freeze()  # the plan is long-lived: keep the collector from re-walking it
     observe, sent = oracle.observe, oracle.sent
+    timed, late = scenario.startswith("timed"), scenario.endswith("late")
     events = 0
     started = time.process_time()  # CPU time: the machine may be shared with other work
-    for sender, ack, recipients, event in plan:
-        sent(sender, ack, recipients=recipients)
+    for sender, ack, recipients, event, start, acked in plan:
+        if not late:
+            if timed:
+                sent(sender, ack, recipients=recipients, started_at=start, acked_at=acked)
+            else:
+                sent(sender, ack, recipients=recipients)
         for who in recipients:
             observe(who, event)
+        if late:
+            if timed:
+                sent(sender, ack, recipients=recipients, started_at=start, acked_at=acked)
+            else:
+                sent(sender, ack, recipients=recipients)
         events += len(recipients)
     feed = time.process_time() - started
     judged = time.process_time()
@@ -73,34 +118,53 @@ def run(oracle_cls: Any, plan: list[tuple[str, Ack, tuple[str, ...], MessageRece
     return {"events": events, "feed_s": feed, "judge_s": judge}
 
 
+def timed_sent(oracle_cls: Any) -> bool:
+    return "started_at" in inspect.signature(oracle_cls.sent).parameters
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=300_000)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--baseline", help="path of another oracle module to measure alongside")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--baseline", help="path of another oracle module to measure alongside")
+    source.add_argument("--baseline-ref", help="git ref whose harness/oracle/ to measure alongside")
     args = parser.parse_args()
     import harness.oracle as current
 
+    scenarios = [s for s in args.scenarios.split(",") if s]
+    unknown = set(scenarios) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenarios {sorted(unknown)}; known: {', '.join(SCENARIOS)}")
     candidates: dict[str, Any] = {"current": current.Oracle}
-    if args.baseline:
-        candidates["baseline"] = load(args.baseline).Oracle
-    plan = script(args.events)
-    best: dict[str, dict] = {}
-    for _ in range(args.rounds):
-        for name, cls in candidates.items():
-            result = run(cls, plan)
-            if name not in best or result["feed_s"] < best[name]["feed_s"]:
-                best[name] = result
-    for name, result in best.items():
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.baseline:
+            candidates["baseline"] = load(args.baseline).Oracle
+        elif args.baseline_ref:
+            candidates["baseline"] = load_ref(args.baseline_ref, Path(tmp)).Oracle
+        plan = script(args.events)
+        best: dict[tuple[str, str], dict] = {}
+        for _ in range(args.rounds):
+            for scenario in scenarios:
+                for name, cls in candidates.items():
+                    if scenario.startswith("timed") and not timed_sent(cls):
+                        continue
+                    result = run(cls, plan, scenario)
+                    key = (scenario, name)
+                    if key not in best or result["feed_s"] < best[key]["feed_s"]:
+                        best[key] = result
+    for (scenario, name), result in best.items():
         rate = result["events"] / result["feed_s"]
         print(
-            f"{name:<9} {result['events']} events: feed {result['feed_s']:.3f} CPU s "
-            f"({rate:,.0f} events/s incl. sent()), violations() {result['judge_s']:.3f} CPU s "
-            f"(best of {args.rounds})"
+            f"{scenario:<10} {name:<9} {result['events']} events: feed {result['feed_s']:.3f} "
+            f"CPU s ({rate:,.0f} events/s incl. sent()), violations() "
+            f"{result['judge_s']:.3f} CPU s (best of {args.rounds})"
         )
-    if "baseline" in best:
-        ratio = best["baseline"]["feed_s"] / best["current"]["feed_s"]
-        print(f"current/baseline throughput: {ratio:.3f}")
+    for scenario in scenarios:
+        if (scenario, "baseline") in best and (scenario, "current") in best:
+            ratio = best[scenario, "baseline"]["feed_s"] / best[scenario, "current"]["feed_s"]
+            print(f"{scenario:<10} current/baseline feed throughput: {ratio:.3f}")
 
 
 if __name__ == "__main__":

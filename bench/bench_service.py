@@ -14,7 +14,6 @@ import json
 import os
 import resource
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from websockets.asyncio.client import ClientConnection, connect
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from harness import procs  # noqa: E402
 from harness.reference import tokens  # noqa: E402
 
 NOFILE = 65536
@@ -57,10 +57,11 @@ class Service:
             if hasattr(os, "sched_setaffinity"):
                 os.sched_setaffinity(0, {0})
 
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "harness.reference", "--db", db, "--log-level", "WARNING",
-             "--exit-with-parent"],
-            stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT, preexec_fn=child_setup)
+        self.child = procs.spawn(
+            [sys.executable, "-m", "harness.reference", "--db", db, "--log-level", "WARNING"],
+            name="reference service (bench)", stdout=subprocess.PIPE, text=True, env=env,
+            cwd=ROOT, preexec_fn=child_setup)
+        self.proc = self.child.proc
         assert self.proc.stdout is not None
         ready = json.loads(self.proc.stdout.readline())
         self.ws = f"ws://127.0.0.1:{ready['ws_port']}"
@@ -77,12 +78,7 @@ class Service:
         return data["app_id"], data["app_key"]
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        self.child.stop(timeout=30)
 
 
 async def session(svc: Service, app: str, key: str, user: str) -> ClientConnection:

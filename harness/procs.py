@@ -14,7 +14,7 @@ import os
 import signal
 import subprocess
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
@@ -31,7 +31,7 @@ _hooks_installed = False
 class Child:
     """One server process: signal its whole process group, stop it, kill it, forget it."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], name: str) -> None:
+    def __init__(self, proc: subprocess.Popen[Any], name: str) -> None:
         self.proc = proc
         self.name = name
         self._reaper: subprocess.Popen[bytes] | None = None
@@ -94,12 +94,19 @@ def spawn(
     cwd: str | Path | None = None,
     stdout: int | IO[Any] | None = subprocess.DEVNULL,
     stderr: int | IO[Any] | None = subprocess.DEVNULL,
+    text: bool = False,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> Child:
-    """Start `cmd` as a server child of this process: own session, registered, reaped."""
+    """Start `cmd` as a server child of this process: own session, registered, reaped.
+
+    `text` opens its pipes as text; `preexec_fn` runs in the child before `cmd` (e.g. to pin
+    a benchmark's service to one core).
+    """
     _install_hooks()
     proc = subprocess.Popen(
-        list(cmd), stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+        list(cmd), stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, text=text,
         env=dict(env) if env is not None else None, cwd=cwd, start_new_session=True,
+        preexec_fn=preexec_fn,
     )
     child = Child(proc, name)
     with _live_lock:

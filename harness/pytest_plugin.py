@@ -57,6 +57,7 @@ MARKERS = (
     "smoke: a quick check that an endpoint works at all",
     "endpoints(*names): run this test only on the named endpoints",
     "needs_admin: skip on an endpoint the harness cannot administer (tiers, features)",
+    "slow: minutes rather than seconds (deselect with -m 'not slow' for a quick loop)",
 )
 
 

@@ -1,9 +1,8 @@
 """Servers the harness starts die with the harness, even when it is killed -9.
 
-`watch(pid)` starts a tiny reaper process beside a server we cannot change (Synapse): it polls
-its own parent and, once re-parented (the harness is gone, whatever the signal), sends the
-server SIGTERM, then SIGKILL. The reference service has the same guard built in
-(`--exit-with-parent`).
+`watch(pid)` starts a tiny reaper process beside a server: it polls its own parent and, once
+re-parented (the harness is gone, whatever the signal), sends the server SIGTERM, then SIGKILL.
+`harness.procs.spawn` puts one beside every server it starts: the one die-with-parent mechanism.
 """
 
 from __future__ import annotations

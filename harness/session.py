@@ -13,6 +13,7 @@ import concurrent.futures
 import contextlib
 import inspect
 import secrets
+import time
 import uuid
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -451,13 +452,18 @@ class User:
         """
         target, recipients = await self._target(to)
         client_id = kw.pop("client_id", None) or f"c-{uuid.uuid4().hex}"
+        # The harness's own clock orders sends: what was acked before another send started
+        # must be seen first by everyone (the oracle's happens-before check).
+        started_at = time.monotonic()
         try:
             ack = await self.client.send(target, body, client_id=client_id, **kw)
         except (ConnectionLost, IMTimeout):
             self.oracle.sent_unacked(self.id, client_id)
             raise
+        acked_at = time.monotonic()
         self.oracle.sent(
-            self.id, ack, recipients=recipients, body=None if kw.get("custom") else body
+            self.id, ack, recipients=recipients, body=None if kw.get("custom") else body,
+            started_at=started_at, acked_at=acked_at,
         )
         return ack
 

@@ -27,7 +27,7 @@ from harness.testkit import (
 )
 from harness.timing import WaitTimeout
 
-pytestmark = pytest.mark.capability("chat")
+pytestmark = [pytest.mark.capability("chat"), pytest.mark.slow]
 
 # Reconnect fast, so a fault costs a fraction of a second rather than the SDK's default backoff.
 FAST = {"backoff_base_s": 0.05, "backoff_cap_s": 0.5}

@@ -17,6 +17,8 @@ import pytest
 
 from harness.testkit import WorldContext, WorldMachine, profile_name, run_machine
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="session")
 def world_context(im_session: Any) -> WorldContext:

@@ -15,7 +15,6 @@ import json
 import os
 import secrets
 import selectors
-import signal
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ import pytest
 from aiohttp import web
 from websockets.asyncio.client import ClientConnection, connect
 
+from harness import procs
 from harness.timing import units
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,11 +65,12 @@ class Svc:
             else ["--port", "0", "--api-port", "0"]
         env = {**os.environ, "IM_REF_ADMIN_TOKEN": self.admin_token}
         cmd = [sys.executable, "-m", "harness.reference", "--host", "127.0.0.1", "--db", self.db,
-               "--exit-with-parent",
                *ports, *self.args]
         with open(self.stderr_path, "a") as err:
-            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True,
-                                         env=env, cwd=ROOT)
+            # Through the harness's process registry: the service dies with this test run.
+            self.child = procs.spawn(cmd, name="reference service", stdout=subprocess.PIPE,
+                                     stderr=err, text=True, env=env, cwd=ROOT)
+        self.proc = self.child.proc
         assert self.proc.stdout is not None
         sel = selectors.DefaultSelector()
         sel.register(self.proc.stdout, selectors.EVENT_READ)
@@ -95,13 +96,7 @@ class Svc:
     def stop(self) -> int | None:
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=units(10))
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        self.child.stop()
         code = self.proc.returncode
         if self.proc.stdout:
             self.proc.stdout.close()
@@ -111,9 +106,7 @@ class Svc:
     def kill(self) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
+        self.child.kill()
         if self.proc.stdout:
             self.proc.stdout.close()
         self.proc = None
@@ -170,6 +163,30 @@ class Api:
         status, data = await self.call("PUT", "/admin/defects", switches)
         assert status == 200, data
         return data["defects"]
+
+
+async def raw_http(svc: Svc, method: str, path: str, body: bytes = b"", *,
+                   authorization: bytes | None = None) -> tuple[int, bytes]:
+    """One HTTP/1.1 request written byte for byte (any header, any body): status and body."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", svc.api_port)
+    head = [f"{method} {path} HTTP/1.1".encode(), b"Host: 127.0.0.1",
+            b"Content-Type: application/json", f"Content-Length: {len(body)}".encode(),
+            b"Connection: close"]
+    if authorization is not None:
+        head.append(b"Authorization: " + authorization)
+    try:
+        writer.write(b"\r\n".join(head) + b"\r\n\r\n")
+        writer.write(body)
+        with contextlib.suppress(ConnectionError):  # a server may answer before reading all
+            await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), units(10))
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+    status_line, _, rest = raw.partition(b"\r\n")
+    _, _, payload = rest.partition(b"\r\n\r\n")
+    return int(status_line.split()[1]), payload
 
 
 _ids = itertools.count(1)

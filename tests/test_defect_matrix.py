@@ -17,6 +17,8 @@ from matrix_runner import ROOT, Run, publish, run_all
 
 from harness.reference.defects import DEFECTS
 
+pytestmark = pytest.mark.slow
+
 ALL_SUITES = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "suites").glob("test_*.py"))
 
 # The suites that concern each defect; a defect missing here runs every suite.

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from matrix_runner import Run, publish, run_all
 
+pytestmark = pytest.mark.slow
+
 PROPERTIES = "suites/test_properties.py"
 FAULTS = "suites/test_faults.py"
 PROPERTY_DEFECTS = [

@@ -68,6 +68,27 @@ class World:
         self.oracle.sent(sender, ack, recipients=recipients, body=msg.body)
         return msg
 
+    def timed(
+        self, sender: str, conv: str, recipients: set[str], started: float, acked: float,
+        *, seq: int | None = None,
+    ) -> Message:
+        """A send the harness's clock saw start at `started` and acked at `acked`."""
+        msg = self.message(sender, conv, seq=seq)
+        self.ack(msg, recipients, started, acked)
+        return msg
+
+    def message(self, sender: str, conv: str, *, seq: int | None = None) -> Message:
+        """A message as the service would store it, its seq overridden when `seq` is given."""
+        _, msg = self.make(sender, conv)
+        return msg if seq is None else replace(msg, seq=seq)
+
+    def ack(self, msg: Message, recipients: set[str], started: float, acked: float) -> None:
+        ack = Ack(msg.client_id, msg.message_id, msg.conversation, msg.seq, msg.server_ts)
+        self.oracle.sent(
+            msg.sender, ack, recipients=recipients, body=msg.body, started_at=started,
+            acked_at=acked,
+        )
+
     def deliver(self, who: str, *msgs: Message, offline: bool = False) -> None:
         for msg in msgs:
             self.oracle.observe(who, MessageReceived(msg, offline=offline))
@@ -272,6 +293,189 @@ def test_members_agreeing_on_order_pass() -> None:
     w.oracle.assert_ok()
 
 
+def test_group_order_does_not_rest_on_seqs() -> None:
+    # an adapter numbering by arrival: each member sees seqs 1, 2, but in different orders
+    w = World(Oracle(strict_order=False))
+    g1 = w.send(A, GROUP, {C, D})
+    g2 = w.send(B, GROUP, {C, D})
+    w.deliver(C, replace(g1, seq=1), replace(g2, seq=2))
+    w.deliver(D, replace(g2, seq=1), replace(g1, seq=2))
+    v = only(w.oracle, "group_order")
+    assert {C, D} <= set(v.explanation.replace(",", " ").split())
+    assert set(v.message_ids) == {g1.message_id, g2.message_id}
+
+
+def test_group_order_cycle_without_a_disagreeing_pair_is_not_reported() -> None:
+    # three members share one message pairwise: the chains form a cycle, no pair disagrees
+    w = World(Oracle(strict_order=False))
+    conv = GROUP
+    g1, g2, g3 = (w.send(D, conv, {A, B, C}) for _ in range(3))
+    w.deliver(A, g1, g2)
+    w.deliver(B, g2, g3)
+    w.deliver(C, g3, g1)
+    assert "group_order" not in kinds(w.oracle, complete=False)
+
+
+# -- happens-before ------------------------------------------------------------------------
+# A happens before B when A's ack arrived before B's send was started (harness clock): then
+# everyone sees A first, whatever the seqs say. Times below are crafted monotonic seconds.
+
+
+def _hb_pair(w: World, *, seq_lies: bool = False) -> tuple[Message, Message]:
+    """m1 by alice acked at 2.0, then m2 by carol started at 3.0: m1 happens before m2."""
+    a = w.timed(A, GROUP, {B}, 1.0, 2.0, seq=2 if seq_lies else None)
+    b = w.timed(C, GROUP, {B}, 3.0, 4.0, seq=1 if seq_lies else None)
+    return a, b
+
+
+def test_causal_order_seen_live_out_of_happens_before() -> None:
+    w = World()
+    a, b = _hb_pair(w, seq_lies=True)  # b has the lower seq: seq order says b first
+    w.deliver(B, b, a)
+    v = only(w.oracle, "causal_order")
+    assert (v.participant, v.conversation, v.message_ids) == (B, GROUP, ("m1", "m2"))
+    assert v.explanation == (
+        "bob saw m2 (seq 1 in g:g1, sent by carol) 'hello 2' at event #1 (live) before "
+        "m1 (seq 2 in g:g1, sent by alice) 'hello 1' at event #2 (live), though m1 happens "
+        "before m2: the ack of m1 arrived at t=1.000s and the send of m2 started at t=2.000s "
+        "(relative to the oracle's first event); a message acked before another was started "
+        "into the same conversation must be seen first by everyone, whatever their seqs."
+    )
+    assert kinds(w.oracle) == ["causal_order"]  # the seqs lie: the seq order check is blind
+
+
+def test_causal_order_with_honest_seqs_is_also_an_order_violation() -> None:
+    w = World()
+    a, b = _hb_pair(w)
+    w.deliver(B, b, a)
+    assert sorted(kinds(w.oracle)) == ["causal_order", "order"]
+
+
+def test_causal_order_after_offline_catch_up() -> None:
+    w = World()
+    a, b = _hb_pair(w, seq_lies=True)
+    w.deliver(B, b)  # live
+    w.deliver(B, a, offline=True)  # the older message only in the catch-up afterwards
+    v = only(w.oracle, "causal_order")
+    assert v.message_ids == (a.message_id, b.message_id)
+    assert "at event #1 (live) before" in v.explanation
+    assert "'hello 1' at event #2 (offline catch-up)" in v.explanation
+    w2 = World()
+    a, b = _hb_pair(w2, seq_lies=True)
+    w2.deliver(B, b, a, offline=True)  # both in one catch-up, out of happens-before
+    assert only(w2.oracle, "causal_order").message_ids == (a.message_id, b.message_id)
+
+
+def test_happens_before_kept_passes() -> None:
+    w = World(Oracle(strict_order=False))  # the lying seqs would break strict seq order
+    a, b = _hb_pair(w, seq_lies=True)
+    w.deliver(B, a, b)
+    w.oracle.assert_ok()
+
+
+@pytest.mark.parametrize("first", ["m1", "m2"])
+def test_concurrent_sends_may_arrive_in_either_order(first: str) -> None:
+    w = World()
+    a = w.timed(A, GROUP, {B}, 1.0, 3.0)
+    b = w.timed(C, GROUP, {B}, 2.0, 4.0)  # started before a's ack: concurrent with a
+    w.oracle.strict_order = False  # seq order across senders is not what is judged here
+    w.deliver(B, *((a, b) if first == "m1" else (b, a)))
+    w.oracle.assert_ok()
+
+
+def test_sends_without_a_start_time_are_never_the_later_one() -> None:
+    w = World()
+    a = w.timed(A, GROUP, {B}, 1.0, 2.0, seq=2)
+    b = w.message(C, GROUP, seq=1)
+    ack = Ack(b.client_id, b.message_id, GROUP, 1, b.server_ts)
+    w.oracle.sent(C, ack, recipients={B}, acked_at=4.0)  # no started_at: nothing known
+    w.deliver(B, b, a)
+    w.oracle.assert_ok()
+
+
+def test_causal_order_caught_when_acks_reach_the_oracle_after_the_events() -> None:
+    # every order of facts: seen b, seen a, then the acks in either order
+    for acks_first in ("a", "b"):
+        w = World()
+        a = w.message(A, GROUP, seq=2)
+        b = w.message(C, GROUP, seq=1)
+        w.deliver(B, b, a)
+        for m in (a, b) if acks_first == "a" else (b, a):
+            started, acked = (1.0, 2.0) if m is a else (3.0, 4.0)
+            w.ack(m, {B}, started, acked)
+        assert only(w.oracle, "causal_order").message_ids == (a.message_id, b.message_id)
+    # b's ack known, a's not yet when a is seen; and the other way round
+    for known in ("a", "b"):
+        w = World()
+        a = w.message(A, GROUP, seq=2)
+        b = w.message(C, GROUP, seq=1)
+        if known == "b":
+            w.ack(b, {B}, 3.0, 4.0)
+        else:
+            w.ack(a, {B}, 1.0, 2.0)
+        w.deliver(B, b, a)
+        if known == "b":
+            w.ack(a, {B}, 1.0, 2.0)
+        else:
+            w.ack(b, {B}, 3.0, 4.0)
+        assert only(w.oracle, "causal_order").message_ids == (a.message_id, b.message_id)
+
+
+def test_causal_order_caught_when_the_earlier_sighting_is_timed_in_between() -> None:
+    # b seen, a seen (both untimed); b's times arrive, then a's: b's walk leaves its mark on a
+    w = World()
+    a = w.message(A, GROUP, seq=2)
+    b = w.message(C, GROUP, seq=1)
+    w.deliver(B, b, a)
+    w.ack(b, {B}, 3.0, 4.0)
+    w.ack(a, {B}, 1.0, 2.0)
+    assert only(w.oracle, "causal_order").message_ids == (a.message_id, b.message_id)
+
+
+def test_causal_order_in_a_history_page() -> None:
+    w = World(Oracle(strict_order=False))  # the lying seqs would break strict seq order
+    a, b = _hb_pair(w, seq_lies=True)
+    w.deliver(B, a, b)  # delivered in happens-before order: fine
+    w.oracle.assert_ok()
+    w.oracle.observe_history(B, page(GROUP, b, a))  # history (seq order) says b first
+    v = only(w.oracle, "causal_order")
+    assert v.message_ids == (a.message_id, b.message_id)
+    assert v.explanation.startswith(
+        "bob's history page #1 of g:g1 shows m2 (seq 1 in g:g1, sent by carol) 'hello 2' "
+        "before m1 (seq 2 in g:g1, sent by alice) 'hello 1', though m1 happens before m2: "
+        "the ack of m1 arrived at t=1.000s"
+    )
+
+
+@pytest.mark.parametrize("newer_first", [True, False])
+def test_causal_order_across_history_pages(newer_first: bool) -> None:
+    w = World(Oracle(strict_order=False))
+    a, b = _hb_pair(w, seq_lies=True)
+    w.deliver(B, a, b)
+    newer, older = page(GROUP, a, has_more=True), page(GROUP, b)
+    if newer_first:  # paging back: the page with b comes second and is older
+        w.oracle.observe_history(B, newer)
+        w.oracle.observe_history(B, older, before=a.seq)
+    else:
+        w.oracle.observe_history(B, older)
+        w.oracle.observe_history(B, page(GROUP, a), after=b.seq)
+    v = only(w.oracle, "causal_order")
+    assert v.message_ids == (a.message_id, b.message_id)
+    b_page, a_page = (2, 1) if newer_first else (1, 2)
+    assert f"shows m2 (seq 1 in g:g1, sent by carol) 'hello 2' on page #{b_page} before" in str(v)
+    assert f"'hello 1' on page #{a_page}, though m1 happens before m2" in str(v)
+
+
+def test_history_pages_in_happens_before_order_pass() -> None:
+    w = World()
+    a, b = _hb_pair(w)
+    w.deliver(B, a, b)
+    w.oracle.observe_history(B, page(GROUP, b, has_more=True))
+    w.oracle.observe_history(B, page(GROUP, a), before=b.seq)
+    w.oracle.observe_history(B, page(GROUP, a, b))
+    w.oracle.assert_ok()
+
+
 # -- recall --------------------------------------------------------------------------------
 
 
@@ -352,8 +556,9 @@ def test_receipt_moving_back() -> None:
     o.observe(A, ReceiptUpdated(dm(A, B), B, 2, offline=True))
     v = only(o, "receipt", complete=False)
     assert v.explanation == (
-        "alice saw bob's read receipt in d:alice:bob move back from seq 3 (event #1) to seq 2 "
-        "at event #4 (offline catch-up); a read cursor must never move back."
+        "read cursor of d:alice:bob moved back from 3 to 2 at bob: alice saw bob's read "
+        "receipt up to seq 3 at event #1, then up to seq 2 at event #4 (offline catch-up); a "
+        "read cursor must never move back."
     )
 
 
@@ -605,6 +810,12 @@ def _fires_history(w: World) -> tuple[str, ...]:
     return (m2.message_id,)
 
 
+def _fires_causal_order(w: World) -> tuple[str, ...]:
+    a, b = _hb_pair(w, seq_lies=True)
+    w.deliver(B, b, a)
+    return (a.message_id, b.message_id)
+
+
 def _fires_unexpected(w: World) -> tuple[str, ...]:
     g1 = w.send(A, GROUP, {B})
     w.deliver(B, g1)
@@ -621,6 +832,7 @@ FIRES = {
     ViolationKind.RECEIPT: _fires_receipt,
     ViolationKind.HISTORY: _fires_history,
     ViolationKind.UNEXPECTED: _fires_unexpected,
+    ViolationKind.CAUSAL_ORDER: _fires_causal_order,
 }
 
 
@@ -642,7 +854,8 @@ def test_each_kind_fires_alone_on_its_crafted_stream(kind: ViolationKind) -> Non
 def test_kinds_are_strings_with_the_names_reports_use() -> None:
     assert KINDS == tuple(ViolationKind)
     assert KINDS == (  # what load counters and the defect matrix match on
-        "loss", "duplicate", "order", "group_order", "recall", "receipt", "history", "unexpected"
+        "loss", "duplicate", "order", "group_order", "recall", "receipt", "history", "unexpected",
+        "causal_order",
     )
     assert {ViolationKind.LOSS: 1}.get("loss") == 1  # type: ignore[call-overload]
     assert f"{ViolationKind.GROUP_ORDER}" == str(ViolationKind.GROUP_ORDER) == "group_order"
@@ -727,6 +940,7 @@ class Run:
     recalls: list[Message]
     messages: dict[str, Message]
     pages: dict[str, int]  # participant -> history page size (0: no history read)
+    timed: bool = False  # acks carry harness times: each send started after the last one's ack
 
 
 @st.composite
@@ -769,7 +983,7 @@ def runs(draw: st.DrawFn) -> Run:
             streams[who].append(MessageRecalled(m.conversation, m.message_id, m.sender))
     pages = {who: rnd.choice((0, 1, 2, 5)) for who in PEOPLE}
     messages = {m.message_id: m for m in sent}
-    return Run(world, streams, acks, recalls, messages, pages)
+    return Run(world, streams, acks, recalls, messages, pages, draw(st.booleans()))
 
 
 def play(run: Run, rnd: random.Random) -> Oracle:
@@ -779,11 +993,16 @@ def play(run: Run, rnd: random.Random) -> Oracle:
     for who, events in run.streams.items():
         cursor = iter(events)
         ops.extend(("event", (who, cursor)) for _ in events)
-    rnd.shuffle(ops)
+    rnd.shuffle(ops)  # acks often reach the oracle after the events: judged when they do
+    times = {
+        ack.message_id: (10.0 + 2 * k, 11.0 + 2 * k) if run.timed else (None, None)
+        for k, (_, ack, _) in enumerate(run.acks)
+    }
     for op, arg in ops:
         if op == "ack":
             sender, ack, recipients = arg  # type: ignore[misc]
-            oracle.sent(sender, ack, recipients=recipients)
+            started, acked = times[ack.message_id]
+            oracle.sent(sender, ack, recipients=recipients, started_at=started, acked_at=acked)
         else:
             who, cursor = arg  # type: ignore[misc]
             oracle.observe(who, next(cursor))
@@ -886,6 +1105,11 @@ def test_an_injected_swap_is_reported(run: Run, rnd: random.Random) -> None:
     assert isinstance(moved, MessageReceived)
     found = play(run, rnd).violations()
     assert any(v.kind == "order" and v.participant == who for v in found), found
+    if run.timed:  # every send started after the previous ack: each pair is happens-before
+        assert any(
+            v.kind == "causal_order" and v.participant == who and moved.message.message_id in str(v)
+            for v in found
+        ), found
 
 
 @PROPS

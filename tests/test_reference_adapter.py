@@ -437,5 +437,7 @@ async def test_backoff_grows_with_full_jitter(own_service: ReferenceService) -> 
             assert gap <= min(cap, base * 2**k) + units(0.5), f"attempt {k} waited {gap:.3f}s"
         assert sum(delays[5:8]) > sum(delays[0:3]), f"delays did not grow: {delays}"
         await asyncio.to_thread(svc.restart)
-        await until(lambda: bob.state == "connected", timeout=units(5), what="reconnect")
+        # The state flips before the Reconnected event is pumped into the inbox: wait for both.
+        await until(lambda: bob.state == "connected" and b_in.of_type(Reconnected),
+                    timeout=units(5), what="reconnect")
         assert b_in.of_type(Reconnected)[-1].attempts == len(bob.reconnect_attempts)

@@ -18,10 +18,13 @@ from harness.timing import units
 PROJECT_ROOT = Path(__file__).resolve().parents[1]  # its node_modules has the Allure CLI
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None,
-    reason="chromium is not installed (Debian: apt-get install -y chromium); CI installs it",
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        CHROMIUM is None,
+        reason="chromium is not installed (Debian: apt-get install -y chromium); CI installs it",
+    ),
+]
 SHOT = PROJECT_ROOT / "reports" / "signoff-report.png"
 
 

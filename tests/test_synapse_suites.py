@@ -22,6 +22,7 @@ from harness.matrix.launcher import install_synapse
 from harness.timing import units
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
 ENDPOINT = re.compile(r"endpoint '(old|new)'")
 # A skip must say which endpoint lacks what: a capability, an admin API, or a declared limit.
 LIMITATION = re.compile(

@@ -19,6 +19,8 @@ from harness.matrix.launcher import SynapseServer, install_synapse
 from harness.matrix.upgrade import code_schema_version, database_versions, run_upgrade
 from harness.timing import units
 
+pytestmark = pytest.mark.slow
+
 OLD, NEW = "1.141.0", "1.163.2"
 
 

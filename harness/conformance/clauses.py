@@ -392,16 +392,23 @@ async def _recall(ctx: Context) -> str:
         " and history shows it recalled" if ctx.declares(Capability.HISTORY) else "")
 
 
+async def _receipt_reaches_the_sender(
+    alice: Peer, bob: Peer, to: Peer | GroupInfo, what: str
+) -> None:
+    """Bob reads what alice sent to `to`; alice must get a ReceiptUpdated for exactly that."""
+    ack = await _send(alice, to, f"read me, {what}")
+    await _received(bob, ack)
+    await step(f"mark_read({what})", bob.c.mark_read(ack.conversation, ack.seq))
+    await alice.rec.wait_event(
+        ReceiptUpdated, conversation=ack.conversation, reader=bob.id, up_to_seq=ack.seq,
+        timeout=units(WAIT_UNITS),
+    )
+
+
 async def _receipts(ctx: Context) -> str:
     ctx.need(Capability.CHAT)
     alice, bob = await _pair(ctx)
-    ack = await _send(alice, bob, "read me")
-    await _received(bob, ack)
-    await step("mark_read(1:1)", bob.c.mark_read(ack.conversation, ack.seq))
-    await alice.rec.wait_for(
-        lambda e: isinstance(e, ReceiptUpdated) and e.conversation == ack.conversation
-        and e.reader == bob.id and e.up_to_seq == ack.seq,
-        timeout=units(WAIT_UNITS), what=f"ReceiptUpdated(reader={bob.id}, up_to_seq={ack.seq})")
+    await _receipt_reaches_the_sender(alice, bob, bob, "1:1")
     return "the sender got ReceiptUpdated"
 
 
@@ -409,13 +416,7 @@ async def _group_receipts(ctx: Context) -> str:
     ctx.need(Capability.GROUPS)
     alice, bob = await _pair(ctx)
     group = await _group(ctx, alice, bob)
-    ack = await _send(alice, group, "read me, group")
-    await _received(bob, ack)
-    await step("mark_read(group)", bob.c.mark_read(ack.conversation, ack.seq))
-    await alice.rec.wait_for(
-        lambda e: isinstance(e, ReceiptUpdated) and e.conversation == ack.conversation
-        and e.reader == bob.id and e.up_to_seq == ack.seq,
-        timeout=units(WAIT_UNITS), what=f"group ReceiptUpdated(reader={bob.id})")
+    await _receipt_reaches_the_sender(alice, bob, group, "group")
     return "the group sender got ReceiptUpdated"
 
 

@@ -29,7 +29,7 @@ BEHIND_SLACK_S = 0.05  # an operation started this much after its intended time 
 SETUP_RETRY_S = 1.0
 VIOLATION_EXAMPLES = 3  # explanations per kind kept for the summary
 _KIND_COUNTER = {"loss": "loss", "duplicate": "duplicates", "order": "reordered",
-                 "group_order": "reordered"}
+                 "group_order": "reordered", "causal_order": "reordered"}
 
 
 def ms(seconds: float) -> float:

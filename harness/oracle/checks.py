@@ -1,9 +1,10 @@
 """The checks that decide violations, each with the paragraph that explains it.
 
 Two sorts: incremental checks, which `Ingest` calls with the fact it was just fed and what it
-already knew (O(1) each, a history page O(its length + what it must contain)); and whole-run
-checks over everything fed so far (`losses`, `unexpected`, `group_order`, `recalls`), which
-`Oracle.violations()` runs, O(n log n) in all. None of them changes what the oracle keeps.
+already knew (O(1) each, a history page O(its length + what it must contain); happens-before
+is one of them, `causal_seen` for sightings and `causal_page`/`causal_pages` for history); and
+whole-run checks over everything fed so far (`losses`, `unexpected`, `group_order`, `recalls`),
+which `Oracle.violations()` runs, O(n log n) in all. None of them changes what the oracle keeps.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ RECALL = ViolationKind.RECALL
 RECEIPT = ViolationKind.RECEIPT
 HISTORY = ViolationKind.HISTORY
 UNEXPECTED = ViolationKind.UNEXPECTED
+CAUSAL_ORDER = ViolationKind.CAUSAL_ORDER
 
 
 def how(index: int, offline: bool) -> str:
@@ -140,10 +142,89 @@ def receipt(
         RECEIPT,
         part.name,
         event.conversation,
-        f"{part.name} saw {event.reader}'s read receipt in "
-        f"{event.conversation} move back from seq {last[0]} (event #{last[1]}) "
-        f"to seq {event.up_to_seq} at {how(index, event.offline)}; a read "
-        "cursor must never move back.",
+        f"read cursor of {event.conversation} moved back from {last[0]} to "
+        f"{event.up_to_seq} at {event.reader}: {part.name} saw {event.reader}'s read receipt "
+        f"up to seq {last[0]} at event #{last[1]}, then up to seq {event.up_to_seq} at "
+        f"{how(index, event.offline)}; a read cursor must never move back.",
+    )
+
+
+def named(ing: Ingest, part: Participant, mid: str) -> str:
+    """`m2 (seq 1 in g:g1, sent by carol) 'hello 2'`: a message with its body when known."""
+    record = ing._sent.get(mid)
+    body = record.body if record is not None else None
+    if body is None:
+        msg = part.seen_msg.get(mid)
+        body = msg.body if msg is not None else None
+    return ing.describe(mid) if body is None else f"{ing.describe(mid)} {body!r}"
+
+
+def happens_before(ing: Ingest, a: str, b: str) -> str:
+    """Why `a` happens before `b`, in the harness's clock, and what that requires."""
+    acked = ing._times[a][1]
+    started = ing._times[b][0]
+    assert started is not None
+    return (
+        f"though {a} happens before {b}: the ack of {a} arrived at {ing.at(acked)} and the "
+        f"send of {b} started at {ing.at(started)} (relative to the oracle's first event); "
+        "a message acked before another was started into the same conversation must be "
+        "seen first by everyone, whatever their seqs."
+    )
+
+
+def causal_seen(ing: Ingest, part: Participant, a: str, b: str) -> Violation:
+    """`part` saw `b` before `a`, though `a` was acked before `b` was started."""
+    return Violation(
+        CAUSAL_ORDER,
+        part.name,
+        ing._info[a][0],
+        f"{part.name} saw {named(ing, part, b)} at {how(*part.seen[b])} before "
+        f"{named(ing, part, a)} at {how(*part.seen[a])}, {happens_before(ing, a, b)}",
+        (a, b),
+    )
+
+
+def causal_page(
+    ing: Ingest, part: Participant, number: int, page: HistoryPage
+) -> tuple[list[Violation], tuple[float, str] | None, tuple[float, str] | None]:
+    """Happens-before in one page's order; also its latest start and earliest ack, with ids."""
+    times = ing._times
+    found: list[Violation] = []
+    top: tuple[float, str] | None = None
+    bottom: tuple[float, str] | None = None
+    for m in page.messages:
+        t = times.get(m.message_id)
+        if t is None:
+            continue
+        started, acked = t
+        if top is not None and acked < top[0]:
+            found.append(Violation(
+                CAUSAL_ORDER,
+                part.name,
+                page.conversation,
+                f"{part.name}'s history page #{number} of {page.conversation} shows "
+                f"{named(ing, part, top[1])} before {named(ing, part, m.message_id)}, "
+                f"{happens_before(ing, m.message_id, top[1])}",
+                (m.message_id, top[1]),
+            ))
+        if started is not None and (top is None or started > top[0]):
+            top = (started, m.message_id)
+        if bottom is None or acked < bottom[0]:
+            bottom = (acked, m.message_id)
+    return found, top, bottom
+
+
+def causal_pages(
+    ing: Ingest, part: Participant, conv: str, a: str, a_page: int, b: str, b_page: int
+) -> Violation:
+    """History shows `b` (on page #`b_page`) older than `a` (on page #`a_page`), though a -> b."""
+    return Violation(
+        CAUSAL_ORDER,
+        part.name,
+        conv,
+        f"{part.name}'s history of {conv} shows {named(ing, part, b)} on page #{b_page} "
+        f"before {named(ing, part, a)} on page #{a_page}, {happens_before(ing, a, b)}",
+        (a, b),
     )
 
 
@@ -343,20 +424,26 @@ def unexpected(ing: Ingest, complete: bool) -> Iterable[Violation]:
 
 
 def group_order(ing: Ingest) -> Iterable[Violation]:
-    """Two members of a conversation who saw the messages they share in different orders."""
+    """Two members of a conversation who saw the messages they share in different orders.
+
+    Judged on the orders of sighting alone, never on the seqs members saw (an adapter may
+    number by arrival): when one order fits every member's, no two members can disagree. That
+    is tried first with each message's one acked seq as the order, then exactly (the members'
+    sightings chained together have no cycle), O(sightings) either way; only when no order
+    fits are members compared in pairs.
+    """
     by_conv: dict[str, list[Participant]] = {}
     for part in ing._parts.values():
         for conv in part.order:
             by_conv.setdefault(conv, []).append(part)
     for conv, parts in by_conv.items():
-        if len(parts) < 2:
+        if len(parts) < 2 or one_order_fits(ing, [p.order[conv] for p in parts]):
             continue
         reported: set[frozenset[str]] = set()
+        # members out of seq order first: where seqs are honest, one of them is the culprit
+        parts.sort(key=lambda p: in_seq_order(p, p.order[conv]))
         for part in parts:
             ids = part.order[conv]
-            seqs = [part.seen_msg[mid].seq for mid in ids]
-            if all(a < b for a, b in zip(seqs, seqs[1:], strict=False)):
-                continue  # in seq order: agrees with every other member that is too
             for other in parts:
                 pair = frozenset((part.name, other.name))
                 if other is part or pair in reported:
@@ -397,6 +484,52 @@ def recalls(ing: Ingest, complete: bool) -> Iterable[Violation]:
                 "message must be recalled for everyone who received it.",
                 (mid,),
             )
+
+
+def in_seq_order(part: Participant, ids: list[str]) -> bool:
+    seqs = [part.seen_msg[mid].seq for mid in ids]
+    return all(a < b for a, b in zip(seqs, seqs[1:], strict=False))
+
+
+def one_order_fits(ing: Ingest, orders: list[list[str]]) -> bool:
+    """Whether one total order contains every given order of message ids."""
+    info = ing._info  # one seq per message, whatever each member was shown
+    for ids in orders:
+        seqs = [info[mid][1] for mid in ids]
+        if not all(a < b for a, b in zip(seqs, seqs[1:], strict=False)):
+            break
+    else:
+        return True  # the acked seqs are such an order
+    return chains_acyclic(orders)
+
+
+def chains_acyclic(orders: list[list[str]]) -> bool:
+    """Whether the orders chained together have no cycle (Kahn): one order fits them all."""
+    after: dict[str, list[str]] = {}
+    waiting: dict[str, int] = {}  # id -> how many chain links still point at it
+    for ids in orders:
+        prev: str | None = None
+        for mid in ids:
+            if mid not in waiting:
+                waiting[mid] = 0
+            if prev is not None:
+                nxt = after.get(prev)
+                if nxt is None:
+                    after[prev] = [mid]
+                else:
+                    nxt.append(mid)
+                waiting[mid] += 1
+            prev = mid
+    ready = [mid for mid, n in waiting.items() if n == 0]
+    placed = 0
+    while ready:
+        mid = ready.pop()
+        placed += 1
+        for nxt_id in after.get(mid, ()):
+            waiting[nxt_id] -= 1
+            if waiting[nxt_id] == 0:
+                ready.append(nxt_id)
+    return placed == len(waiting)
 
 
 def first_disagreement(mine: list[str], theirs: list[str]) -> tuple[str, str] | None:

@@ -14,6 +14,12 @@ class Oracle(Ingest):
     `strict_order`: messages of one conversation must arrive in seq order whoever sent them
     (when False, only each sender's own messages must keep their ack order).
     `report_untracked`: also report messages from senders that never reported a send here.
+
+    Happens-before does not depend on either: when `sent()` is given `started_at` (and
+    `acked_at`, default: the call), a message whose ack arrived before another's send was
+    started into the same conversation happens before it, and any participant that sees the
+    later one first (live, offline or in history) is a `causal_order` violation. Acks may
+    reach the oracle after the events that carry them; they are judged when they do.
     """
 
     def missing(self) -> dict[str, list[str]]:

@@ -2,13 +2,25 @@
 
 `Ingest` takes acks with their intended recipients, sends of unknown outcome, recalls, observed
 events and history pages, and keeps just enough to judge them: `observe()` is O(1) per event,
-`sent()` costs its recipients, a history page its length plus what it must contain. Where a fed
-fact can break a guarantee on its own, `checks` is asked right away and the violation kept.
+`sent()` costs its recipients (and, for a message already seen, what its receivers saw of the
+conversation since), a history page its length plus what it must contain plus one comparison
+per page of that conversation read before. Where a fed fact can break a guarantee on its own,
+`checks` is asked right away and the violation kept.
+
+Happens-before comes from the harness's own monotonic clock, never from the endpoint's seq: A
+happens before B when A's ack arrived before B's send was started into the same conversation
+(`A.acked_at < B.started_at`); then everyone must see A before B. Per participant and
+conversation the oracle keeps the latest start among the messages it has seen (`hb_top`): a new
+sighting whose ack came before that start was seen too late, one comparison per event. A message
+seen before its `sent()` arrived waits in `hb_late` with that frontier as it stood; its late
+`sent()` then checks it against the frontier and walks only what the participant saw since
+(the messages of one ack's latency), so facts may arrive in any order and still be judged.
 """
 
 from __future__ import annotations
 
 import bisect
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -66,6 +78,23 @@ class PageMark:
 
 
 @dataclass
+class PageSpan:
+    """What a history page showed, for happens-before across pages: its seq range and extremes."""
+
+    number: int
+    lo: int
+    hi: int
+    top: tuple[float, str] | None  # the latest send start on the page, and its message
+    bottom: tuple[float, str] | None  # the earliest ack on the page, and its message
+
+
+# A message's send as the harness's clock saw it: (started_at or None, acked_at).
+Times = tuple[float | None, float]
+# The latest send start among what a participant saw of a conversation: (started_at, message id).
+Frontier = tuple[float, str]
+
+
+@dataclass
 class Participant:
     """Everything one participant was fed, indexed the way the checks look it up."""
 
@@ -87,6 +116,11 @@ class Participant:
     pages: dict[str, PageMark] = field(default_factory=dict)  # conversation -> last page read
     page_count: int = 0
     pending: dict[str, None] = field(default_factory=dict)  # acked for us, not yet seen
+    # happens-before: conversation -> the latest send start among the messages seen in it
+    hb_top: dict[str, Frontier] = field(default_factory=dict)
+    # seen before their sent(): id -> (conversation, position in order[conv], frontier before it)
+    hb_late: dict[str, tuple[str, int, Frontier | None]] = field(default_factory=dict)
+    hb_pages: dict[str, list[PageSpan]] = field(default_factory=dict)  # conversation -> pages
     log: list[StoredEntry] = field(default_factory=list)  # timeline; see transcript.entries()
     no_recall_events: bool = False
     observed: bool = True  # False: events not fed to the oracle, no loss/recall checks
@@ -126,11 +160,20 @@ class Ingest:
         self._acked: dict[str, tuple[list[int], dict[int, str]]] = {}
         self._recalls: dict[str, RecallRecord] = {}
         self._found: list[Violation] = []  # violations detected as events arrive
+        self._times: dict[str, Times] = {}  # id -> its first sent()'s (started_at, acked_at)
+        self._t0: float | None = None  # the oracle's first event on the monotonic clock
+        self._timed = False  # has a sent() set _t0 from its own times yet
+
+    def at(self, t: float) -> str:
+        """`t=1.250s`: a monotonic time relative to the oracle's first event."""
+        return f"t={t - (self._t0 if self._t0 is not None else t):.3f}s"
 
     def _part(self, name: str) -> Participant:
         part = self._parts.get(name)
         if part is None:
             part = self._parts[name] = Participant(name)
+            if self._t0 is None:
+                self._t0 = time.monotonic()
         return part
 
     def describe(self, message_id: str) -> str:
@@ -156,10 +199,30 @@ class Ingest:
     # -- what the test did ---------------------------------------------------------------------
 
     def sent(
-        self, sender: str, ack: Ack, *, recipients: Iterable[str], body: str | None = None
+        self,
+        sender: str,
+        ack: Ack,
+        *,
+        recipients: Iterable[str],
+        body: str | None = None,
+        started_at: float | None = None,
+        acked_at: float | None = None,
     ) -> None:
-        """Record an acked send; `recipients` are who must receive it (the sender is dropped)."""
+        """Record an acked send; `recipients` are who must receive it (the sender is dropped).
+
+        `started_at` is `time.monotonic()` when the send was started, `acked_at` when its ack
+        arrived (default: now). A message acked before another was started into the same
+        conversation happens before it: everyone must see it first, live, after offline catch-up
+        and in history. Without `started_at` the message is never the later one of such a pair.
+        """
         self._clock += 1
+        if acked_at is None:
+            acked_at = time.monotonic()
+        if not self._timed:  # the first send may have started before anything was fed
+            self._timed = True
+            origin = acked_at if started_at is None else min(started_at, acked_at)
+            if self._t0 is None or origin < self._t0:
+                self._t0 = origin
         self._senders.add(sender)
         wanted = set(recipients)
         wanted.discard(sender)
@@ -176,6 +239,11 @@ class Ingest:
                 ack.message_id, ack.conversation, ack.seq, sender, ack.client_id, set(), body
             )
             self._info.setdefault(ack.message_id, (ack.conversation, ack.seq, sender))
+            self._times[ack.message_id] = (started_at, acked_at)
+            seen_by = self._receivers.get(ack.message_id)
+            if seen_by is not None:  # seen before its ack reached the oracle: judge it now
+                for name in seen_by:
+                    self._late_times(self._parts[name], ack.message_id, started_at, acked_at)
             sender_part.add_view(ack.conversation, ack.seq, ack.message_id)
             acked = self._acked.get(ack.conversation)
             if acked is None:
@@ -192,6 +260,34 @@ class Ingest:
             if part.observed and ack.message_id not in part.seen:
                 part.pending[ack.message_id] = None
         record.recipients |= wanted
+
+    def _late_times(
+        self, part: Participant, mid: str, started: float | None, acked: float
+    ) -> None:
+        """The times of `mid`, which `part` saw before they were known: judge it both ways."""
+        late = part.hb_late.pop(mid, None)
+        if late is None:
+            return
+        conv, pos, before = late
+        if before is not None and acked < before[0]:  # something seen earlier came after mid
+            self._found.append(checks.causal_seen(self, part, mid, before[1]))
+        if started is None:
+            return
+        ids = part.order[conv]
+        reported = False
+        for i in range(pos + 1, len(ids)):  # what part saw since mid: one ack's latency, mostly
+            later = ids[i]
+            times = self._times.get(later)
+            if times is None:  # still waiting for its own times: mid now stands before it
+                wait = part.hb_late.get(later)
+                if wait is not None and (wait[2] is None or started > wait[2][0]):
+                    part.hb_late[later] = (wait[0], wait[1], (started, mid))
+            elif not reported and times[1] < started:
+                self._found.append(checks.causal_seen(self, part, later, mid))
+                reported = True
+        top = part.hb_top.get(conv)
+        if top is None or started > top[0]:
+            part.hb_top[conv] = (started, mid)
 
     def sent_unacked(
         self, sender: str, client_id: str, conversation_hint: str | None = None
@@ -263,11 +359,22 @@ class Ingest:
             self._receivers[mid] = [part.name]
         else:
             receivers.append(part.name)
-        ids = part.order.get(msg.conversation)
+        conv = msg.conversation
+        ids = part.order.get(conv)
         if ids is None:
-            part.order[msg.conversation] = [mid]
+            ids = part.order[conv] = [mid]
         else:
             ids.append(mid)
+        top = part.hb_top.get(conv)
+        times = self._times.get(mid)
+        if times is None:  # its sent() has not arrived (yet): judged when it does
+            part.hb_late[mid] = (conv, len(ids) - 1, top)
+        else:
+            if top is not None and times[1] < top[0]:
+                self._found.append(checks.causal_seen(self, part, mid, top[1]))
+            started = times[0]
+            if started is not None and (top is None or started > top[0]):
+                part.hb_top[conv] = (started, mid)
         part.add_view(msg.conversation, msg.seq, mid)
         if msg.client_id:
             key = (msg.sender, msg.client_id)
@@ -311,6 +418,32 @@ class Ingest:
         self._found.extend(found)
         if msgs:
             part.pages[page.conversation] = PageMark(number, lo, hi, page.has_more)
+            self._history_causal(part, number, page, lo, hi)
+
+    def _history_causal(
+        self, part: Participant, number: int, page: HistoryPage, lo: int, hi: int
+    ) -> None:
+        """Happens-before within the page, in its order, and against the pages read before."""
+        found, top, bottom = checks.causal_page(self, part, number, page)
+        spans = part.hb_pages.get(page.conversation)
+        if spans is None:
+            spans = part.hb_pages[page.conversation] = []
+        conv = page.conversation
+        for span in spans:  # a few pages per conversation: each is one comparison
+            # a page below this one (older in history) shows its latest start before our
+            # earliest ack; a page above shows its earliest ack after our latest start
+            if span.hi < lo and span.top is not None and bottom is not None:
+                if bottom[0] < span.top[0]:
+                    found.append(checks.causal_pages(
+                        self, part, conv, bottom[1], number, span.top[1], span.number
+                    ))
+            elif span.lo > hi and top is not None and span.bottom is not None:
+                if span.bottom[0] < top[0]:
+                    found.append(checks.causal_pages(
+                        self, part, conv, span.bottom[1], span.number, top[1], number
+                    ))
+        spans.append(PageSpan(number, lo, hi, top, bottom))
+        self._found.extend(found)
 
     def _history_recall(self, part: Participant, number: int, m: Message) -> None:
         part.history[m.message_id] = (m.recalled, self._clock)

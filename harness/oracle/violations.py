@@ -19,9 +19,10 @@ class ViolationKind(StrEnum):
     ORDER = "order"  # one participant saw a conversation (or one sender) out of seq order
     GROUP_ORDER = "group_order"  # two members saw the messages they share in different orders
     RECALL = "recall"  # a recall that did not reach a receiver, or history showing it unrecalled
-    RECEIPT = "receipt"  # a read receipt moved back
+    RECEIPT = "receipt"  # a read cursor moved back
     HISTORY = "history"  # a history page that differs from what was delivered or acked
     UNEXPECTED = "unexpected"  # a delivery to a non-recipient, at another seq, or never sent
+    CAUSAL_ORDER = "causal_order"  # B seen before A, though A was acked before B was started
 
 
 KINDS: tuple[ViolationKind, ...] = tuple(ViolationKind)

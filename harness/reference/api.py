@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hmac
-import json
 import logging
+import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from harness.reference import defects, tokens
+from harness.reference import defects, strictjson, tokens
 from harness.reference.common import ID_RE
 from harness.reference.server import Service
 from harness.reference.state import AppState
@@ -21,6 +21,10 @@ from harness.reference.tiers import LIMIT_FIELDS, OPTIONAL_FEATURES, TIERS, limi
 log = logging.getLogger("harness.reference.api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+MAX_BODY_BYTES = 1024 * 1024  # larger request bodies get 413 `too_large`
+_HTTP_CODES = {401: "unauthorized", 403: "forbidden", 404: "not_found", 413: "too_large",
+               429: "rate_limited"}  # any other 4xx from aiohttp is `bad_request`
 
 
 class ApiError(Exception):
@@ -44,11 +48,22 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
                                  status=err.status)
     except web.HTTPNotFound:
         return web.json_response(
-            {"error": {"code": "not_found", "message": f"no route {request.path}"}}, status=404)
+            {"error": {"code": "not_found", "message": f"no route {_cut(request.path)}"}},
+            status=404)
     except web.HTTPMethodNotAllowed:
         return web.json_response(
             {"error": {"code": "bad_request", "message": f"method {request.method} not allowed"}},
             status=405)
+    except web.HTTPRequestEntityTooLarge:
+        return web.json_response(
+            {"error": {"code": "too_large",
+                       "message": f"request body exceeds {MAX_BODY_BYTES} bytes"}}, status=413)
+    except web.HTTPException as exc:  # aiohttp's own answer to a malformed request
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "bad_request" if exc.status < 500 else "internal")
+        return web.json_response({"error": {"code": code, "message": _cut(exc.reason)}},
+                                 status=exc.status)
     except Exception:
         log.exception("internal error on %s %s", request.method, request.path)
         return web.json_response(
@@ -56,14 +71,31 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             status=500)
 
 
+def _cut(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _shown(value: Any) -> str:
+    """A client's value in an error message, cut short."""
+    return _cut(repr(value), 40)
+
+
 async def _json(request: web.Request) -> dict[str, Any]:
+    raw = await request.read() if request.can_read_body else b""  # 413 above the cap
+    if not raw:
+        return {}
     try:
-        body = await request.json() if request.can_read_body else {}
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise _bad("request body is not valid JSON") from None
+        body = strictjson.loads(raw)
+    except strictjson.JsonInputError as err:
+        raise _bad(f"request body is {err}") from None
     if not isinstance(body, dict):
-        raise _bad("request body must be a JSON object")
+        raise _bad(f"request body must be a JSON object, got {type(body).__name__}")
     return body
+
+
+def _bytes(text: str) -> bytes:
+    """Header or environment text as bytes; undecodable bytes were kept as surrogates."""
+    return text.encode("utf-8", "surrogateescape")
 
 
 def _bearer(request: web.Request) -> str:
@@ -71,13 +103,25 @@ def _bearer(request: web.Request) -> str:
     return header[7:] if header.startswith("Bearer ") else ""
 
 
+def _finite(value: Any) -> float | None:
+    """`value` as a finite float >= 0, or None when it is not one."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond any float
+        return None
+    return number if math.isfinite(number) and number >= 0 else None
+
+
 def _num(body: dict[str, Any], key: str, *, allow_none: bool = True) -> float | None:
     value = body.get(key)
     if value is None and allow_none:
         return None
-    if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
-        raise _bad(f"{key!r} must be a number >= 0, got {value!r}")
-    return float(value)
+    number = _finite(value)
+    if number is None:
+        raise _bad(f"{key!r} must be a finite number >= 0, got {_shown(value)}")
+    return number
 
 
 def _features(value: Any) -> dict[str, bool]:
@@ -89,7 +133,7 @@ def _features(value: Any) -> dict[str, bool]:
         if name not in OPTIONAL_FEATURES:
             raise _bad(f"unknown feature {name!r}; known: {', '.join(OPTIONAL_FEATURES)}")
         if not isinstance(flag, bool):
-            raise _bad(f"feature {name!r} must be true or false")
+            raise _bad(f"feature {name!r} must be true or false, got {_shown(flag)}")
     return dict(value)
 
 
@@ -100,22 +144,22 @@ def _limits(value: Any) -> dict[str, Any]:
         raise _bad("'limits' must be an object of TierLimits fields")
     for name, limit in value.items():
         if name not in LIMIT_FIELDS:
-            raise _bad(f"unknown limit {name!r}; known: {', '.join(LIMIT_FIELDS)}")
-        if limit is not None and (not isinstance(limit, int | float) or isinstance(limit, bool)
-                                  or limit < 0):
-            raise _bad(f"limit {name!r} must be a number >= 0 or null")
+            raise _bad(f"unknown limit {_shown(name)}; known: {', '.join(LIMIT_FIELDS)}")
+        if limit is not None and _finite(limit) is None:
+            raise _bad(f"limit {name!r} must be a finite number >= 0 or null, "
+                       f"got {_shown(limit)}")
     return dict(value)
 
 
 def _tier(value: Any) -> str:
-    if value not in TIERS:
-        raise _bad(f"unknown tier {value!r}; known: {', '.join(TIERS)}")
-    return str(value)
+    if not isinstance(value, str) or value not in TIERS:
+        raise _bad(f"unknown tier {_shown(value)}; known: {', '.join(TIERS)}")
+    return value
 
 
 def _webhook(value: Any) -> str | None:
     if value is not None and (not isinstance(value, str) or not value.startswith("http")):
-        raise _bad(f"'webhook' must be an http(s) URL or null, got {value!r}")
+        raise _bad(f"'webhook' must be an http(s) URL or null, got {_shown(value)}")
     return value
 
 
@@ -126,7 +170,7 @@ def build_app(service: Service, admin_token: str | None) -> web.Application:
         if not admin_token:
             raise ApiError(503, "admin_disabled",
                            "set IM_REF_ADMIN_TOKEN in the service's environment")
-        if not hmac.compare_digest(_bearer(request).encode(), admin_token.encode()):
+        if not hmac.compare_digest(_bytes(_bearer(request)), _bytes(admin_token)):
             raise ApiError(401, "unauthorized", "missing or wrong admin token")
 
     def get_app(app_id: str) -> AppState:
@@ -148,7 +192,7 @@ def build_app(service: Service, admin_token: str | None) -> web.Application:
     async def provision(request: web.Request) -> web.Response:
         app = service.apps.get(request.match_info["app_id"])
         key = _bearer(request)
-        if app is None or not hmac.compare_digest(key.encode(), app.app_key.encode()):
+        if app is None or not hmac.compare_digest(_bytes(key), app.app_key.encode()):
             raise ApiError(401, "unauthorized", "unknown app or wrong app key")
         body = await _json(request)
         user_id = body.get("user_id")
@@ -157,7 +201,7 @@ def build_app(service: Service, admin_token: str | None) -> web.Application:
             while user_id in app.users:
                 user_id = f"u{secrets.token_hex(6)}"
         if not isinstance(user_id, str) or not ID_RE.match(user_id):
-            raise _bad(f"'user_id' must be 1-64 of letters, digits, _.@- ; got {user_id!r}")
+            raise _bad(f"'user_id' must be 1-64 of letters, digits, _.@- ; got {_shown(user_id)}")
         ttl = _num(body, "ttl_s")
         ttl = 3600.0 if ttl is None else ttl
         await service.ensure_user(app, user_id)
@@ -172,7 +216,7 @@ def build_app(service: Service, admin_token: str | None) -> web.Application:
         if app_id is None:
             app_id = service.new_app_id()
         elif not isinstance(app_id, str) or not ID_RE.match(app_id):
-            raise _bad(f"'app_id' must be 1-64 of letters, digits, _.@- ; got {app_id!r}")
+            raise _bad(f"'app_id' must be 1-64 of letters, digits, _.@- ; got {_shown(app_id)}")
         if app_id in service.apps:
             raise ApiError(409, "bad_request", f"app {app_id!r} exists; pick another app_id")
         tier = _tier(body.get("tier", "free"))
@@ -236,7 +280,7 @@ def build_app(service: Service, admin_token: str | None) -> web.Application:
         body = await _json(request)
         for name, flag in body.items():
             if name not in defects.DEFECTS:
-                raise _bad(f"unknown defect {name!r}; known: {', '.join(defects.DEFECTS)}")
+                raise _bad(f"unknown defect {_shown(name)}; known: {', '.join(defects.DEFECTS)}")
             if not isinstance(flag, bool):
                 raise _bad(f"defect {name!r} must be true or false")
         for name, flag in body.items():
@@ -244,7 +288,7 @@ def build_app(service: Service, admin_token: str | None) -> web.Application:
         log.info("defects now on: %s", [n for n, v in defects.snapshot().items() if v])
         return web.json_response({"defects": defects.snapshot()})
 
-    web_app = web.Application(middlewares=[_errors], client_max_size=1024 * 1024)
+    web_app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY_BYTES)
     web_app.router.add_post("/apps/{app_id}/users", provision)
     web_app.router.add_post("/admin/apps", create_app)
     web_app.router.add_get("/admin/apps/{app_id}", show_app)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from harness.reference.state import compact
+from harness.reference.strictjson import SAFE_INT
 
 if TYPE_CHECKING:
     from harness.reference.frontend import Conn
@@ -63,10 +64,14 @@ def error_frame(rid: int | None, err: OpError) -> str:
 
 def read_int(msg: dict[str, Any], key: str, default: int | None = None, *,
              minimum: int = 0) -> Any:
-    """`msg[key]` as an integer >= `minimum`, `default` when absent; `bad_request` otherwise."""
+    """`msg[key]` as an integer in `minimum`..2**53-1, `default` when absent; else `bad_request`."""
     value = msg.get(key, default)
     if value is None:
         return default
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise OpError("bad_request", f"{key!r} must be an integer >= {minimum}, got {value!r}")
+    if (not isinstance(value, int) or isinstance(value, bool)
+            or not minimum <= value <= SAFE_INT):
+        shown = repr(value)
+        shown = shown if len(shown) <= 40 else shown[:37] + "..."
+        raise OpError("bad_request",
+                      f"{key!r} must be an integer in {minimum}..{SAFE_INT}, got {shown}")
     return value

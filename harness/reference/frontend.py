@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import http
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -13,7 +12,7 @@ from typing import Any
 from websockets.asyncio.server import Request, Response, ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from harness.reference import defects, tokens
+from harness.reference import defects, strictjson, tokens
 from harness.reference.common import (
     ID_RE,
     Config,
@@ -158,31 +157,44 @@ class Frontend:
     # ---- frames --------------------------------------------------------------------------
 
     def _on_frame(self, conn: Conn, raw: str | bytes) -> None:
+        try:
+            self._dispatch(conn, raw)
+        except Exception:  # a malformed frame must never cost the connection (PROTOCOL.md)
+            log.exception("internal error on a frame")
+            conn.push(error_frame(None, OpError("internal", "internal error; see the service log")))
+
+    def _dispatch(self, conn: Conn, raw: str | bytes) -> None:
         if isinstance(raw, bytes):
-            conn.push(error_frame(None, OpError("bad_request", "binary frames are not supported")))
+            conn.push(error_frame(None, OpError("bad_request", "binary frames are not supported; "
+                                                "send JSON as a text frame")))
             return
         limit = self.config.max_frame_bytes
         if len(raw) > limit or (len(raw) * 4 > limit and len(raw.encode()) > limit):
             conn.push(error_frame(None, OpError("too_large", f"frame exceeds {limit} bytes")))
             return
         try:
-            msg = json.loads(raw)
-        except ValueError:
-            conn.push(error_frame(None, OpError("bad_request", "frame is not valid JSON")))
+            msg = strictjson.loads(raw)
+        except strictjson.JsonInputError as err:
+            conn.push(error_frame(None, OpError("bad_request", f"bad frame: {err}")))
             return
         if not isinstance(msg, dict):
-            conn.push(error_frame(None, OpError("bad_request", "frame must be a JSON object")))
+            conn.push(error_frame(None, OpError(
+                "bad_request", f"frame must be a JSON object, got {_json_type(msg)}")))
             return
         rid = msg.get("id")
-        if not (isinstance(rid, int) and not isinstance(rid, bool)):
-            rid = None
+        if not _is_id(rid):
+            # Without its id the client could not tell which request failed: do not run it.
+            conn.push(error_frame(None, OpError(
+                "bad_request", f"'id' must be an integer within +-{strictjson.SAFE_INT}, got "
+                               f"{_shown(rid) if 'id' in msg else 'none'}; the op was not run")))
+            return
         op = msg.get("op")
         if op == "login":
             task = asyncio.ensure_future(self._run(conn, rid, self.op_login, msg))
         else:
             handler = self.ops.get(op) if isinstance(op, str) else None
             if handler is None:
-                what = "missing 'op'" if op is None else f"unknown op {op!r}"
+                what = "missing 'op'" if op is None else f"unknown op {_shown(op)}"
                 conn.push(error_frame(rid, OpError("bad_request", what)))
                 return
             if conn.user is None:
@@ -266,7 +278,7 @@ class Frontend:
         if defects.on("duplicate_on_reconnect") and cursor:
             start = max(0, start - 1)
         conn.push(compact({
-            "re": msg.get("id"), "ok": True, "user": user_id, "app": app.app_id,
+            "re": msg["id"], "ok": True, "user": user_id, "app": app.app_id,
             "protocol": conn.protocol, "tier": app.tier,
             "keepalive_s": self.config.keepalive(conn.protocol),
             "features": app.feature_list(), "limits": limits_dict(limits), "cursor": head,
@@ -286,3 +298,21 @@ class Frontend:
     async def op_logout(self, conn: Conn, msg: dict[str, Any]) -> dict[str, Any]:
         self._unregister(conn)  # normally answered in `_on_frame`, which then closes
         return {}
+
+
+def _is_id(value: Any) -> bool:
+    """A request id: an integer every JSON reader holds exactly (not a bool)."""
+    return (isinstance(value, int) and not isinstance(value, bool)
+            and -strictjson.SAFE_INT <= value <= strictjson.SAFE_INT)
+
+
+def _json_type(value: Any) -> str:
+    names = {list: "an array", str: "a string", bool: "a boolean", int: "a number",
+             float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    """`value` for an error message, cut short: a client's junk is not echoed in full."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

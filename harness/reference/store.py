@@ -46,6 +46,26 @@ RECALL_MESSAGE = (
 )
 
 
+def _columns(db: sqlite3.Connection) -> dict[str, list[str]]:
+    names = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+    return {t: [c[1] for c in db.execute(f"PRAGMA table_info({t})")] for t in names}
+
+
+def _check_schema(db: sqlite3.Connection) -> None:
+    """`DatabaseError` when a table of ours exists with other columns (another program's file)."""
+    mem = sqlite3.connect(":memory:")
+    try:
+        mem.executescript(SCHEMA)
+        ours = _columns(mem)
+    finally:
+        mem.close()
+    for table, found in _columns(db).items():
+        if table in ours and found != ours[table]:
+            raise sqlite3.DatabaseError(
+                f"table {table} has columns ({', '.join(found)}), this service's has "
+                f"({', '.join(ours[table])})")
+
+
 @dataclass
 class _Write:
     ops: list[Op]
@@ -63,9 +83,14 @@ class Store:
         self.max_batch = max_batch
         self.flush_delay_s = 0.0  # > 0 only for the ack_before_persist defect
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        try:
+            _check_schema(self._db)  # before anything is written to a file of another kind
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+        except BaseException:
+            self._db.close()
+            raise
         self._queue: deque[_Write] = deque()
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -147,6 +172,11 @@ class Store:
                         print(f"harness.reference: on_commit failed: {exc!r}", file=sys.stderr)
                 if not item.future.done():
                     item.future.set_result(None)
+
+    def abandon(self) -> None:
+        """Close a store that never started (its database proved unusable)."""
+        self._pool.shutdown(wait=False)
+        self._db.close()
 
     async def close(self) -> None:
         """Flush every queued write, stop the writer and close the database."""

@@ -6,8 +6,11 @@ import base64
 import hashlib
 import hmac
 import json
+import math
 import time
 from typing import Any
+
+from harness.reference import strictjson
 
 
 class TokenError(Exception):
@@ -42,14 +45,17 @@ def claims(token: str) -> dict[str, Any]:
         raise TokenError("malformed token")
     payload = token.split(".", 1)[0]
     try:
-        data = json.loads(_unb64(payload))
-    except (ValueError, UnicodeDecodeError):
+        data = strictjson.loads(_unb64(payload))
+    except ValueError:  # binascii.Error, non-ASCII text, JsonInputError
         raise TokenError("malformed token") from None
+    exp = data.get("exp") if isinstance(data, dict) else None
     if (
         not isinstance(data, dict)
         or not isinstance(data.get("app"), str)
         or not isinstance(data.get("sub"), str)
-        or not isinstance(data.get("exp"), int | float)
+        or not isinstance(exp, int | float)
+        or isinstance(exp, bool)
+        or not math.isfinite(exp)
     ):
         raise TokenError("malformed token")
     return data
@@ -58,7 +64,11 @@ def claims(token: str) -> dict[str, Any]:
 def signed_by(token: str, app_key: str) -> bool:
     """Whether `app_key` produced the token's signature."""
     payload, _, sig = token.partition(".")
-    return hmac.compare_digest(_sign(app_key, payload), sig)
+    if not payload.isascii():
+        return False
+    # as bytes: compare_digest refuses str with non-ASCII characters
+    return hmac.compare_digest(_sign(app_key, payload).encode(),
+                               sig.encode("utf-8", "surrogateescape"))
 
 
 def verify(token: str, app_id: str, app_key: str, *, now: float | None = None) -> str:
