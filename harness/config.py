@@ -36,7 +36,13 @@ from pydantic_core import PydanticCustomError
 from harness.contract import Capability, EndpointSettings, TierLimits
 from harness.errors import ConfigError
 from harness.registry import adapters
-from harness.report.redact import MASK, looks_env_name, looks_secret, mask_urls, shown
+from harness.report.redact import (  # looks_secret: other modules import it from here too
+    MASK,
+    looks_env_name,
+    looks_secret,
+    mask_urls,
+    shown,
+)
 from harness.servers import NoOptions, ServerRequest, servers
 from harness.timing import ENV_VAR as TIME_SCALE_ENV
 from harness.timing import scale_problem
@@ -50,8 +56,6 @@ DEFAULT_ADAPTER = "reference"  # the adapter of an endpoint that names none
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _LIMIT_NAMES = tuple(f.name for f in fields(TierLimits))
 _FEATURES = tuple(c.value for c in Capability)
-
-__all__ = ["looks_secret"]  # re-exported: the one definition lives in harness.report.redact
 
 
 def suggested_env_var(endpoint: str, key: str) -> str:
