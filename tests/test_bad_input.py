@@ -20,6 +20,7 @@ import pytest
 
 from harness.load.__main__ import default_locustfile
 
+pytestmark = pytest.mark.slow
 SECRET = "PLANTED-s3cr3t-7f3a9c1e"  # must never appear in any output
 PYTEST_USAGE = 4  # pytest's own exit code for a usage error
 PREVIOUS = {  # a previous run's results: a usage error must leave every byte of them

@@ -14,6 +14,7 @@ from harness.report.allure import ALLURE_ENV
 from harness.report.loadreport import read_history
 from harness.timing import units
 
+pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]  # its node_modules has the Allure CLI (`npm ci`)
 RECALL_ONLINE = "test_recall_reaches_online_peer_and_history"
 

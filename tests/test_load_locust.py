@@ -18,6 +18,7 @@ import pytest
 from harness.reference.launcher import ReferenceService
 from harness.timing import units, until
 
+pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
 LOCUST = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE)]

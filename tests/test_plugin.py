@@ -14,6 +14,7 @@ from harness.reference.launcher import ReferenceService
 
 pytest_plugins = ["pytester"]
 
+pytestmark = pytest.mark.slow
 INI = """
 [pytest]
 asyncio_mode = auto

@@ -15,6 +15,7 @@ import harness.reference
 
 pytest_plugins = ["pytester"]
 
+pytestmark = pytest.mark.slow
 INI = """
 [pytest]
 asyncio_mode = auto
