@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,7 @@ class MatrixOps(SyncConnection):
     def __init__(self, adapter: MatrixAdapter, credentials: Credentials, state: UserState):
         super().__init__(adapter, credentials, state)
         self._room_locks: dict[str, asyncio.Lock] = {}  # peer -> creating the direct room
+        self.join_retries = 0  # joins of a direct room repeated while its invite was on the way
 
     async def send(
         self, to: Target, body: str = "", *, custom: Mapping[str, Any] | None = None,
@@ -84,10 +86,7 @@ class MatrixOps(SyncConnection):
             path = f"/rooms/{quote(room_id)}/event/{quote(event_id)}"
             event = await self._repeat(lambda: self._call("GET", path))
             return seq, float(event.get("origin_server_ts", 0)) / 1000.0
-        fut = self._waiters.get(event_id)
-        if fut is None:
-            fut = self._waiters[event_id] = asyncio.get_running_loop().create_future()
-        return await asyncio.shield(fut)
+        return await asyncio.shield(self._waiter(event_id))
 
     async def _membership(self, room_id: str) -> str:
         """This user's membership in a room as the server has it ("" when it has none)."""
@@ -168,11 +167,34 @@ class MatrixOps(SyncConnection):
             # M_UNKNOWN "Room alias ... already exists".
             if exc.details.get("errcode") != "M_ROOM_IN_USE" and "already exists" not in str(exc):
                 raise
-            full = f"#{alias}:{self._adapter.server_name}"
-            room_id = (await self._call("GET", f"/directory/room/{quote(full)}"))["room_id"]
-            await self._call("POST", f"/join/{quote(room_id)}", {})
+            room_id = await self._join_direct(f"#{alias}:{self._adapter.server_name}")
         self._state.direct[peer] = room_id
         return room_id
+
+    async def _join_direct(self, alias: str) -> str:
+        """Join the direct room the peer is creating at the same moment, once it lets us in.
+
+        The peer's server publishes the room's alias before it sends the invite, so a join
+        in between is refused ("You are not invited", or "no servers that are in the room"
+        while the room is still being made). The join is tried again with the adapter's
+        backoff until the invite is there, for at most twice the connect timeout; a refusal
+        that outlasts that is raised as it is.
+        """
+        deadline = time.monotonic() + self._adapter.settings.connect_timeout_s * 2
+        attempt = 0
+        while True:
+            try:
+                room_id = str((await self._call("GET", f"/directory/room/{quote(alias)}"))[
+                    "room_id"])
+                await self._call("POST", f"/join/{quote(room_id)}", {})
+                return room_id
+            except (Forbidden, NotFound):
+                delay = self._backoff.delay(attempt)
+                if time.monotonic() + delay > deadline:
+                    raise
+            attempt += 1
+            self.join_retries += 1
+            await asyncio.sleep(delay)
 
     async def create_group(self, name: str, members: Sequence[str] = ()) -> GroupInfo:
         invite = [self._adapter.mxid(m) for m in members if self._adapter.mxid(m) != self._mxid]
