@@ -596,6 +596,8 @@ def offline_client(answer: Callable[..., Any]) -> MatrixClient:
     async def call(method: str, path: str, body: Any = None, *,
                    params: dict[str, str] | None = None, within: float | None = None) -> Any:
         calls.append((method, path, dict(params or {})))
+        if path.endswith("/filter"):  # the sync filter, uploaded once
+            return {"filter_id": "f1"}
         return answer(method, path, dict(params or {}))
 
     client._call = call  # type: ignore[method-assign,assignment]
@@ -717,6 +719,11 @@ async def test_a_sync_loop_that_dies_says_so_and_its_error_is_retrieved(
     assert "sync loop stopped" in gone.reason
     assert "internal" in gone.reason
     assert client._status is ClientState.FAILED
+    syncs_made = [c for c in client.calls if c[1] == "/sync"]  # type: ignore[attr-defined]
+    uploads = [c for c in client.calls if c[1].endswith("/filter")]  # type: ignore[attr-defined]
+    assert len(syncs_made) == 2
+    assert len(uploads) == 1  # the filter is uploaded once and named by its id
+    assert all(params["filter"] == "f1" for _, _, params in syncs_made)
     with pytest.raises(ConnectionLost, match="not connected"):
         await client.send(Target.to_user("alice"), "after the loop died")
     await client.close()

@@ -182,6 +182,7 @@ class Room:
     members: dict[str, str] = field(default_factory=dict)  # mxid -> membership
     position: dict[str, int] = field(default_factory=dict)  # event id -> messages up to it
     messages: list[str] = field(default_factory=list)  # seq - 1 -> event id
+    stamps: dict[str, float] = field(default_factory=dict)  # message event id -> server ts (s)
     # event id -> the contract events it meant when it first came: a repeat brings them again
     meant: dict[str, tuple[Event, ...]] = field(default_factory=dict)
 
@@ -191,6 +192,7 @@ class UserState:
     """A user's client-side storage: the sync cursor, rooms and sent transactions."""
 
     since: str | None = None
+    filter_id: str | None = None  # the sync filter uploaded for this user
     rooms: dict[str, Room] = field(default_factory=dict)
     direct: dict[str, str] = field(default_factory=dict)  # peer mxid -> room id
     sent: dict[str, str] = field(default_factory=dict)  # client id (txn id) -> event id
@@ -286,8 +288,9 @@ class Timeline:
             room.messages.append(event_id)
             seq = len(room.messages)
             room.position[event_id] = seq
+            stamp = room.stamps[event_id] = float(event.get("origin_server_ts", 0)) / 1000.0
             if self.placed is not None:
-                self.placed(event_id, seq, float(event.get("origin_server_ts", 0)) / 1000.0)
+                self.placed(event_id, seq, stamp)
             txn = (event.get("unsigned") or {}).get("transaction_id")
             if mine and txn:  # our device's transaction: a resend of it gets this event back
                 self.state.sent.setdefault(str(txn), event_id)

@@ -13,7 +13,7 @@ import contextlib
 import json
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
@@ -42,6 +42,11 @@ if TYPE_CHECKING:
     from harness.adapters.matrix.adapter import MatrixAdapter
 
 PAGE = 100  # events per /messages page
+SYNC_FILTER: dict[str, Any] = {  # what a /sync brings: rooms only, 50 timeline events a batch
+    "room": {"timeline": {"limit": 50}, "state": {"lazy_load_members": False}},
+    "presence": {"types": []},
+    "account_data": {"types": []},
+}
 _R = TypeVar("_R")
 
 
@@ -117,6 +122,8 @@ class SyncConnection(StreamClient):
         self._http: aiohttp.ClientSession | None = None
         self._sync_task: asyncio.Task[None] | None = None
         self._waiters: dict[str, asyncio.Future[tuple[int, float]]] = {}
+        self._invites: dict[str, asyncio.Event] = {}  # room id -> its invite reached the sync
+        self._tasks: set[asyncio.Task[Any]] = set()  # background work besides the sync loop
         self._caught_up = asyncio.Event()
         opts = adapter.options
         self._backoff = Backoff(adapter.backoff_base_s, adapter.backoff_cap_s,
@@ -223,6 +230,18 @@ class SyncConnection(StreamClient):
         self._status = ClientState.FAILED
         self._disconnected(f"the sync loop stopped: {type(error).__name__}: {error}")
 
+    def _spawn(self, work: Coroutine[Any, Any, _R], name: str) -> asyncio.Task[_R]:
+        """A background task of this client: kept, its outcome retrieved, cancelled on stop."""
+        task = asyncio.create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_retrieve)
+        return task
+
+    def _invite_seen(self, room_id: str) -> asyncio.Event:
+        """Set once this client's sync has seen an invite to `room_id`."""
+        return self._invites.setdefault(room_id, asyncio.Event())
+
     def _waiter(self, event_id: str) -> asyncio.Future[tuple[int, float]]:
         """The future a send waits on until the sync places its event (one per event id)."""
         fut = self._waiters.get(event_id)
@@ -236,16 +255,12 @@ class SyncConnection(StreamClient):
         catching_up = True
         failures = 1 if reconnected else 0  # a reconnect() says Reconnected before what it missed
         poll = self._adapter.options.sync_timeout_s
-        filt = json.dumps({
-            "room": {"timeline": {"limit": 50}, "state": {"lazy_load_members": False}},
-            "presence": {"types": []},
-            "account_data": {"types": []},
-        })
         while True:
-            params = {"filter": filt, "timeout": "0" if catching_up else str(int(poll * 1000))}
+            params = {"timeout": "0" if catching_up else str(int(poll * 1000))}
             if self._state.since:
                 params["since"] = self._state.since
             try:
+                params["filter"] = await self._sync_filter()
                 data = await self._call("GET", "/sync", params=params, within=poll + 10)
                 if failures:
                     self._reconnected(failures)
@@ -274,6 +289,18 @@ class SyncConnection(StreamClient):
             if not catching_up:
                 self._caught_up.set()
 
+    async def _sync_filter(self) -> str:
+        """The id of this user's sync filter, uploaded once, as Matrix SDKs do.
+
+        The server then parses and checks the filter once, not at every `/sync` (an inline
+        filter is validated per request: CPU a loaded homeserver lacks).
+        """
+        if self._state.filter_id is None:
+            path = f"/user/{quote(self._mxid)}/filter"
+            answer = await self._call("POST", path, SYNC_FILTER)
+            self._state.filter_id = str(answer["filter_id"])
+        return self._state.filter_id
+
     async def _process(self, data: Mapping[str, Any], *, offline: bool) -> bool:
         """Apply one sync batch; True when it accepted invites.
 
@@ -285,6 +312,7 @@ class SyncConnection(StreamClient):
         rooms = data.get("rooms") or {}
         joined = False
         for room_id in rooms.get("invite") or {}:
+            self._invite_seen(room_id).set()
             try:
                 await self._call("POST", f"/join/{quote(room_id)}", {})
                 joined = True
@@ -374,11 +402,14 @@ class SyncConnection(StreamClient):
     # -- lifecycle ------------------------------------------------------------------------
 
     async def _stop_sync(self) -> None:
+        """Stop the sync loop and every background task, awaiting each one's end."""
         task, self._sync_task = self._sync_task, None
-        if task is not None:
-            task.cancel()
+        tasks = [t for t in (task, *self._tasks) if t is not None]
+        for each in tasks:
+            each.cancel()
+        for each in tasks:
             with contextlib.suppress(BaseException):
-                await task
+                await each
         for fut in self._waiters.values():
             if not fut.done():
                 fut.set_exception(ConnectionLost(f"{self!r}: disconnected before the echo"))
