@@ -108,7 +108,7 @@ class MatrixOps(SyncConnection):
         if known is not None and known.members.get(self._mxid) in ("join", "leave", "ban"):
             return False
         try:
-            await self._call("POST", f"/join/{quote(room_id)}", {})
+            await self._join(room_id)
         except (Forbidden, NotFound):
             return False
         return True
@@ -193,7 +193,7 @@ class MatrixOps(SyncConnection):
             room_id = str((await self._call("GET", f"/directory/room/{quote(alias)}"))[
                 "room_id"])
             try:
-                await self._call("POST", f"/join/{quote(room_id)}", {})
+                await self._join(room_id)
                 return room_id
             except (Forbidden, NotFound):
                 delay = backoff.delay(attempt)

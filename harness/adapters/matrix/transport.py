@@ -124,6 +124,7 @@ class SyncConnection(StreamClient):
         self._waiters: dict[str, asyncio.Future[tuple[int, float]]] = {}
         self._invites: dict[str, asyncio.Event] = {}  # room id -> its invite reached the sync
         self._tasks: set[asyncio.Task[Any]] = set()  # background work besides the sync loop
+        self._joining: dict[str, asyncio.Task[Any]] = {}  # room id -> the join in flight
         self._caught_up = asyncio.Event()
         opts = adapter.options
         self._backoff = Backoff(adapter.backoff_base_s, adapter.backoff_cap_s,
@@ -238,6 +239,18 @@ class SyncConnection(StreamClient):
         task.add_done_callback(_retrieve)
         return task
 
+    async def _join(self, room_id: str) -> None:
+        """Join a room; callers at the same moment (the sync accepting an invite, a send
+        joining its direct room) share one request, so the server makes one join, not two."""
+        joining = self._joining.get(room_id)
+        if joining is None or joining.done():
+            joining = self._joining[room_id] = self._spawn(
+                self._call("POST", f"/join/{quote(room_id)}", {}), f"matrix-join {self.user_id}")
+            joining.add_done_callback(
+                lambda done: self._joining.pop(room_id, None) if self._joining.get(
+                    room_id) is done else None)
+        await asyncio.shield(joining)
+
     def _invite_seen(self, room_id: str) -> asyncio.Event:
         """Set once this client's sync has seen an invite to `room_id`."""
         return self._invites.setdefault(room_id, asyncio.Event())
@@ -266,7 +279,7 @@ class SyncConnection(StreamClient):
                     self._reconnected(failures)
                     failures = 0
                 # A batch whose follow-up requests fail is fetched again: the since token
-                # moves only after the whole batch is applied, and applying is idempotent.
+                # moves only after the batch is applied, and it is applied all or nothing.
                 joined = await self._process(data, offline=catching_up)
             except (ConnectionLost, IMTimeout) as exc:
                 if not self._caught_up.is_set():
@@ -314,7 +327,7 @@ class SyncConnection(StreamClient):
         for room_id in rooms.get("invite") or {}:
             self._invite_seen(room_id).set()
             try:
-                await self._call("POST", f"/join/{quote(room_id)}", {})
+                await self._join(room_id)
                 joined = True
             except ConnectionLost:
                 raise  # the batch is fetched and the invite accepted again
