@@ -47,6 +47,18 @@ class ServerRule(enum.StrEnum):
     FORMER_MEMBER_READS = "former_member_reads"  # a removed member reads no group info/history
 
 
+class ClientHides(enum.StrEnum):
+    """What a real client SDK of an endpoint hides from its app, declared as data.
+
+    The adapter never hides it itself: what the server sent reaches the event stream as sent.
+    An endpoint lists these in `EndpointInfo.client_hides`, so a report can say which of the
+    server's faults a real app would not have seen.
+    """
+
+    DUPLICATE_EVENTS = "duplicate_events"  # a real SDK drops an event id it already has
+    RECEIPTS_BACKWARDS = "receipts_backwards"  # a real SDK ignores a receipt that moves back
+
+
 @dataclass(frozen=True)
 class TierLimits:
     """A tier's limits as data; `None` means unlimited or not known."""
@@ -76,6 +88,7 @@ class EndpointInfo:
     # Protocol versions `Adapter.connect(protocol=...)` accepts; `protocol` is always among them.
     protocols: frozenset[str] = frozenset()
     client_enforced: frozenset[ServerRule] = frozenset()  # rules the server leaves to the adapter
+    client_hides: frozenset[ClientHides] = frozenset()  # what a real SDK would hide (declared)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "protocols", frozenset(self.protocols) | {self.protocol})

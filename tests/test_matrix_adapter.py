@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import os
 import secrets
@@ -15,11 +16,16 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
+from typing import Any
+from urllib.parse import quote
 
 import pytest
 
+from harness.adapters.base import ClientState
 from harness.adapters.matrix import MAX_BODY_BYTES, MatrixAdapter, MatrixClient, map_error
+from harness.adapters.matrix.translate import UserState
 from harness.contract import (
+    ClientHides,
     Credentials,
     Disconnected,
     EndpointSettings,
@@ -126,6 +132,21 @@ async def test_direct_messages_both_ways(users: Callable) -> None:
     assert not got1.offline
     assert (got2.message.sender, got2.message.seq) == (bob.user_id, 2)
     assert [m.body for m in ia.messages()] == ["hi alice"]  # no echo of one's own
+
+
+async def test_both_peers_sending_first_at_once_share_one_room(users: Callable) -> None:
+    """The direct-room race of a load run: each peer's first send creates or joins one room."""
+    for _ in range(3):
+        alice, ca, ia = await users("alice")
+        bob, cb, ib = await users("bob")
+        ack_a, ack_b = await asyncio.gather(ca.send(Target.to_user(bob.user_id), "from alice"),
+                                            cb.send(Target.to_user(alice.user_id), "from bob"))
+        assert ack_a.conversation == ack_b.conversation
+        assert sorted((ack_a.seq, ack_b.seq)) == [1, 2]
+        await wait_bodies(ib, "from alice")
+        await wait_bodies(ia, "from bob")
+        assert [m.body for m in ia.messages()] == ["from bob"]
+        assert [m.body for m in ib.messages()] == ["from alice"]
 
 
 async def test_custom_payload_round_trips_with_floats(users: Callable) -> None:
@@ -551,3 +572,162 @@ def test_the_embedded_synapse_takes_its_version_and_profile_from_the_server_tabl
     assert server.registration_shared_secret not in repr(server)
     assert server.registration_shared_secret not in repr(embedded)
     assert embedded.secrets() == {server.registration_shared_secret}
+
+
+# -- without a homeserver: the sync batch as the server sent it ------------------------------
+
+ROOM = "!room:hs.test"
+
+
+def text_event(n: int, sender: str = "@alice:hs.test") -> dict[str, Any]:
+    return {"type": "m.room.message", "event_id": f"$t{n}", "sender": sender,
+            "origin_server_ts": 1732160000000 + n,
+            "content": {"msgtype": "m.text", "body": f"msg {n}"}}
+
+
+def offline_client(answer: Callable[..., Any]) -> MatrixClient:
+    """A client of user bob on hs.test whose every request `answer(method, path, params)` meets."""
+    adapter = MatrixAdapter(EndpointSettings("old", "matrix", "http://127.0.0.1:9",
+                                             connect_timeout_s=1.0,
+                                             options={"server_name": "hs.test"}))
+    client = MatrixClient(adapter, Credentials("bob", "pw"), UserState())
+    calls: list[tuple[str, str, dict[str, str]]] = []
+
+    async def call(method: str, path: str, body: Any = None, *,
+                   params: dict[str, str] | None = None, within: float | None = None) -> Any:
+        calls.append((method, path, dict(params or {})))
+        if path.endswith("/filter"):  # the sync filter, uploaded once
+            return {"filter_id": "f1"}
+        return answer(method, path, dict(params or {}))
+
+    client._call = call  # type: ignore[method-assign,assignment]
+    client.calls = calls  # type: ignore[attr-defined]
+    return client
+
+
+def queued(client: MatrixClient) -> list[Event]:
+    out: list[Event] = []
+    while not client._queue.empty():
+        out.append(client._queue.get_nowait())
+    return out
+
+
+def seqs(events: list[Event]) -> list[tuple[str, int]]:
+    return [(e.message.message_id, e.message.seq) for e in events
+            if isinstance(e, MessageReceived)]
+
+
+def sync_batch(*events: dict[str, Any], prev: str = "p1", limited: bool = False) -> dict:
+    return {"next_batch": "s2", "rooms": {"join": {ROOM: {
+        "timeline": {"events": list(events), "prev_batch": prev, "limited": limited}}}}}
+
+
+async def test_a_new_rooms_backlog_ends_where_its_timeline_begins() -> None:
+    create = {"type": "m.room.create", "event_id": "$c", "sender": "@alice:hs.test",
+              "state_key": "", "content": {"room_version": "10"}}
+
+    def answer(method: str, path: str, params: dict[str, str]) -> Any:
+        assert (path, params) == (f"/rooms/{quote(ROOM)}/messages",
+                                  {"dir": "b", "limit": "100", "from": "p1"})
+        return {"chunk": [text_event(2), text_event(1), create]}  # newest first, no end
+
+    client = offline_client(answer)
+    await client._process(sync_batch(text_event(3)), offline=True)
+    assert seqs(queued(client)) == [("$t1", 1), ("$t2", 2), ("$t3", 3)]  # nothing twice
+
+
+async def test_a_backlog_read_from_synapses_end_token_is_cut_at_the_timeline() -> None:
+    """Synapse's prev_batch of a newly joined room is the sync's end: /messages lists it all."""
+    client = offline_client(lambda *_: {"chunk": [text_event(2), text_event(1)]})
+    await client._process(sync_batch(text_event(1), text_event(2), prev="s10"), offline=True)
+    assert seqs(queued(client)) == [("$t1", 1), ("$t2", 2)]
+
+
+async def test_a_batch_is_applied_once_when_a_follow_up_request_failed() -> None:
+    """The adapter repeats nothing of its own: a refetched batch was not applied before."""
+    other = "!other:hs.test"
+    failures = [ConnectionLost("the backlog request was cut")]
+
+    def answer(method: str, path: str, params: dict[str, str]) -> Any:
+        if path == f"/rooms/{quote(other)}/messages" and failures:
+            raise failures.pop()
+        return {"chunk": []}
+
+    client = offline_client(answer)
+    batch = sync_batch(text_event(1))
+    batch["rooms"]["join"][other] = {"timeline": {"events": [text_event(9)], "prev_batch": "p"}}
+    with pytest.raises(ConnectionLost):
+        await client._process(batch, offline=False)
+    assert queued(client) == []
+    await client._process(batch, offline=False)
+    assert sorted(seqs(queued(client))) == [("$t1", 1), ("$t9", 1)]
+
+
+async def test_a_batch_the_server_sends_again_reaches_the_stream_again() -> None:
+    client = offline_client(lambda *_: {"chunk": []})
+    await client._process(sync_batch(text_event(1), text_event(2)), offline=False)
+    assert seqs(queued(client)) == [("$t1", 1), ("$t2", 2)]
+    # A replayed since token: the same events again, then a new one, in the server's order.
+    await client._process(sync_batch(text_event(1), text_event(2), text_event(3)),
+                          offline=False)
+    assert seqs(queued(client)) == [("$t1", 1), ("$t2", 2), ("$t3", 3)]
+    receipts = {"type": "m.receipt", "content": {
+        "$t1": {"m.read": {"@alice:hs.test": {"ts": 1}}}}}
+    batch = sync_batch()
+    batch["rooms"]["join"][ROOM]["ephemeral"] = {"events": [receipts]}
+    await client._process(batch, offline=False)
+    await client._process(batch, offline=False)
+    assert queued(client) == [ReceiptUpdated(ROOM, "alice", 1, False)] * 2
+
+
+def test_the_matrix_endpoint_declares_what_real_sdks_hide() -> None:
+    info = MatrixAdapter(EndpointSettings("old", "matrix", "http://127.0.0.1:9")).info
+    assert info.client_hides == {ClientHides.DUPLICATE_EVENTS, ClientHides.RECEIPTS_BACKWARDS}
+
+
+async def test_an_abandoned_echo_wait_leaves_no_unretrieved_future(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    client = offline_client(lambda *_: {})
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.01):  # a send that gave up waiting for its echo
+            await client._seen(ROOM, "$never")
+    await client._stop_sync()  # the disconnect fails the wait nobody awaits any more
+    gc.collect()
+    await asyncio.sleep(0)
+    assert "never retrieved" not in caplog.text
+
+
+async def test_a_sync_loop_that_dies_says_so_and_its_error_is_retrieved(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    syncs = itertools.count()
+
+    def answer(method: str, path: str, params: dict[str, str]) -> Any:
+        if path == "/sync" and next(syncs):
+            raise map_error(500, {"errcode": "M_UNKNOWN", "error": "internal"}, "GET /sync")
+        return {"next_batch": "s1"}
+
+    client = offline_client(answer)
+    await client._start(reconnected=False)
+    task = client._sync_task
+    assert task is not None
+    await until(task.done, timeout=units(5), what="the sync loop to end")
+    await asyncio.sleep(0)
+    (gone,) = queued(client)
+    assert isinstance(gone, Disconnected)
+    assert "sync loop stopped" in gone.reason
+    assert "internal" in gone.reason
+    assert client._status is ClientState.FAILED
+    syncs_made = [c for c in client.calls if c[1] == "/sync"]  # type: ignore[attr-defined]
+    uploads = [c for c in client.calls if c[1].endswith("/filter")]  # type: ignore[attr-defined]
+    assert len(syncs_made) == 2
+    assert len(uploads) == 1  # the filter is uploaded once and named by its id
+    assert all(params["filter"] == "f1" for _, _, params in syncs_made)
+    with pytest.raises(ConnectionLost, match="not connected"):
+        await client.send(Target.to_user("alice"), "after the loop died")
+    await client.close()
+    del task
+    gc.collect()
+    await asyncio.sleep(0)
+    assert "never retrieved" not in caplog.text

@@ -114,6 +114,7 @@ async def test_info_reflects_protocol_tier_and_features(
         assert old.info.keepalive_s == 30.0
         assert old.info.limits.max_connections == 100
         assert Capability.TIER_ADMIN not in new.info.capabilities
+        assert new.info.client_hides == old.info.client_hides == frozenset()  # hides nothing
     async with opened(service, pro_app, "v1", send_timeout_s=2.5) as tuned:
         assert tuned.info.send_timeout_s == 2.5
         assert Capability.RECALL not in tuned.info.capabilities, "v1 has no recall"

@@ -10,6 +10,7 @@ import pytest
 from harness.adapters.matrix import translate
 from harness.adapters.matrix.translate import Room, Timeline, UserState
 from harness.contract import (
+    ClientHides,
     Event,
     MembershipChanged,
     MessageRecalled,
@@ -92,12 +93,67 @@ def test_messages_are_numbered_in_timeline_order_and_placed() -> None:
     assert seen.room.messages == ["$t1", "$t2", "$t3"]
 
 
-def test_a_repeated_event_is_applied_once_and_offline_is_passed_on() -> None:
+def received(events: list[Event]) -> list[tuple[str, int, bool]]:
+    return [(e.message.message_id, e.message.seq, e.offline) for e in events
+            if isinstance(e, MessageReceived)]
+
+
+def test_a_repeated_event_reaches_the_stream_again_with_its_first_seq() -> None:
     seen = Seen()
-    assert len(seen.apply(create(), text(1), offline=True)) == 1
-    assert seen.events[0].offline is True  # type: ignore[union-attr]
-    assert seen.apply(text(1)) == []
-    assert len(seen.room.messages) == 1
+    # The server lists $t1 twice in one timeline: two MessageReceived, one number.
+    got = seen.apply(create(), text(1), text(2), text(1), offline=True)
+    assert received(got) == [("$t1", 1, True), ("$t2", 2, True), ("$t1", 1, True)]
+    assert seen.room.messages == ["$t1", "$t2"]  # the room's order is not changed by a repeat
+    # Again in a later batch: passed on with this delivery's offline mark, still seq 1.
+    assert received(seen.apply(text(1))) == [("$t1", 1, False)]
+
+
+def test_seq_follows_the_servers_order_not_the_arrival_count() -> None:
+    seen = Seen()
+    seen.apply(create(), text(1), text(2), text(3))
+    # A replayed since token brings $t2 and $t3 again before the new $t4: arrival order would
+    # make $t4 the sixth message; the server's order makes it the fourth.
+    got = seen.apply(text(2), text(3), text(4))
+    assert received(got) == [("$t2", 2, False), ("$t3", 3, False), ("$t4", 4, False)]
+    # The order is the server's listing, not the events' timestamps.
+    other = Seen()
+    late_first = text(9)
+    late_first["origin_server_ts"] = 1  # older clock, listed first by the server
+    assert received(other.apply(create(), text(8), late_first)) == [
+        ("$t8", 1, False), ("$t9", 2, False)]
+
+
+def test_a_repeated_copy_is_translated_as_delivered() -> None:
+    seen = Seen()
+    seen.apply(create(), text(1), text(2))
+    redacted = text(1, unsigned={"redacted_because": {"type": "m.room.redaction"}})
+    redacted["content"] = {}
+    (again,) = seen.apply(redacted)
+    assert isinstance(again, MessageReceived)
+    assert (again.message.message_id, again.message.seq, again.message.recalled,
+            again.message.body) == ("$t1", 1, True, "")
+
+
+def test_own_repeated_messages_stay_out_and_keep_the_numbering() -> None:
+    seen = Seen(me=ALICE)
+    assert seen.apply(create(), text(1), text(1), text(2, sender=BOB)) == [
+        MessageReceived(translate.message(ROOM, "group", text(2, sender=BOB), 2, local), False)]
+
+
+def test_repeated_state_events_bring_their_change_again_without_reapplying_it() -> None:
+    seen = Seen()
+    invite, join = member(CAROL, "invite", ALICE, 1), member(CAROL, "join", CAROL, 2)
+    kick = member(CAROL, "leave", ALICE, 3)
+    seen.apply(create(), text(1), invite, join, kick)
+    redaction = {"type": "m.room.redaction", "event_id": "$r1", "sender": ALICE,
+                 "content": {"redacts": "$t1"}}
+    assert seen.apply(redaction) == [MessageRecalled(ROOM, "$t1", "alice", False)]
+    # The server sends the invite and the redaction again (a replayed sync token).
+    assert seen.apply(invite, redaction, offline=True) == [
+        MembershipChanged(ROOM, "carol", "added", "alice"),
+        MessageRecalled(ROOM, "$t1", "alice", True),
+    ]
+    assert seen.room.members[CAROL] == "leave"  # the old invite does not rewind the state
 
 
 def test_own_transactions_are_remembered_for_resends() -> None:
@@ -175,16 +231,26 @@ def test_direct_rooms_report_no_group_changes() -> None:
     assert got == []
 
 
-def test_receipts_move_forward_only_and_skip_our_own() -> None:
+def test_receipts_are_passed_on_as_sent_even_moving_back() -> None:
     seen = Seen()
-    seen.apply(create(), text(1), text(2))
+    seen.apply(create(), member(ALICE, "join", ALICE, 1), text(1), text(2))
     receipts = seen.timeline.receipts
     receipts(ROOM, seen.room, {"$t2": {"m.read": {ALICE: {"ts": 1}, BOB: {"ts": 1}}}},
              offline=True)
-    receipts(ROOM, seen.room, {"$t1": {"m.read": {ALICE: {"ts": 2}}}}, offline=False)
+    receipts(ROOM, seen.room, {"$t1": {"m.read": {ALICE: {"ts": 2}}}}, offline=False)  # back
+    receipts(ROOM, seen.room, {"$t1": {"m.read": {ALICE: {"ts": 3}}}}, offline=False)  # again
     receipts(ROOM, seen.room, {"$unknown": {"m.read": {CAROL: {}}}}, offline=False)
-    assert seen.events[-1:] == [ReceiptUpdated(ROOM, "alice", 2, True)]
-    assert sum(isinstance(e, ReceiptUpdated) for e in seen.events) == 1
+    receipts(ROOM, seen.room, {"$m1": {"m.read": {CAROL: {}}}}, offline=False)  # before msg 1
+    assert [e for e in seen.events if isinstance(e, ReceiptUpdated)] == [
+        ReceiptUpdated(ROOM, "alice", 2, True),  # bob's own receipt is not a peer's
+        ReceiptUpdated(ROOM, "alice", 1, False),  # the lower seq, as the server sent it
+        ReceiptUpdated(ROOM, "alice", 1, False),
+    ]
+
+
+def test_real_sdks_hiding_repeats_is_declared_not_done() -> None:
+    assert translate.CLIENT_HIDES == {ClientHides.DUPLICATE_EVENTS,
+                                      ClientHides.RECEIPTS_BACKWARDS}
 
 
 def test_group_info_from_room_state_with_creators_outranking() -> None:
@@ -218,6 +284,27 @@ def test_history_pages_number_from_the_room_start() -> None:
     assert [m.seq for m in later.messages] == [2, 3, 4]
     assert later.has_more
     assert all(m.group == ROOM for m in later.messages)
+
+
+def test_history_lists_a_repeated_event_twice_with_its_first_seq() -> None:
+    events = [create(), text(1), text(2), text(1), text(3)]
+    page = translate.history_page(ROOM, events, before=None, after=None, limit=10, local=local)
+    assert [(m.message_id, m.seq) for m in page.messages] == [
+        ("$t1", 1), ("$t2", 2), ("$t1", 1), ("$t3", 3)]
+
+
+def test_a_backlog_is_cut_where_the_sync_timeline_begins() -> None:
+    ids = lambda events: [e["event_id"] for e in events]  # noqa: E731
+    timeline = [text(3), text(4)]
+    # Synapse's prev_batch of a newly joined room is the sync's end: the read runs into it.
+    overlapping = [create(), text(1), text(2), text(3), text(4)]
+    assert ids(translate.before_timeline(overlapping, timeline)) == ["$create", "$t1", "$t2"]
+    # A prev_batch that is the timeline's start: nothing to cut.
+    assert ids(translate.before_timeline([create(), text(1)], timeline)) == ["$create", "$t1"]
+    # A repeat the server made inside the backlog stays; the cut is by position.
+    repeated = [create(), text(3), text(1), text(3), text(4)]
+    assert ids(translate.before_timeline(repeated, timeline)) == ["$create", "$t3", "$t1"]
+    assert ids(translate.before_timeline(overlapping, [])) == ids(overlapping)
 
 
 @pytest.mark.parametrize(

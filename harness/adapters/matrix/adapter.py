@@ -18,6 +18,7 @@ from harness.adapters.matrix.options import MatrixOptions
 from harness.adapters.matrix.translate import (
     CAPABILITIES,
     CLIENT_ENFORCED,
+    CLIENT_HIDES,
     MAX_BODY_BYTES,
     UserState,
 )
@@ -79,6 +80,7 @@ class MatrixAdapter(AdapterBase[MatrixClient]):
             ),
             send_timeout_s=self.send_timeout_s,
             client_enforced=CLIENT_ENFORCED,
+            client_hides=CLIENT_HIDES,
         )
 
     def __repr__(self) -> str:

@@ -7,7 +7,9 @@ open (`CLIENT_ENFORCED`) are refused here, before any request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -25,11 +27,15 @@ from harness.adapters.matrix.translate import (
     shared_history,
 )
 from harness.adapters.matrix.transport import SyncConnection
+from harness.backoff import Backoff
 from harness.contract import Ack, Credentials, GroupInfo, HistoryPage, Target
 from harness.errors import BadRequest, ConnectionLost, Forbidden, IMError, IMTimeout, NotFound
 
 if TYPE_CHECKING:
     from harness.adapters.matrix.adapter import MatrixAdapter
+
+# Backoff (base_s, cap_s) of a direct-room join that came before the peer's invite.
+JOIN_BACKOFF = (0.1, 1.0)
 
 
 class MatrixOps(SyncConnection):
@@ -37,7 +43,8 @@ class MatrixOps(SyncConnection):
 
     def __init__(self, adapter: MatrixAdapter, credentials: Credentials, state: UserState):
         super().__init__(adapter, credentials, state)
-        self._room_locks: dict[str, asyncio.Lock] = {}  # peer -> creating the direct room
+        self._making: dict[str, asyncio.Task[str]] = {}  # peer -> creating the direct room
+        self.join_retries = 0  # joins of a direct room repeated while its invite was on the way
 
     async def send(
         self, to: Target, body: str = "", *, custom: Mapping[str, Any] | None = None,
@@ -79,15 +86,9 @@ class MatrixOps(SyncConnection):
     async def _seen(self, room_id: str, event_id: str) -> tuple[int, float]:
         """Wait for the sync loop to place our own event in the room's order."""
         room = self._state.rooms.get(room_id)
-        if room is not None and event_id in room.position:
-            seq = room.position[event_id]
-            path = f"/rooms/{quote(room_id)}/event/{quote(event_id)}"
-            event = await self._repeat(lambda: self._call("GET", path))
-            return seq, float(event.get("origin_server_ts", 0)) / 1000.0
-        fut = self._waiters.get(event_id)
-        if fut is None:
-            fut = self._waiters[event_id] = asyncio.get_running_loop().create_future()
-        return await asyncio.shield(fut)
+        if room is not None and event_id in room.stamps:
+            return room.position[event_id], room.stamps[event_id]
+        return await asyncio.shield(self._waiter(event_id))
 
     async def _membership(self, room_id: str) -> str:
         """This user's membership in a room as the server has it ("" when it has none)."""
@@ -107,7 +108,7 @@ class MatrixOps(SyncConnection):
         if known is not None and known.members.get(self._mxid) in ("join", "leave", "ban"):
             return False
         try:
-            await self._call("POST", f"/join/{quote(room_id)}", {})
+            await self._join(room_id)
         except (Forbidden, NotFound):
             return False
         return True
@@ -142,12 +143,14 @@ class MatrixOps(SyncConnection):
         known = self._state.direct.get(peer)
         if known:
             return known
-        # Concurrent first sends to one peer create one room, not one each.
-        async with self._room_locks.setdefault(peer, asyncio.Lock()):
-            known = self._state.direct.get(peer)
-            if known:
-                return known
-            return await self._create_direct(peer)
+        # Concurrent first sends to one peer create one room, not one each, and a send that
+        # gives up (its timeout) does not abandon the creation halfway: the room is made by a
+        # task of the client that the next send to the peer awaits in turn.
+        making = self._making.get(peer)
+        if making is None or (making.done() and (making.cancelled() or making.exception())):
+            making = self._making[peer] = self._spawn(self._create_direct(peer),
+                                                      f"matrix-direct {self.user_id}")
+        return await asyncio.shield(making)
 
     async def _create_direct(self, peer: str) -> str:
         pair = sorted({self._mxid, peer})
@@ -168,11 +171,39 @@ class MatrixOps(SyncConnection):
             # M_UNKNOWN "Room alias ... already exists".
             if exc.details.get("errcode") != "M_ROOM_IN_USE" and "already exists" not in str(exc):
                 raise
-            full = f"#{alias}:{self._adapter.server_name}"
-            room_id = (await self._call("GET", f"/directory/room/{quote(full)}"))["room_id"]
-            await self._call("POST", f"/join/{quote(room_id)}", {})
+            room_id = await self._join_direct(f"#{alias}:{self._adapter.server_name}")
         self._state.direct[peer] = room_id
         return room_id
+
+    async def _join_direct(self, alias: str) -> str:
+        """Join the direct room the peer is creating at the same moment, once it lets us in.
+
+        The peer's server publishes the room's alias before it sends the invite, so a join
+        in between is refused ("You are not invited", or "no servers that are in the room"
+        while the room is still being made). After a refusal the join waits for this client's
+        sync to see the invite, at most one backoff delay (`JOIN_BACKOFF`: the one policy,
+        short steps, since the invite follows within the peer's createRoom), and is tried
+        again, for at most twice the connect timeout; a refusal that outlasts that is raised
+        as it is.
+        """
+        deadline = time.monotonic() + self._adapter.settings.connect_timeout_s * 2
+        backoff = Backoff(*JOIN_BACKOFF, rng=self._backoff.rng)
+        attempt = 0
+        while True:
+            room_id = str((await self._call("GET", f"/directory/room/{quote(alias)}"))[
+                "room_id"])
+            try:
+                await self._join(room_id)
+                return room_id
+            except (Forbidden, NotFound):
+                delay = backoff.delay(attempt)
+                if time.monotonic() + delay > deadline:
+                    raise
+            attempt += 1
+            self.join_retries += 1
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._invite_seen(room_id).wait()
 
     async def create_group(self, name: str, members: Sequence[str] = ()) -> GroupInfo:
         invite = [self._adapter.mxid(m) for m in members if self._adapter.mxid(m) != self._mxid]

@@ -11,11 +11,12 @@ import contextlib
 import json
 import secrets
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from harness.contract import (
     Capability,
+    ClientHides,
     Event,
     GroupInfo,
     HistoryPage,
@@ -46,6 +47,10 @@ CAPABILITIES = frozenset({
 })  # no PUSH: no pusher is wired to a webhook; no TIER_ADMIN: Matrix has no tiers
 # Contract rules Matrix leaves open, refused by this adapter itself (see the package docstring).
 CLIENT_ENFORCED = frozenset({ServerRule.PEER_RECALL_1TO1, ServerRule.FORMER_MEMBER_READS})
+# What real Matrix SDKs hide from their app and this adapter passes on (declared, not done):
+# matrix-js-sdk and matrix-rust-sdk drop a timeline event whose id they already hold, and keep
+# a user's read receipt where it is when a receipt for an earlier event arrives.
+CLIENT_HIDES = frozenset({ClientHides.DUPLICATE_EVENTS, ClientHides.RECEIPTS_BACKWARDS})
 MAX_EVENT_BYTES = 65536  # Synapse's limit on a whole event (envelope included), not the body
 # The body limit the adapter declares and enforces: the event limit minus room for the envelope.
 # Measured envelope of a 1:1 text message (14-character localparts, 34-character client id):
@@ -167,7 +172,7 @@ def message_content(body: str, custom: Mapping[str, Any] | None, client_id: str,
 
 @dataclass
 class Room:
-    """What one client knows of one room, in timeline order."""
+    """What one client knows of one room, in the server's timeline order."""
 
     kind: str | None = None  # "direct" / "group" / None (a room the harness did not make)
     pair: tuple[str, ...] = ()
@@ -175,10 +180,11 @@ class Room:
     creators: frozenset[str] = frozenset()  # room v12+: creators outrank every power level
     power: dict[str, Any] = field(default_factory=dict)
     members: dict[str, str] = field(default_factory=dict)  # mxid -> membership
-    seen: set[str] = field(default_factory=set)
     position: dict[str, int] = field(default_factory=dict)  # event id -> messages up to it
     messages: list[str] = field(default_factory=list)  # seq - 1 -> event id
-    read: dict[str, int] = field(default_factory=dict)  # reader -> highest seq reported
+    stamps: dict[str, float] = field(default_factory=dict)  # message event id -> server ts (s)
+    # event id -> the contract events it meant when it first came: a repeat brings them again
+    meant: dict[str, tuple[Event, ...]] = field(default_factory=dict)
 
 
 @dataclass
@@ -186,6 +192,7 @@ class UserState:
     """A user's client-side storage: the sync cursor, rooms and sent transactions."""
 
     since: str | None = None
+    filter_id: str | None = None  # the sync filter uploaded for this user
     rooms: dict[str, Room] = field(default_factory=dict)
     direct: dict[str, str] = field(default_factory=dict)  # peer mxid -> room id
     sent: dict[str, str] = field(default_factory=dict)  # client id (txn id) -> event id
@@ -219,6 +226,13 @@ class Timeline:
 
     `me` is the user's Matrix id (a bare localpart before the first login); `emit` receives
     each contract event; `placed(event_id, seq, ts)` hears where each message landed.
+
+    Nothing the server sends is filtered out. seq is the server's order: the first time an
+    event id appears in what the server lists (the room's `/messages` from its start, then the
+    `/sync` timelines), a message takes the next number of its room. An event the server sends
+    again is passed on again (a second `MessageReceived` with the same message id and the seq it
+    got the first time, the same recall, membership or mute change): not de-duplicated, and not
+    re-numbered. That a real SDK would drop it is declared (`CLIENT_HIDES`), not done here.
     """
 
     def __init__(self, state: UserState, *, me: str, local: Local,
@@ -231,11 +245,42 @@ class Timeline:
         self.placed = placed
 
     def apply(self, room_id: str, room: Room, event: Mapping[str, Any], *, offline: bool) -> None:
-        """One timeline event of `room` (seen once: a repeat is ignored)."""
+        """One timeline event of `room`, as the server delivered it (a repeat included)."""
         event_id = event.get("event_id", "")
-        if event_id in room.seen:
+        if event_id and event_id in room.meant:
+            self._repeat(room_id, room, event, offline=offline)
             return
-        room.seen.add(event_id)
+        out: list[Event] = []
+        self._apply_new(room_id, room, event, offline=offline, out=out)
+        if event_id:
+            room.meant[event_id] = tuple(out)
+        for contract_event in out:
+            self.emit(contract_event)
+
+    def _repeat(self, room_id: str, room: Room, event: Mapping[str, Any], *,
+                offline: bool) -> None:
+        """An event the server sent again: it reaches the stream again, keeping its seq.
+
+        A message is translated again as delivered now (a redacted copy says so), numbered
+        where its id came first; any other event brings again what it meant the first time
+        (a membership or mute change is a change against the state before it, which the
+        room's state no longer is), and the room's state is not changed a second time.
+        """
+        event_id = event["event_id"]
+        if event.get("type") == "m.room.message":
+            if event.get("sender", "") != self.me:
+                seq = room.position[event_id]
+                self.emit(MessageReceived(message(room_id, room.kind, event, seq, self.local),
+                                          offline))
+            return
+        for meant in room.meant[event_id]:
+            if isinstance(meant, MessageRecalled):
+                meant = replace(meant, offline=offline)
+            self.emit(meant)
+
+    def _apply_new(self, room_id: str, room: Room, event: Mapping[str, Any], *, offline: bool,
+                   out: list[Event]) -> None:
+        event_id = event.get("event_id", "")
         kind, sender = event.get("type"), event.get("sender", "")
         content = event.get("content") or {}
         mine = sender == self.me
@@ -243,20 +288,21 @@ class Timeline:
             room.messages.append(event_id)
             seq = len(room.messages)
             room.position[event_id] = seq
+            stamp = room.stamps[event_id] = float(event.get("origin_server_ts", 0)) / 1000.0
             if self.placed is not None:
-                self.placed(event_id, seq, float(event.get("origin_server_ts", 0)) / 1000.0)
+                self.placed(event_id, seq, stamp)
             txn = (event.get("unsigned") or {}).get("transaction_id")
             if mine and txn:  # our device's transaction: a resend of it gets this event back
                 self.state.sent.setdefault(str(txn), event_id)
             if not mine:
-                self.emit(MessageReceived(message(room_id, room.kind, event, seq, self.local),
-                                          offline))
+                out.append(MessageReceived(message(room_id, room.kind, event, seq, self.local),
+                                           offline))
             return
         room.position[event_id] = len(room.messages)
         if kind == "m.room.redaction":
             target = redacts(event)
             if target in room.position and not mine:
-                self.emit(MessageRecalled(room_id, target, self.local(sender), offline))
+                out.append(MessageRecalled(room_id, target, self.local(sender), offline))
         elif kind == "m.room.create":
             room.kind = content.get(KIND_KEY)
             room.pair = tuple(content.get(PAIR_KEY) or ())
@@ -269,11 +315,12 @@ class Timeline:
         elif kind == "m.room.name":
             room.name = str(content.get("name") or "")
         elif kind == "m.room.member":
-            self._member_changed(room_id, room, event)
+            self._member_changed(room_id, room, event, out)
         elif kind == "m.room.power_levels":
-            self._power_changed(room_id, room, content, self.local(sender))
+            self._power_changed(room_id, room, content, self.local(sender), out)
 
-    def _member_changed(self, room_id: str, room: Room, event: Mapping[str, Any]) -> None:
+    def _member_changed(self, room_id: str, room: Room, event: Mapping[str, Any],
+                        out: list[Event]) -> None:
         user, sender = event.get("state_key", ""), event.get("sender", "")
         new = (event.get("content") or {}).get("membership", "")
         old = room.members.get(user)
@@ -282,20 +329,21 @@ class Timeline:
             return
         local, by = self.local(user), self.local(sender)
         if new == "invite" or (new == "join" and old not in ("invite", None)):
-            self.emit(MembershipChanged(room_id, local, "added", by))
+            out.append(MembershipChanged(room_id, local, "added", by))
         elif new in ("leave", "ban") and old in ("join", "invite"):
             if user == sender:
-                self.emit(MembershipChanged(room_id, local, "left", by))
+                out.append(MembershipChanged(room_id, local, "left", by))
             else:
-                self.emit(MembershipChanged(room_id, local, "removed", by))
+                out.append(MembershipChanged(room_id, local, "removed", by))
 
-    def _power_changed(self, room_id: str, room: Room, new: Mapping[str, Any], by: str) -> None:
+    def _power_changed(self, room_id: str, room: Room, new: Mapping[str, Any], by: str,
+                       out: list[Event]) -> None:
         old, room.power = room.power, dict(new)
         if not old or room.kind != "group":
             return
         if message_level(old) != message_level(new):
             muted = message_level(new) > 0
-            self.emit(MuteChanged(room_id, None, muted, by))
+            out.append(MuteChanged(room_id, None, muted, by))
         old_users, new_users = old.get("users") or {}, new.get("users") or {}
         for user in sorted(set(old_users) | set(new_users)):
             before = int(old_users.get(user, old.get("users_default", 0)))
@@ -304,20 +352,47 @@ class Timeline:
                 continue
             local = self.local(user)
             if (before <= MUTED_LEVEL) != (after <= MUTED_LEVEL):
-                self.emit(MuteChanged(room_id, local, after <= MUTED_LEVEL, by))
+                out.append(MuteChanged(room_id, local, after <= MUTED_LEVEL, by))
             if role(before) != role(after) and MUTED_LEVEL not in (before, after):
-                self.emit(MembershipChanged(room_id, local, "role", by, role=role(after)))
+                out.append(MembershipChanged(room_id, local, "role", by, role=role(after)))
 
     def receipts(self, room_id: str, room: Room, content: Mapping[str, Any], *,
                  offline: bool) -> None:
-        """An `m.receipt` ephemeral event: each reader's read position, never moving back."""
+        """An `m.receipt` ephemeral event: each peer's read position, as the server sent it.
+
+        A receipt that repeats or moves back is passed on as it is (a real SDK ignores one
+        that does not advance: declared in `CLIENT_HIDES`). Only what has no contract meaning
+        is not an event: this user's own receipts (the contract's receipts are a peer's), and
+        a receipt on an event before the room's first message or unknown to this client
+        (no seq to read up to).
+        """
         for event_id, kinds in content.items():
             for reader in (kinds.get("m.read") or {}):
                 seq = room.position.get(event_id)
-                if reader == self.me or not seq or seq <= room.read.get(reader, 0):
+                if reader == self.me or not seq:
                     continue
-                room.read[reader] = seq
                 self.emit(ReceiptUpdated(room_id, self.local(reader), seq, offline))
+
+
+def before_timeline(backlog: Sequence[Mapping[str, Any]],
+                    timeline: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The part of a backlog the adapter read (oldest first) that comes before a sync timeline.
+
+    Synapse's `prev_batch` for a room newly joined in an incremental sync points at the sync's
+    end, not the timeline's start, so `/messages` read from it lists the timeline's events as
+    well (as does a read from the room's start). The backlog is cut where the timeline's first
+    event stands in it (its last place there), by position, not by a set of known ids: every
+    event of the timeline reaches the stream once for each time the server's timeline lists
+    it, and none once more for the adapter's own overlapping read, while a repeat inside the
+    backlog or the timeline is still passed on.
+    """
+    if not timeline:
+        return list(backlog)
+    first = timeline[0].get("event_id")
+    for index in range(len(backlog) - 1, -1, -1):
+        if backlog[index].get("event_id") == first:
+            return list(backlog[:index])
+    return list(backlog)
 
 
 def group_info(group_id: str, state: Sequence[Mapping[str, Any]], local: Local) -> GroupInfo:
@@ -352,14 +427,20 @@ def group_info(group_id: str, state: Sequence[Mapping[str, Any]], local: Local) 
 def history_page(conversation: str, events: Sequence[Mapping[str, Any]], *,
                  before: int | None, after: int | None, limit: int,
                  local: Local) -> HistoryPage:
-    """A history page from a room's whole timeline (numbered from its start, like live seqs)."""
+    """A history page from a room's whole timeline (numbered from its start, like live seqs).
+
+    Every message the server lists is on the page: one it lists twice is there twice, with the
+    number it got where it came first (the live rule, see `Timeline`).
+    """
     kind: str | None = None
     messages: list[Message] = []
+    numbers: dict[str, int] = {}  # event id -> seq
     for event in events:
         if event.get("type") == "m.room.create":
             kind = (event.get("content") or {}).get(KIND_KEY)
         elif event.get("type") == "m.room.message":
-            messages.append(message(conversation, kind, event, len(messages) + 1, local))
+            seq = numbers.setdefault(event["event_id"], len(numbers) + 1)
+            messages.append(message(conversation, kind, event, seq, local))
     if after is not None:
         picked = [m for m in messages if m.seq > after]
         page, more = picked[:limit], len(picked) > limit

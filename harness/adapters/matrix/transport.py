@@ -13,14 +13,20 @@ import contextlib
 import json
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 import aiohttp
 
 from harness.adapters.base import ClientState, StreamClient
-from harness.adapters.matrix.translate import Room, Timeline, UserState, map_error
+from harness.adapters.matrix.translate import (
+    Room,
+    Timeline,
+    UserState,
+    before_timeline,
+    map_error,
+)
 from harness.backoff import Backoff
 from harness.contract import Credentials
 from harness.errors import (
@@ -36,6 +42,11 @@ if TYPE_CHECKING:
     from harness.adapters.matrix.adapter import MatrixAdapter
 
 PAGE = 100  # events per /messages page
+SYNC_FILTER: dict[str, Any] = {  # what a /sync brings: rooms only, 50 timeline events a batch
+    "room": {"timeline": {"limit": 50}, "state": {"lazy_load_members": False}},
+    "presence": {"types": []},
+    "account_data": {"types": []},
+}
 _R = TypeVar("_R")
 
 
@@ -88,6 +99,12 @@ async def request(
         raise ConnectionLost(f"{what}: {type(exc).__name__}: {exc}") from None
 
 
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    """Mark a future's exception as retrieved (whoever awaits it still gets it)."""
+    if not fut.cancelled():
+        fut.exception()
+
+
 class SyncConnection(StreamClient):
     """A device's login, `/sync` long-poll, retried requests, close and drop."""
 
@@ -105,6 +122,9 @@ class SyncConnection(StreamClient):
         self._http: aiohttp.ClientSession | None = None
         self._sync_task: asyncio.Task[None] | None = None
         self._waiters: dict[str, asyncio.Future[tuple[int, float]]] = {}
+        self._invites: dict[str, asyncio.Event] = {}  # room id -> its invite reached the sync
+        self._tasks: set[asyncio.Task[Any]] = set()  # background work besides the sync loop
+        self._joining: dict[str, asyncio.Task[Any]] = {}  # room id -> the join in flight
         self._caught_up = asyncio.Event()
         opts = adapter.options
         self._backoff = Backoff(adapter.backoff_base_s, adapter.backoff_cap_s,
@@ -176,43 +196,90 @@ class SyncConnection(StreamClient):
     async def _start(self, *, reconnected: bool) -> None:
         self._caught_up.clear()
         self._status = ClientState.CONNECTED
-        self._sync_task = asyncio.create_task(
+        task = self._sync_task = asyncio.create_task(
             self._sync_loop(reconnected=reconnected), name=f"matrix-sync {self.user_id}"
         )
+        task.add_done_callback(self._sync_ended)
         waiter = asyncio.ensure_future(self._caught_up.wait())
-        done, _ = await asyncio.wait(
-            {waiter, self._sync_task}, timeout=self._adapter.settings.connect_timeout_s * 4,
-            return_when=asyncio.FIRST_COMPLETED,
-        )
+        try:
+            done, _ = await asyncio.wait(
+                {waiter, task}, timeout=self._adapter.settings.connect_timeout_s * 4,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            waiter.cancel()  # done, or no longer waited for: never left pending
         if waiter not in done:
-            waiter.cancel()
-            failed = self._sync_task
             await self._stop_sync()
             self._status = ClientState.DROPPED  # a later reconnect() starts over
-            if failed in done:
-                failed.result()  # raises the loop's error
+            if task in done:
+                task.result()  # raises the loop's error
             raise IMTimeout(f"{self!r}: the first sync did not complete in time")
+
+    def _sync_ended(self, task: asyncio.Task[None]) -> None:
+        """A sync loop ended: its outcome is always retrieved, and a failure is reported.
+
+        Stopped on purpose, the task is cancelled; before the first sync completed, `_start`
+        raises its error. After that, an error the loop does not retry (a server error, a
+        malformed answer) ends the client's syncing: it says `Disconnected` with the error and
+        its state is FAILED, so the failure is seen, not a client that quietly stops hearing.
+        """
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is None or not self._caught_up.is_set() or task is not self._sync_task:
+            return
+        self._status = ClientState.FAILED
+        self._disconnected(f"the sync loop stopped: {type(error).__name__}: {error}")
+
+    def _spawn(self, work: Coroutine[Any, Any, _R], name: str) -> asyncio.Task[_R]:
+        """A background task of this client: kept, its outcome retrieved, cancelled on stop."""
+        task = asyncio.create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_retrieve)
+        return task
+
+    async def _join(self, room_id: str) -> None:
+        """Join a room; callers at the same moment (the sync accepting an invite, a send
+        joining its direct room) share one request, so the server makes one join, not two."""
+        joining = self._joining.get(room_id)
+        if joining is None or joining.done():
+            joining = self._joining[room_id] = self._spawn(
+                self._call("POST", f"/join/{quote(room_id)}", {}), f"matrix-join {self.user_id}")
+            joining.add_done_callback(
+                lambda done: self._joining.pop(room_id, None) if self._joining.get(
+                    room_id) is done else None)
+        await asyncio.shield(joining)
+
+    def _invite_seen(self, room_id: str) -> asyncio.Event:
+        """Set once this client's sync has seen an invite to `room_id`."""
+        return self._invites.setdefault(room_id, asyncio.Event())
+
+    def _waiter(self, event_id: str) -> asyncio.Future[tuple[int, float]]:
+        """The future a send waits on until the sync places its event (one per event id)."""
+        fut = self._waiters.get(event_id)
+        if fut is None:
+            fut = self._waiters[event_id] = asyncio.get_running_loop().create_future()
+            # Its senders may have given up (a send timeout) before it fails on a disconnect.
+            fut.add_done_callback(_retrieve)
+        return fut
 
     async def _sync_loop(self, *, reconnected: bool) -> None:
         catching_up = True
         failures = 1 if reconnected else 0  # a reconnect() says Reconnected before what it missed
         poll = self._adapter.options.sync_timeout_s
-        filt = json.dumps({
-            "room": {"timeline": {"limit": 50}, "state": {"lazy_load_members": False}},
-            "presence": {"types": []},
-            "account_data": {"types": []},
-        })
         while True:
-            params = {"filter": filt, "timeout": "0" if catching_up else str(int(poll * 1000))}
+            params = {"timeout": "0" if catching_up else str(int(poll * 1000))}
             if self._state.since:
                 params["since"] = self._state.since
             try:
+                params["filter"] = await self._sync_filter()
                 data = await self._call("GET", "/sync", params=params, within=poll + 10)
                 if failures:
                     self._reconnected(failures)
                     failures = 0
                 # A batch whose follow-up requests fail is fetched again: the since token
-                # moves only after the whole batch is applied, and applying is idempotent.
+                # moves only after the batch is applied, and it is applied all or nothing.
                 joined = await self._process(data, offline=catching_up)
             except (ConnectionLost, IMTimeout) as exc:
                 if not self._caught_up.is_set():
@@ -235,34 +302,72 @@ class SyncConnection(StreamClient):
             if not catching_up:
                 self._caught_up.set()
 
+    async def _sync_filter(self) -> str:
+        """The id of this user's sync filter, uploaded once, as Matrix SDKs do.
+
+        The server then parses and checks the filter once, not at every `/sync` (an inline
+        filter is validated per request: CPU a loaded homeserver lacks).
+        """
+        if self._state.filter_id is None:
+            path = f"/user/{quote(self._mxid)}/filter"
+            answer = await self._call("POST", path, SYNC_FILTER)
+            self._state.filter_id = str(answer["filter_id"])
+        return self._state.filter_id
+
     async def _process(self, data: Mapping[str, Any], *, offline: bool) -> bool:
-        """Apply one sync batch; True when it accepted invites."""
+        """Apply one sync batch; True when it accepted invites.
+
+        Everything the batch leaves out (a new room's backlog, a gap) is fetched first and the
+        batch is applied only then, in one go: a batch fetched again after a failed follow-up
+        request was not applied the first time, so the adapter repeats nothing on its own and
+        every repeat that reaches the stream is the server's.
+        """
         rooms = data.get("rooms") or {}
         joined = False
         for room_id in rooms.get("invite") or {}:
+            self._invite_seen(room_id).set()
             try:
-                await self._call("POST", f"/join/{quote(room_id)}", {})
+                await self._join(room_id)
                 joined = True
             except ConnectionLost:
                 raise  # the batch is fetched and the invite accepted again
             except IMError:  # a room that vanished meanwhile
                 pass
-        for room_id, room in (rooms.get("join") or {}).items():
-            await self._process_room(room_id, room, offline=offline)
-        for room_id, left in (rooms.get("leave") or {}).items():
-            await self._process_room(room_id, left, offline=offline)
+        batch: list[tuple[str, Mapping[str, Any], list[Mapping[str, Any]]]] = []
+        for section in ("join", "leave"):
+            for room_id, room_data in (rooms.get(section) or {}).items():
+                batch.append((room_id, room_data, await self._missing(room_id, room_data)))
+        for room_id, room_data, missing in batch:  # no await from here on: all or nothing
+            self._apply_room(room_id, room_data, missing, offline=offline)
         return joined
 
-    async def _process_room(self, room_id: str, data: Mapping[str, Any], *, offline: bool) -> None:
+    async def _missing(self, room_id: str,
+                       data: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+        """The events of a room before its sync timeline that this client has not seen.
+
+        A room met for the first time: its backlog from the start, paged back from the
+        timeline's `prev_batch`; a limited timeline of a known room: the gap back to the last
+        event seen. Either read may run into the timeline itself (Synapse's `prev_batch` of a
+        newly joined room is the sync's end), so it is cut where the timeline begins
+        (`translate.before_timeline`).
+        """
         timeline = data.get("timeline") or {}
-        events = list(timeline.get("events") or [])
+        events = timeline.get("events") or []
         room = self._state.rooms.get(room_id)
+        prev = timeline.get("prev_batch")
         if room is None:
-            # Known only once its backfill arrived, so a failed backfill is redone in full.
-            events = await self._room_from_start(room_id) + events
-            room = self._state.rooms[room_id] = Room()
-        elif timeline.get("limited") and timeline.get("prev_batch"):
-            events = await self._fill_gap(room_id, room, timeline["prev_batch"]) + events
+            backlog = await (self._fill_gap(room_id, None, prev) if prev
+                             else self._room_from_start(room_id))
+        elif timeline.get("limited") and prev:
+            backlog = await self._fill_gap(room_id, room, prev)
+        else:
+            return []
+        return before_timeline(backlog, events)
+
+    def _apply_room(self, room_id: str, data: Mapping[str, Any],
+                    missing: list[Mapping[str, Any]], *, offline: bool) -> None:
+        events = [*missing, *((data.get("timeline") or {}).get("events") or [])]
+        room = self._state.rooms.setdefault(room_id, Room())
         for event in events:
             self._timeline.apply(room_id, room, event, offline=offline)
         for ephemeral in (data.get("ephemeral") or {}).get("events") or []:
@@ -290,7 +395,10 @@ class SyncConnection(StreamClient):
             if not chunk or not token:
                 return out
 
-    async def _fill_gap(self, room_id: str, room: Room, token: str) -> list[dict[str, Any]]:
+    async def _fill_gap(self, room_id: str, room: Room | None,
+                        token: str) -> list[dict[str, Any]]:
+        """Events before `token`, oldest first, back to the last one `room` knows (or the start)."""
+        known = room.position if room is not None else {}
         missed: list[dict[str, Any]] = []
         next_token: str | None = token
         while next_token:
@@ -298,7 +406,7 @@ class SyncConnection(StreamClient):
             page = await self._call("GET", f"/rooms/{quote(room_id)}/messages", params=params)
             chunk = page.get("chunk") or []
             for event in chunk:
-                if event.get("event_id") in room.seen:
+                if event.get("event_id") in known:
                     return list(reversed(missed))
                 missed.append(event)
             next_token = page.get("end") if chunk else None
@@ -307,11 +415,14 @@ class SyncConnection(StreamClient):
     # -- lifecycle ------------------------------------------------------------------------
 
     async def _stop_sync(self) -> None:
+        """Stop the sync loop and every background task, awaiting each one's end."""
         task, self._sync_task = self._sync_task, None
-        if task is not None:
-            task.cancel()
+        tasks = [t for t in (task, *self._tasks) if t is not None]
+        for each in tasks:
+            each.cancel()
+        for each in tasks:
             with contextlib.suppress(BaseException):
-                await task
+                await each
         for fut in self._waiters.values():
             if not fut.done():
                 fut.set_exception(ConnectionLost(f"{self!r}: disconnected before the echo"))
