@@ -411,3 +411,10 @@ def test_number_problem_says_the_range() -> None:
     assert number_problem("--cohort", 50, low=0, high=100) is None
     assert "a finite number >= 0 and <= 100" in (number_problem("--cohort", "inf", low=0,
                                                                 high=100) or "")
+
+
+def test_a_protocol_the_adapter_does_not_speak_is_refused_before_anything_starts() -> None:
+    assert error_of({"endpoints": {"new": {"protocol": "v3"}}}) == (
+        "im-harness.toml: endpoints.new.protocol = 'v3' is not a protocol of adapter "
+        "'reference'; known: v1, v2"
+    )

@@ -8,6 +8,7 @@ import socket
 import struct
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect as ws_connect
@@ -378,9 +379,21 @@ async def test_blackhole_holds_a_peer_reset_until_it_ends() -> None:
     assert "upstream reset" in link.timeline.events[-1].details["reason"]
 
 
+def _socket_buffers_max() -> int:
+    """What the kernel may buffer on one loopback connection (both ends' autotuned maxima)."""
+    total = 0
+    for name in ("tcp_rmem", "tcp_wmem"):
+        try:
+            total += int(Path(f"/proc/sys/net/ipv4/{name}").read_text().split()[2])
+        except (OSError, ValueError, IndexError):
+            total += 8 << 20
+    return total
+
+
 async def test_blackhole_holds_a_bounded_amount_and_pushes_back(sink: tuple[Sink, int]) -> None:
     server, port = sink
-    size = 8 << 20
+    # More than the link holds (1 MiB) plus all the kernel can buffer, so the writer must stall.
+    size = max(8 << 20, _socket_buffers_max() + (4 << 20))
     async with FaultLink("127.0.0.1", port) as link:
         reader, writer = await asyncio.open_connection(link.host, link.port)
         with link.blackhole():

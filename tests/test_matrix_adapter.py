@@ -56,6 +56,7 @@ from harness.matrix.launcher import SynapseServer, install_synapse
 from harness.recorder import Recorder
 from harness.timing import units, until
 
+pytestmark = pytest.mark.slow
 VERSIONS = os.environ.get("IM_HARNESS_SYNAPSE_VERSIONS", "1.141.0,1.163.2").split(",")
 
 

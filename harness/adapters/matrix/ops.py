@@ -153,6 +153,10 @@ class MatrixOps(SyncConnection):
         return await asyncio.shield(making)
 
     async def _create_direct(self, peer: str) -> str:
+        if peer != self._mxid:
+            # Synapse invites a user that does not exist without a word: ask for the peer's
+            # profile first, so a send to nobody is NotFound (M_NOT_FOUND), as the contract says.
+            await self._call("GET", f"/profile/{quote(peer, safe='')}")
         pair = sorted({self._mxid, peer})
         alias = "imh-dm-" + hashlib.sha256("\n".join(pair).encode()).hexdigest()[:24]
         body: dict[str, Any] = {

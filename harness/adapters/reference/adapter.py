@@ -61,6 +61,7 @@ class ReferenceAdapter(AdapterBase[ReferenceClient]):
 
     name: ClassVar[str] = "reference"
     Options: ClassVar[type[ReferenceOptions]] = ReferenceOptions
+    protocols: ClassVar[tuple[str, ...]] = tuple(PROTOCOLS)  # a config naming another is refused
 
     def __init__(self, settings: EndpointSettings) -> None:
         super().__init__(settings)
