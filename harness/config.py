@@ -666,21 +666,33 @@ def explain(exc: ValidationError, *, source: str, prefix: tuple[str, ...] = ()) 
     return mask_urls(f"{source}: {path} = {text}: {msg}; {fix}")
 
 
-def _range(loc: tuple[Any, ...]) -> str:
-    """`a finite number > 0` for the numeric field a validation `loc` points at ('' if none)."""
-    model: Any = HarnessConfig
+def _field_at(loc: tuple[Any, ...]) -> tuple[Any, Any] | None:
+    """The annotation and the field a validation `loc` points at in the config models.
+
+    None when `loc` leaves the models (an unknown key, or into a plain value).
+    """
+    ann: Any = HarnessConfig
     info = None
     for part in loc:
-        model = _unwrap(model)
-        if isinstance(model, type) and issubclass(model, BaseModel):
-            info = model.model_fields.get(str(part))
+        ann = _unwrap(ann)
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            info = ann.model_fields.get(str(part))
             if info is None:
-                return ""
-            model = info.annotation
-        elif typing.get_origin(model) is dict:
-            model = typing.get_args(model)[1]
+                return None
+            ann = info.annotation
+        elif typing.get_origin(ann) is dict:
+            ann = typing.get_args(ann)[1]
         else:
-            return ""
+            return None
+    return ann, info
+
+
+def _range(loc: tuple[Any, ...]) -> str:
+    """`a finite number > 0` for the numeric field a validation `loc` points at ('' if none)."""
+    found = _field_at(loc)
+    if found is None:
+        return ""
+    info = found[1]
     bounds = []
     for meta in info.metadata if info is not None else ():
         for attr, sign in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
@@ -694,18 +706,10 @@ def _range(loc: tuple[Any, ...]) -> str:
 
 def _known_keys(loc: tuple[Any, ...]) -> str:
     """The keys allowed at the model a validation `loc` points into."""
-    ann: Any = HarnessConfig
-    for part in loc:
-        ann = _unwrap(ann)
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            field = ann.model_fields.get(str(part))
-            if field is None:
-                return "?"
-            ann = field.annotation
-        elif typing.get_origin(ann) is dict:
-            ann = typing.get_args(ann)[1]
-        else:
-            return "?"
+    found = _field_at(loc)
+    if found is None:
+        return "?"
+    ann = found[0]
     ann = _unwrap(ann)
     if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
         return "?"
