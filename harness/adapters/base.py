@@ -39,6 +39,18 @@ class OptionsModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class BackoffOptions(OptionsModel):
+    """The keys of the one backoff policy (`harness.backoff.Backoff`) an adapter retries with."""
+
+    backoff_base_s: Seconds = Field(
+        0.5, description="retry and reconnect backoff: the first delay's upper bound in "
+        "seconds, doubling per attempt, full jitter")
+    backoff_cap_s: Seconds = Field(
+        10.0, description="retry and reconnect backoff: the largest delay in seconds")
+    jitter_seed: int | str | None = Field(
+        None, description="seed of the backoff jitter, for reproducible delays; unset: random")
+
+
 class ClientState(enum.StrEnum):
     """Where a client is in its life."""
 

@@ -6,12 +6,12 @@ from typing import Annotated
 
 from pydantic import Field
 
-from harness.adapters.base import Count, OptionsModel, PositiveSeconds, Seconds
+from harness.adapters.base import BackoffOptions, Count, PositiveSeconds, Seconds
 
 Rate = Annotated[float, Field(strict=True, ge=0)]
 
 
-class MatrixOptions(OptionsModel):
+class MatrixOptions(BackoffOptions):
     """Options of adapter 'matrix' (all optional)."""
 
     server_name: str | None = Field(
@@ -30,10 +30,3 @@ class MatrixOptions(OptionsModel):
         "reported in info.limits; the embedded Synapse sets it from its rate profile")
     send_burst: Count | None = Field(
         None, description="the server's message burst per user, reported in info.limits")
-    backoff_base_s: Seconds = Field(
-        0.5, description="send-retry and /sync-reconnect backoff: the first delay's upper "
-        "bound in seconds, doubling per attempt, full jitter")
-    backoff_cap_s: Seconds = Field(
-        10.0, description="send-retry and /sync-reconnect backoff: the largest delay in seconds")
-    jitter_seed: int | str | None = Field(
-        None, description="seed of the backoff jitter, for reproducible delays; unset: random")

@@ -4,22 +4,15 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from harness.adapters.base import Count, OptionsModel, PositiveSeconds, Seconds
+from harness.adapters.base import BackoffOptions, Count, PositiveSeconds, Seconds
 
 
-class ReferenceOptions(OptionsModel):
+class ReferenceOptions(BackoffOptions):
     """Options of adapter 'reference' (all optional; an embedded service sets `api_url`)."""
 
     api_url: str | None = Field(
         None, description="the service's HTTP API (app server and admin), "
         "e.g. http://127.0.0.1:PORT; required, set by the harness for an embedded service")
-    backoff_base_s: Seconds = Field(
-        0.5, description="auto-reconnect backoff: the first delay's upper bound in seconds, "
-        "doubling per attempt, full jitter")
-    backoff_cap_s: Seconds = Field(
-        10.0, description="auto-reconnect backoff: the largest delay in seconds")
-    jitter_seed: int | str | None = Field(
-        None, description="seed of the backoff jitter, for reproducible delays; unset: random")
     max_reconnect_attempts: Count | None = Field(
         None, description="automatic reconnect attempts before the client gives up; "
         "unset: unlimited")
