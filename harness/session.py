@@ -429,6 +429,8 @@ class User:
         client = await self.endpoint.adapter.connect(self.credentials, protocol=protocol)
         if not _gets_recall_events(self.endpoint, client):
             self.oracle.no_recall_events(self.id)
+        if self.endpoint.info.client_hides:
+            self.oracle.client_hides(self.id, self.endpoint.info.client_hides)
         self._client = client
         self._recorder = Recorder(self.id, client, self.oracle)
         self._recorder.start()

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from matrix_runner import Run, publish, run_all
 
+from harness.oracle import KINDS
+
 pytestmark = pytest.mark.slow
 
 PROPERTIES = "suites/test_properties.py"
@@ -26,7 +28,7 @@ PROPERTY_DEFECTS = [
 FAULT_DEFECTS = ["keepalive_dead", "ack_before_persist", "duplicate_on_reconnect"]
 RUN_TIMEOUT_S = 600.0
 SEARCHES = 3  # random searches a property run gets per defect
-KIND_RE = re.compile(r"\[(loss|duplicate|order|group_order|recall|receipt|history|unexpected)\]")
+KIND_RE = re.compile(r"\[(" + "|".join(map(str, KINDS)) + r")\]")  # every kind the oracle has
 REPLAY_RE = re.compile(r"^\s*(pytest \S+ --hypothesis-seed=\d+.*)$", re.M)
 
 

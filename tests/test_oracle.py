@@ -810,6 +810,11 @@ def _fires_history(w: World) -> tuple[str, ...]:
     return (m2.message_id,)
 
 
+def _fires_hidden_by_sdk(w: World) -> tuple[str, ...]:
+    w.oracle.client_hides(B, ["duplicate_events"])
+    return _fires_duplicate(w)
+
+
 def _fires_causal_order(w: World) -> tuple[str, ...]:
     a, b = _hb_pair(w, seq_lies=True)
     w.deliver(B, b, a)
@@ -833,6 +838,7 @@ FIRES = {
     ViolationKind.HISTORY: _fires_history,
     ViolationKind.UNEXPECTED: _fires_unexpected,
     ViolationKind.CAUSAL_ORDER: _fires_causal_order,
+    ViolationKind.HIDDEN_BY_SDK: _fires_hidden_by_sdk,
 }
 
 
@@ -855,7 +861,7 @@ def test_kinds_are_strings_with_the_names_reports_use() -> None:
     assert KINDS == tuple(ViolationKind)
     assert KINDS == (  # what load counters and the defect matrix match on
         "loss", "duplicate", "order", "group_order", "recall", "receipt", "history", "unexpected",
-        "causal_order",
+        "causal_order", "hidden_by_sdk",
     )
     assert {ViolationKind.LOSS: 1}.get("loss") == 1  # type: ignore[call-overload]
     assert f"{ViolationKind.GROUP_ORDER}" == str(ViolationKind.GROUP_ORDER) == "group_order"
@@ -1126,3 +1132,30 @@ def test_an_injected_receipt_regression_is_reported(run: Run, rnd: random.Random
         v.kind == "receipt" and v.participant == who and f"{reader}'s read receipt" in str(v)
         for v in found
     ), found
+
+
+def test_what_an_sdk_would_hide_is_reported_as_such_never_dropped() -> None:
+    """A declared hide changes the kind and says why; the server's behaviour is still judged."""
+    oracle = Oracle()
+    oracle.client_hides(B, ["duplicate_events", "receipts_backwards"])
+    ack = Ack("c1", "m1", dm(A, B), 1, 0.0)
+    oracle.sent(A, ack, recipients={B}, body="hi")
+    msg = Message("m1", dm(A, B), 1, A, "c1", "text", "hi", 0.0)
+    oracle.observe(B, MessageReceived(msg))
+    oracle.observe(B, MessageReceived(msg))
+    oracle.observe(B, ReceiptUpdated(dm(A, B), A, 2))
+    oracle.observe(B, ReceiptUpdated(dm(A, B), A, 1))
+    kinds = [v.kind for v in oracle.violations()]
+    assert kinds == [ViolationKind.HIDDEN_BY_SDK, ViolationKind.HIDDEN_BY_SDK]
+    dup, back = oracle.violations()
+    assert "saw message m1" in dup.explanation
+    assert "an SDK that de-duplicates by message id hides it" in dup.explanation
+    assert "moved back from 2 to 1 at " + A in back.explanation
+    assert "ignores a receipt that does not advance" in back.explanation
+    # Without the declaration the same stream is a plain duplicate and a plain receipt violation.
+    plain = Oracle()
+    plain.sent(A, ack, recipients={B}, body="hi")
+    for event in (MessageReceived(msg), MessageReceived(msg),
+                  ReceiptUpdated(dm(A, B), A, 2), ReceiptUpdated(dm(A, B), A, 1)):
+        plain.observe(B, event)
+    assert [v.kind for v in plain.violations()] == [ViolationKind.DUPLICATE, ViolationKind.RECEIPT]

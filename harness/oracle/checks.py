@@ -25,6 +25,10 @@ ORDER = ViolationKind.ORDER
 GROUP_ORDER = ViolationKind.GROUP_ORDER
 RECALL = ViolationKind.RECALL
 RECEIPT = ViolationKind.RECEIPT
+HIDDEN_BY_SDK = ViolationKind.HIDDEN_BY_SDK
+# What the client declares its protocol's SDKs hide (harness.contract.ClientHides values).
+HIDES_DUPLICATES = "duplicate_events"
+HIDES_RECEIPTS_BACK = "receipts_backwards"
 HISTORY = ViolationKind.HISTORY
 UNEXPECTED = ViolationKind.UNEXPECTED
 CAUSAL_ORDER = ViolationKind.CAUSAL_ORDER
@@ -66,14 +70,18 @@ def repeated_sighting(
 ) -> Violation:
     """A message the participant already saw at `first` (event index, offline) came again."""
     msg = event.message
-    return Violation(
-        DUPLICATE,
-        part.name,
-        msg.conversation,
+    text = (
         f"{part.name} saw message {ing.describe(msg.message_id)} twice: at "
-        f"{how(*first)} and at {how(index, event.offline)}.",
-        (msg.message_id,),
+        f"{how(*first)} and at {how(index, event.offline)}."
     )
+    if HIDES_DUPLICATES in part.hides:
+        return Violation(
+            HIDDEN_BY_SDK, part.name, msg.conversation,
+            f"{text} The server sent the event twice; an SDK that de-duplicates by message id "
+            "hides it from its users, but the server did send it.",
+            (msg.message_id,),
+        )
+    return Violation(DUPLICATE, part.name, msg.conversation, text, (msg.message_id,))
 
 
 def stored_twice(
@@ -138,15 +146,19 @@ def receipt(
     """A reader's receipt below the last one seen for it: `last` is (seq, event index)."""
     if event.up_to_seq >= last[0]:
         return None
-    return Violation(
-        RECEIPT,
-        part.name,
-        event.conversation,
+    text = (
         f"read cursor of {event.conversation} moved back from {last[0]} to "
         f"{event.up_to_seq} at {event.reader}: {part.name} saw {event.reader}'s read receipt "
         f"up to seq {last[0]} at event #{last[1]}, then up to seq {event.up_to_seq} at "
-        f"{how(index, event.offline)}; a read cursor must never move back.",
+        f"{how(index, event.offline)}; a read cursor must never move back."
     )
+    if HIDES_RECEIPTS_BACK in part.hides:
+        return Violation(
+            HIDDEN_BY_SDK, part.name, event.conversation,
+            f"{text} The server sent it; an SDK that ignores a receipt that does not advance "
+            "hides it from its users.",
+        )
+    return Violation(RECEIPT, part.name, event.conversation, text)
 
 
 def named(ing: Ingest, part: Participant, mid: str) -> str:

@@ -124,6 +124,7 @@ class Participant:
     log: list[StoredEntry] = field(default_factory=list)  # timeline; see transcript.entries()
     no_recall_events: bool = False
     observed: bool = True  # False: events not fed to the oracle, no loss/recall checks
+    hides: frozenset[str] = frozenset()  # what its client's real SDKs would hide (ClientHides)
 
     def add_view(self, conversation: str, seq: int, message_id: str) -> None:
         # get-then-insert, not setdefault: no throwaway dict and list per message
@@ -188,6 +189,14 @@ class Ingest:
     def no_recall_events(self, participant: str) -> None:
         """Declare a participant (a v1 client) that gets no recall events: judged by history."""
         self._part(participant).no_recall_events = True
+
+    def client_hides(self, participant: str, hides: Iterable[str]) -> None:
+        """Declare what the participant's protocol's real SDKs hide (`ClientHides` values).
+
+        The server's behaviour is judged all the same: a repeat or a backward receipt is then
+        reported as `hidden_by_sdk`, saying that users of such an SDK would not see it.
+        """
+        self._part(participant).hides = frozenset(str(h) for h in hides)
 
     def not_observed(self, *participants: str) -> None:
         """Declare participants whose events are not fed here: no loss or recall checks for them."""

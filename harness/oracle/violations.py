@@ -23,6 +23,9 @@ class ViolationKind(StrEnum):
     HISTORY = "history"  # a history page that differs from what was delivered or acked
     UNEXPECTED = "unexpected"  # a delivery to a non-recipient, at another seq, or never sent
     CAUSAL_ORDER = "causal_order"  # B seen before A, though A was acked before B was started
+    # The server repeated an event or moved a read cursor back, where the client declares
+    # (EndpointInfo.client_hides) that the protocol's real SDKs hide exactly that from users.
+    HIDDEN_BY_SDK = "hidden_by_sdk"
 
 
 KINDS: tuple[ViolationKind, ...] = tuple(ViolationKind)
