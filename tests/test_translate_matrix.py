@@ -328,6 +328,13 @@ def test_rate_limits_say_when_to_retry() -> None:
     err = translate.map_error(429, {"errcode": "M_LIMIT_EXCEEDED", "retry_after_ms": 1500}, "send")
     assert isinstance(err, RateLimited)
     assert err.retry_after == 1.5
+    # Synapse truncates to whole ms: 0 is "under 1 ms"; no field at all is no wait named.
+    under = translate.map_error(429, {"errcode": "M_LIMIT_EXCEEDED", "retry_after_ms": 0}, "send")
+    assert isinstance(under, RateLimited)
+    assert under.retry_after == 0.001
+    silent = translate.map_error(429, {"errcode": "M_LIMIT_EXCEEDED"}, "send")
+    assert isinstance(silent, RateLimited)
+    assert silent.retry_after == 0.0
 
 
 def test_message_content_checks_size_and_json_before_any_request() -> None:

@@ -98,8 +98,11 @@ def map_error(status: int, body: Mapping[str, Any], what: str) -> IMError:
     errcode = str(body.get("errcode") or "")
     text = f"{what}: {errcode or status} {body.get('error') or ''}".rstrip()
     if errcode == "M_LIMIT_EXCEEDED" or status == 429:
-        retry_ms = body.get("retry_after_ms") or 0
-        return RateLimited(text, retry_after=float(retry_ms) / 1000.0, errcode=errcode)
+        retry_ms = body.get("retry_after_ms")
+        # Synapse truncates the wait left to whole milliseconds, so 0 means "under 1 ms": report
+        # that bound, not "no wait". Without the field the server named no wait at all: 0.
+        wait_ms = max(float(retry_ms), 1.0) if isinstance(retry_ms, int | float) else 0.0
+        return RateLimited(text, retry_after=wait_ms / 1000.0, errcode=errcode)
     cls = _ERRCODES.get(errcode) or _BY_STATUS.get(status) or IMError
     return cls(text, errcode=errcode, status=status)
 
