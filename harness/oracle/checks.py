@@ -13,7 +13,14 @@ import bisect
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from harness.contract import Ack, HistoryPage, Message, MessageReceived, ReceiptUpdated
+from harness.contract import (
+    Ack,
+    ClientHides,
+    HistoryPage,
+    Message,
+    MessageReceived,
+    ReceiptUpdated,
+)
 from harness.oracle.violations import Violation, ViolationKind
 
 if TYPE_CHECKING:
@@ -26,9 +33,6 @@ GROUP_ORDER = ViolationKind.GROUP_ORDER
 RECALL = ViolationKind.RECALL
 RECEIPT = ViolationKind.RECEIPT
 HIDDEN_BY_SDK = ViolationKind.HIDDEN_BY_SDK
-# What the client declares its protocol's SDKs hide (harness.contract.ClientHides values).
-HIDES_DUPLICATES = "duplicate_events"
-HIDES_RECEIPTS_BACK = "receipts_backwards"
 HISTORY = ViolationKind.HISTORY
 UNEXPECTED = ViolationKind.UNEXPECTED
 CAUSAL_ORDER = ViolationKind.CAUSAL_ORDER
@@ -65,23 +69,29 @@ def ack_resend(ing: Ingest, sender: str, ack: Ack, first: str) -> Violation | No
     )
 
 
+def _unless_hidden(
+    part: Participant, hide: ClientHides, kind: ViolationKind, conversation: str, text: str,
+    why: str, message_ids: tuple[str, ...] = (),
+) -> Violation:
+    """`kind`, or `hidden_by_sdk` (saying `why`) where the participant's SDKs hide `hide`."""
+    if hide in part.hides:
+        return Violation(HIDDEN_BY_SDK, part.name, conversation, f"{text} {why}", message_ids)
+    return Violation(kind, part.name, conversation, text, message_ids)
+
+
 def repeated_sighting(
     ing: Ingest, part: Participant, index: int, event: MessageReceived, first: tuple[int, bool]
 ) -> Violation:
     """A message the participant already saw at `first` (event index, offline) came again."""
     msg = event.message
-    text = (
+    return _unless_hidden(
+        part, ClientHides.DUPLICATE_EVENTS, DUPLICATE, msg.conversation,
         f"{part.name} saw message {ing.describe(msg.message_id)} twice: at "
-        f"{how(*first)} and at {how(index, event.offline)}."
+        f"{how(*first)} and at {how(index, event.offline)}.",
+        "The server sent the event twice; an SDK that de-duplicates by message id hides it "
+        "from its users, but the server did send it.",
+        (msg.message_id,),
     )
-    if HIDES_DUPLICATES in part.hides:
-        return Violation(
-            HIDDEN_BY_SDK, part.name, msg.conversation,
-            f"{text} The server sent the event twice; an SDK that de-duplicates by message id "
-            "hides it from its users, but the server did send it.",
-            (msg.message_id,),
-        )
-    return Violation(DUPLICATE, part.name, msg.conversation, text, (msg.message_id,))
 
 
 def stored_twice(
@@ -146,19 +156,15 @@ def receipt(
     """A reader's receipt below the last one seen for it: `last` is (seq, event index)."""
     if event.up_to_seq >= last[0]:
         return None
-    text = (
+    return _unless_hidden(
+        part, ClientHides.RECEIPTS_BACKWARDS, RECEIPT, event.conversation,
         f"read cursor of {event.conversation} moved back from {last[0]} to "
         f"{event.up_to_seq} at {event.reader}: {part.name} saw {event.reader}'s read receipt "
         f"up to seq {last[0]} at event #{last[1]}, then up to seq {event.up_to_seq} at "
-        f"{how(index, event.offline)}; a read cursor must never move back."
+        f"{how(index, event.offline)}; a read cursor must never move back.",
+        "The server sent it; an SDK that ignores a receipt that does not advance hides it from "
+        "its users.",
     )
-    if HIDES_RECEIPTS_BACK in part.hides:
-        return Violation(
-            HIDDEN_BY_SDK, part.name, event.conversation,
-            f"{text} The server sent it; an SDK that ignores a receipt that does not advance "
-            "hides it from its users.",
-        )
-    return Violation(RECEIPT, part.name, event.conversation, text)
 
 
 def named(ing: Ingest, part: Participant, mid: str) -> str:
