@@ -126,6 +126,21 @@ class EndpointConfig(_Model):
     secrets_env: dict[str, str] = Field(default_factory=dict)  # secret name -> env var name
     options: dict[str, Any] = Field(default_factory=dict)  # the adapter's, see its Options
     server: dict[str, Any] = Field(default_factory=dict)  # the embedded server's, its Options
+    # seeded defects of this endpoint's embedded server only, beside [harness].defects
+    defects: list[str] = Field(default_factory=list)
+
+    @field_validator("defects", mode="before")
+    @classmethod
+    def _defect_list(cls, value: Any) -> Any:
+        return split_names(value) if isinstance(value, str) else value
+
+    @field_validator("defects")
+    @classmethod
+    def _endpoint_defects(cls, value: list[str]) -> list[str]:
+        problem = defect_problem(value)
+        if problem:
+            raise _custom("unknown_defect", problem)
+        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -221,7 +236,7 @@ class EndpointConfig(_Model):
             adapter_options=dict(self.options),
             server_options=server_cls.Options.model_validate(self.server),
             timeouts=timeout_kwargs(self),
-            defects=tuple(harness.defects),
+            defects=tuple(dict.fromkeys([*harness.defects, *self.defects])),
             defect_rate=harness.defect_rate,
             seed=harness.seed,
             keepalive=keepalive,

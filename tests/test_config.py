@@ -121,7 +121,7 @@ def test_missing_explicit_file(tmp_path: Path) -> None:
         (
             {"endpoints": {"new": {"bogus": 1}}},
             "im-harness.toml: endpoints.new.bogus is not a known key; known here: adapter, url, "
-            "app_id, protocol, tier, timeouts, options, server, <secret>_env; remove or rename it",
+            "app_id, protocol, tier, timeouts, options, server, defects, <secret>_env; remove or rename it",
         ),
         (
             {"harness": {"endpoint": "old"}},
@@ -174,6 +174,17 @@ def test_unknown_tier_limit_lists_known_ones() -> None:
     message = error_of({"endpoints": {"x": {"url": "ws://h", "tier": {"limits": {"rate": 1}}}}})
     assert message.startswith("im-harness.toml: endpoints.x.tier.limits.rate is not a tier limit;")
     assert "max_connections" in message
+
+
+def test_an_endpoints_own_defects_join_the_harness_wide_ones_for_that_endpoint_only() -> None:
+    config = parse_config({"harness": {"defects": "drop_delivery"},
+                           "endpoints": {"old": {}, "new": {"defects": "slow_delivery"}}})
+    old = config.endpoints["old"].server_request("old", config.harness)
+    new = config.endpoints["new"].server_request("new", config.harness)
+    assert (old.defects, new.defects) == (("drop_delivery",), ("drop_delivery", "slow_delivery"))
+    message = error_of({"endpoints": {"new": {"defects": ["slow_delivery", "nope"]}}})
+    assert message.startswith("im-harness.toml: endpoints.new.defects = 'nope' is not a seeded "
+                              "defect;")
 
 
 def test_unknown_defect_lists_known_ones() -> None:

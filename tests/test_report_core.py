@@ -279,3 +279,36 @@ def test_the_one_masking_helper_masks_urls_secret_keys_and_pasted_secrets() -> N
     assert shown({"app_key": "pw-9f"}) == "a table of 1 key(s)"
     redactor = Redactor.from_environ({"NEW_APP_KEY": "pw-9f-long", "HOME": "/root"})
     assert redactor.line("key pw-9f-long\nin /root") == f"key {MASK} in /root"
+
+
+def test_a_sections_blocking_finding_is_a_no_go_reason_and_the_others_notes(tmp_path):
+    from harness.report.sections import Finding, RunFiles, Section, read_sections
+
+    def slow(files: RunFiles) -> Section:
+        assert files.endpoints == ("old", "new")
+        return Section("latency", "Latency in the suites",
+                       [Finding("send->delivery p95 on new 212.0 ms vs old 3.1 ms"),
+                        Finding("history p95 on new 4.0 ms vs old 3.0 ms", blocking=False)])
+
+    def broken(files: RunFiles) -> Section:
+        raise ValueError("im-latency.json is not JSON")
+
+    def silent(files: RunFiles) -> None:
+        return None
+
+    files = RunFiles(tmp_path, tmp_path, ("old", "new"))
+    sections = read_sections(files, [slow, broken, silent])
+    assert [s.key for s in sections] == ["latency", "reader_error"]
+    results = read_results(world(tmp_path))
+    table = ParityTable.build(results.outcomes, ["old", "new"])
+    verdict = decide(results, table, promised=["chat"], loads=[LoadOutcome("chat", SUMMARY_OK)],
+                     sections=sections)
+    assert not verdict.go
+    assert verdict.reasons[0] == ("Latency in the suites: send->delivery p95 on new 212.0 ms vs "
+                                  "old 3.1 ms")
+    assert "im-latency.json is not JSON" in verdict.reasons[1]
+    assert verdict.notes[-1].startswith("Latency in the suites: history p95")
+    assert 'style="color:#c00"' in sections[0].to_html()
+    clean = decide(results, table, promised=["chat"], loads=[LoadOutcome("chat", SUMMARY_OK)],
+                   sections=[Section("latency", "Latency in the suites")])
+    assert clean.go

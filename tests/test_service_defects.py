@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -231,3 +232,23 @@ async def test_no_push(svc: Svc, api: Api, clients: list[Client]) -> None:
         await until(lambda: received, timeout=units(5), what="a push")
         assert [p["message_id"] for p in received] == [kept["message_id"]]
         assert lost["message_id"] != kept["message_id"]
+
+
+async def test_slow_delivery(svc: Svc, api: Api, clients: list[Client]) -> None:
+    from harness.reference.defects import SLOW_DELIVERY_S
+
+    _, _, (ta, tb) = await setup(api, "alice", "bob")
+    a = await login(svc, ta, clients)
+    b = await login(svc, tb, clients)
+    async with defect(api, "slow_delivery"):
+        acked = []
+        for i in range(5):
+            await a.ok("send", to={"user": "bob"}, body=str(i))
+            acked.append(time.monotonic())
+        await b.until(lambda: len(b.messages()) == 5, within=units(5), what="5 slow deliveries")
+        arrived = time.monotonic()
+    # the last one left at least the defect's delay after its ack, and none overtook another
+    assert arrived - acked[-1] >= SLOW_DELIVERY_S * 0.9
+    assert [m["body"] for m in b.messages()] == [str(i) for i in range(5)]
+    await a.ok("send", to={"user": "bob"}, body="on time")
+    await b.until(lambda: len(b.messages()) == 6, within=units(5), what="the next delivery")

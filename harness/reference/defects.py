@@ -21,8 +21,10 @@ DEFECTS: dict[str, str] = {
     "tier_not_raised": "switching an app to a higher tier keeps the old tier's limits",
     "keepalive_dead": "keepalive never notices a dead peer",
     "no_push": "no push for offline recipients",
+    "slow_delivery": "live deliveries leave the server 200 ms late (in order; acks are on time)",
 }
 DEFAULT_RATE = 0.2
+SLOW_DELIVERY_S = 0.2  # how late slow_delivery sends each live frame
 
 _active: set[str] = set()
 _rng = random.Random(0)

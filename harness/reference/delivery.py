@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +43,8 @@ class Delivery:
         self.db = db
         self.http: aiohttp.ClientSession | None = None
         self._bg: set[asyncio.Future[Any]] = set()
+        # live frames held back by the slow_delivery defect, in order: (due, conn, frame)
+        self._late: deque[tuple[float, Conn, str]] = deque()
 
     async def start(self) -> None:
         self.http = aiohttp.ClientSession()
@@ -71,7 +74,26 @@ class Delivery:
             for conn in user.conns:
                 if conn.protocol == "v1" and kind in V2_ONLY_EVENTS:
                     continue
-                conn.push(frame)
+                self._live(conn, frame)
+
+    def _live(self, conn: Conn, frame: str) -> None:
+        """Send a live frame now, or late under slow_delivery (never ahead of a held one)."""
+        if not self._late and not defects.on("slow_delivery"):
+            conn.push(frame)
+            return
+        loop = asyncio.get_running_loop()
+        delay = defects.SLOW_DELIVERY_S if defects.on("slow_delivery") else 0.0
+        if not self._late:
+            loop.call_later(delay, self._release)
+        self._late.append((loop.time() + delay, conn, frame))
+
+    def _release(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._late and self._late[0][0] <= loop.time():
+            _, conn, frame = self._late.popleft()
+            conn.push(frame)
+        if self._late:
+            loop.call_at(self._late[0][0], self._release)
 
     def replay(self, conn: Conn, user: UserState, start: int, head: int) -> None:
         """Send inbox entries start+1..head as offline events, then `caught_up`."""

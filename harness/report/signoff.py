@@ -36,6 +36,7 @@ from harness.report.loadreport import load_result
 from harness.report.parity import ParityTable
 from harness.report.redact import Redactor, config_secrets
 from harness.report.results import Results, read_results
+from harness.report.sections import RunFiles, Section, read_sections
 from harness.report.verdict import LoadOutcome, Verdict, decide, verdict_document, write_json
 
 PACKAGED_SUITES = "harness.suites"  # the suites installed with the package (run with --pyargs)
@@ -91,6 +92,8 @@ class Plan:
     locustfile: str | None = None  # default: the installed harness.loadtests locustfile
     html: bool = True
     suite_timeout_s: float = 1800.0
+    # knobs the section readers take (harness.report.sections.RunFiles.options)
+    section_options: dict[str, Any] = field(default_factory=dict)
     started_ms: int = field(default_factory=lambda: int(time.time() * 1000))
 
     @property
@@ -129,6 +132,7 @@ class Outcome:
     report: Path | None
     report_problem: str = ""
     loads: list[LoadOutcome] = field(default_factory=list)
+    sections: list[Section] = field(default_factory=list)
 
 
 def suite_paths(plan: Plan) -> list[str]:
@@ -386,7 +390,8 @@ def load_table_html(loads: Sequence[LoadOutcome]) -> str:
 
 
 def verdict_result(verdict: Verdict, table: ParityTable, endpoints: dict[str, Any],
-                   started_ms: int = 0, loads: Sequence[LoadOutcome] = ()) -> Result:
+                   started_ms: int = 0, loads: Sequence[LoadOutcome] = (),
+                   sections: Sequence[Section] = ()) -> Result:
     """The sign-off itself as a result at the top of the report.
 
     It spans the whole job, so it starts before every other result and the report's default
@@ -403,7 +408,11 @@ def verdict_result(verdict: Verdict, table: ParityTable, endpoints: dict[str, An
             + (f"<h3>Notes</h3><ul>{notes}</ul>" if notes else "")
             + f"<h3>Endpoints</h3><ul>{described}</ul><h3>Parity</h3>{table.to_html()}"
             + (f"<h3>Load (details in the Load epic)</h3>{load_table_html(loads)}"
-               if loads else ""))
+               if loads else "")
+            + "".join(section.to_html() for section in sections))
+    attachments = [Attachment("parity table", table.to_text().encode())]
+    attachments += [Attachment(section.title, section.text.encode())
+                    for section in sections if section.text]
     return Result(
         name=f"Sign-off verdict: {verdict.label}", full_name="signoff.verdict",
         status="passed" if verdict.go else "failed",
@@ -411,7 +420,7 @@ def verdict_result(verdict: Verdict, table: ParityTable, endpoints: dict[str, An
                 ("parentSuite", "sign-off")],
         message="" if verdict.go else "\n".join(verdict.reasons),
         description_html=body,
-        attachments=[Attachment("parity table", table.to_text().encode())],
+        attachments=attachments,
         start_ms=started_ms, stop_ms=int(time.time() * 1000) if started_ms else 0,
     )
 
@@ -435,9 +444,11 @@ def finish(plan: Plan, suite: SuiteRun | None, loads: Sequence[tuple[LoadOutcome
     table = ParityTable.build(results.outcomes, plan.endpoints)
     problems = [suite.problem] if suite and suite.problem else []
     promised = endpoints.get(new, {}).get("capabilities")
+    sections = read_sections(RunFiles(plan.results_dir, plan.reports, plan.endpoints,
+                                      [lo for lo, _, _ in loads], plan.section_options))
     verdict = decide(results, table, promised=promised, loads=[lo for lo, _, _ in loads],
                      problems=problems, old=old, new=new, full_run=plan.full_run,
-                     load_expected=load_expected)
+                     load_expected=load_expected, sections=sections)
     redactor = Redactor(config_secrets(config) if config else ())
     for outcome, history, text in loads:
         write_result(plan.results_dir, load_result(outcome, history_csv=history, text=text),
@@ -445,7 +456,7 @@ def finish(plan: Plan, suite: SuiteRun | None, loads: Sequence[tuple[LoadOutcome
     if decide_verdict:
         write_result(plan.results_dir,
                      verdict_result(verdict, table, endpoints, plan.started_ms,
-                                    [lo for lo, _, _ in loads]), redactor)
+                                    [lo for lo, _, _ in loads], sections), redactor)
     if endpoints:
         write_environment(plan.results_dir, endpoint_environment(endpoints))
     write_executor(plan.results_dir)
@@ -471,11 +482,11 @@ def finish(plan: Plan, suite: SuiteRun | None, loads: Sequence[tuple[LoadOutcome
     document = verdict_document(
         verdict, table, results=results, endpoints=endpoints,
         loads=[lo for lo, _, _ in loads], suite_exit=suite.exit_code if suite else None,
-        report=str(report) if report else None,
+        report=str(report) if report else None, sections=sections,
     )
     if report_problem:
         document["report_problem"] = report_problem
     if decide_verdict:
         write_json(document, plan.reports / "verdict.json")
     return Outcome(verdict, table, results, document, report, report_problem,
-                   [lo for lo, _, _ in loads])
+                   [lo for lo, _, _ in loads], sections)

@@ -12,6 +12,7 @@ from typing import Any
 
 from harness.report.parity import ParityTable
 from harness.report.results import HARNESS, Results
+from harness.report.sections import Section
 
 # Capabilities that are about the harness's access, not what the tier promises its users.
 NOT_A_PROMISE = frozenset({"tier_admin"})
@@ -79,8 +80,12 @@ def decide(
     new: str = "new",
     full_run: bool = True,
     load_expected: bool = True,
+    sections: Sequence[Section] = (),
 ) -> Verdict:
-    """Judge a run. `promised`: the new endpoint's capabilities (None: unknown, a NO-GO)."""
+    """Judge a run. `promised`: the new endpoint's capabilities (None: unknown, a NO-GO).
+
+    Each section's blocking findings are reasons, its other findings notes.
+    """
     reasons = list(problems)
     notes: list[str] = []
     if not results.outcomes:
@@ -131,6 +136,9 @@ def decide(
             reasons.append(f"budget exceeded in load scenario {load.scenario!r}: {failed}")
     if load_expected and not loads:
         reasons.append("no load scenario was run, so no budget is known to be met")
+    for section in sections:
+        reasons += section.reasons()
+        notes += section.notes()
     if not full_run:
         notes.append("a subset of the suites was run (-k or paths given)")
     return Verdict(not reasons, reasons, notes)
@@ -145,6 +153,7 @@ def verdict_document(
     loads: Sequence[LoadOutcome],
     suite_exit: int | None,
     report: str | None,
+    sections: Sequence[Section] = (),
 ) -> dict[str, Any]:
     """What reports/verdict.json holds."""
     counts: dict[str, dict[str, int]] = {}
@@ -167,6 +176,7 @@ def verdict_document(
              "latency_ms": (lo.summary or {}).get("latency_ms")}
             for lo in loads
         ],
+        "sections": {s.key: s.to_dict() for s in sections},
         "report": report,
     }
 
