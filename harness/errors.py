@@ -18,6 +18,14 @@ class ConfigError(HarnessError):
     """Bad configuration or usage: the message names the key, the value and the fix."""
 
 
+class UpgradeRefused(HarnessError):
+    """An embedded server refused to start as another version on the same data.
+
+    The message is the server's own (e.g. "database schema is too new"): the rollback drill
+    reports it as a fact, not as a harness failure.
+    """
+
+
 class IMError(HarnessError):
     """An IM endpoint refused or failed an operation."""
 

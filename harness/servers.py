@@ -100,8 +100,26 @@ class EmbeddedServer(Protocol):
     def secrets(self) -> frozenset[str]: ...  # every secret it holds, so reports can mask them
 
 
+class Upgradable(Protocol):
+    """An embedded server that can become another version or tier in place, on the same data.
+
+    `upgrade(to)` stops this server and starts it as what request `to` (the other endpoint's)
+    asks for, on the same data, and returns the new settings; clients connected before see the
+    server go away and reconnect. It raises `harness.errors.UpgradeRefused` with the server's
+    own message when that version refuses the data (the rollback drill: `upgrade(old_request)`).
+    """
+
+    def upgrade(self, to: ServerRequest) -> EndpointSettings: ...
+
+
+def can_upgrade(server: object) -> bool:
+    """Whether `server` offers an in-place upgrade (`Upgradable`)."""
+    return callable(getattr(server, "upgrade", None))
+
+
 servers: Registry[type[EmbeddedServer]] = Registry("server", group="im_harness.servers")
 """Embedded servers by adapter name; third-party ones arrive through `im_harness.servers`."""
 
 
-__all__ = ["AdminHandle", "EmbeddedServer", "NoOptions", "ServerRequest", "servers"]
+__all__ = ["AdminHandle", "EmbeddedServer", "NoOptions", "ServerRequest", "Upgradable",
+           "can_upgrade", "servers"]
