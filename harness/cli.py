@@ -33,7 +33,6 @@ from harness.config import (
     load_config,
     split_names,
 )
-from harness.contract import Capability
 from harness.errors import ConfigError, HarnessError
 from harness.report.allure import NODE_HINT, allure_command
 from harness.report.parity import ParityTable
@@ -415,40 +414,6 @@ def _limit(key: str, value: float) -> str:
     return f"{key}={value:g}"
 
 
-def _admin_refused(session: object, names: list[str]) -> dict[str, str]:
-    """Endpoints whose admin handle (from an admin secret) the endpoint refuses: name -> why.
-
-    An admin handle alone does not prove the token works: ask the endpoint for its counters.
-    """
-    from harness.session import HarnessSession, run_sync
-
-    assert isinstance(session, HarnessSession)
-
-    async def check(name: str) -> str | None:
-        endpoint = await session.open(name)
-        try:
-            if endpoint.admin is None:
-                return None
-            try:
-                await endpoint.admin.counters()
-            except Exception as exc:  # any refusal or failure: the handle is not usable
-                cause = " ".join(str(exc).split()) or type(exc).__name__
-                return (f"endpoint {name!r}: its admin secret is refused ({cause[:160]}); "
-                        "check the variable its admin_token_env names (capability tier_admin "
-                        "is not offered)")
-            return None
-        finally:
-            await endpoint.aclose()
-
-    refused = {}
-    for name in names:
-        if Capability.TIER_ADMIN in session.infos[name].capabilities:
-            problem = run_sync(check(name))
-            if problem:
-                refused[name] = problem
-    return refused
-
-
 @app.command()
 def doctor(config: ConfigOpt = None, endpoints: EndpointsOpt = "old,new") -> None:
     """Validate the config, reach every endpoint, print capabilities and limits."""
@@ -465,7 +430,7 @@ def doctor(config: ConfigOpt = None, endpoints: EndpointsOpt = "old,new") -> Non
     try:
         with RichUI(console).task("reaching the endpoints", None):
             session.start()
-        refused = _admin_refused(session, session.external())
+        refused = session.admin_problems
     except ConfigError as exc:  # unreachable, or its credentials refused: bad input
         session.stop()
         raise usage(str(exc)) from None
@@ -481,8 +446,7 @@ def doctor(config: ConfigOpt = None, endpoints: EndpointsOpt = "old,new") -> Non
             info = session.infos[name]
             limits = "\n".join(_limit(k, v) for k, v in asdict(info.limits).items()
                                 if v is not None)
-            caps = sorted(c.value for c in info.capabilities
-                          if not (name in refused and c is Capability.TIER_ADMIN))
+            caps = sorted(c.value for c in info.capabilities)
             table.add_row(name, describe(info), info.url, ", ".join(caps), limits or "-")
         console.print(table)
     finally:

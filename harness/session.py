@@ -194,6 +194,24 @@ async def open_endpoint(
     )
 
 
+async def _admin_problem(endpoint: Endpoint) -> str:
+    """Why the admin handle of an endpoint the team runs is not usable ('' when it is).
+
+    A handle made from an admin secret proves nothing until the endpoint accepts it: ask for its
+    counters. The harness's own servers' handles need no check.
+    """
+    if endpoint.admin is None or endpoint.server is not None:
+        return ""
+    try:
+        await endpoint.admin.counters()
+    except Exception as exc:  # any refusal or failure: the handle is not usable
+        cause = " ".join(str(exc).split()) or type(exc).__name__
+        return (f"endpoint {endpoint.name!r}: its admin secret is refused ({cause[:160]}); "
+                "check the variable its admin_token_env names (capability tier_admin is not "
+                "offered)")
+    return ""
+
+
 def apply_profile(info: EndpointInfo, ep: EndpointConfig) -> EndpointInfo:
     """Apply a configured tier profile to an external endpoint's info.
 
@@ -243,6 +261,8 @@ class HarnessSession:
         self._environ = environ
         self.servers: dict[str, EmbeddedServer] = {}
         self.infos: dict[str, EndpointInfo] = {}
+        # endpoints the team runs whose admin secret the endpoint refused: name -> why
+        self.admin_problems: dict[str, str] = {}
         self._settings: dict[str, EndpointSettings] = {}
         self._started = False
 
@@ -307,7 +327,13 @@ class HarnessSession:
             for name in chosen:
                 endpoint = await self.open(name)
                 try:
-                    self.infos[name] = endpoint.info
+                    info = endpoint.info
+                    problem = await _admin_problem(endpoint)
+                    if problem:
+                        self.admin_problems[name] = problem
+                        info = replace(info, capabilities=info.capabilities
+                                       - {Capability.TIER_ADMIN})
+                    self.infos[name] = info
                 finally:
                     await endpoint.aclose()
 
