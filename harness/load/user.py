@@ -38,7 +38,7 @@ import gevent
 from locust import User, events, task
 from locust.env import Environment
 from locust.exception import StopUser
-from locust.runners import MasterRunner, Runner, WorkerRunner
+from locust.runners import STATE_RUNNING, STATE_SPAWNING, MasterRunner, Runner, WorkerRunner
 
 from harness.config import (
     defect_problem,
@@ -53,6 +53,16 @@ from harness.load.bridge import AsyncBridge
 from harness.load.budgets import Budgets, load_budgets
 from harness.load.driver import LoadRun
 from harness.load.metrics import LoadMetrics
+from harness.load.ramp import (
+    Outcome,
+    RampPlan,
+    RampRun,
+    judge_payloads,
+    open_ramp,
+    ramp_plan,
+    ramp_verdicts,
+)
+from harness.load.resources import ResourceSampler, absent, sample_server
 from harness.load.scenarios import ScenarioPlan, plan, scenarios
 from harness.load.summary import EXIT_USAGE, build_summary, render, write_summary
 from harness.report.redact import Redactor
@@ -74,7 +84,8 @@ class _State:
         self.session: HarnessSession | None = None
         self.setup: dict[str, Any] | None = None  # what a worker needs: settings, plan, drain
         self.budgets: Budgets | None = None
-        self.run: LoadRun | None = None
+        self.run: LoadRun | RampRun | None = None
+        self.resources: ResourceSampler | str = "the run never started"
         self.started = 0.0
         self.replies: dict[str, dict[str, Any]] = {}
         self.emitted: collections.deque[tuple[str, float, BaseException | None]] = \
@@ -125,6 +136,11 @@ def _options(parser: Any) -> None:
     group.add_argument("--cohort", default=None, help="canary: percent on v2")
     group.add_argument("--drain-s", default=None,
                        help="seconds to wait for in-flight messages at the end (default 3 units)")
+    group.add_argument("--ramp", default="",
+                       help="canary ramp: percent of users on --endpoint per stage, e.g. "
+                            "5,20,50,100 (the rest on --ramp-from); off when empty")
+    group.add_argument("--ramp-hold", default="10s", help="ramp: how long each stage holds")
+    group.add_argument("--ramp-from", default="old", help="ramp: the endpoint users move from")
     group.add_argument("--summary-json", default="",
                        help="JSON summary path (default reports/load-<scenario>-<endpoint>.json)")
 
@@ -154,6 +170,8 @@ def check_options(opts: Any) -> None:
         problem = "--endpoint '' names no endpoint; pass e.g. new"
     if problem:
         raise ConfigError(problem)
+    opts.ramp_plan = ramp_plan(opts.ramp, opts.ramp_hold, old=opts.ramp_from,
+                               new=opts.endpoint) if opts.ramp.strip() else None
 
 
 @events.init.add_listener
@@ -177,9 +195,14 @@ def _init(environment: Environment, runner: Any, **_kw: Any) -> None:
                 f"budgets {STATE.budgets.source} are for scenario {STATE.budgets.scenario!r}, "
                 f"not {chosen.label!r}; pass the matching --budgets file"
             )
+        ramp: RampPlan | None = opts.ramp_plan
+        if ramp is not None and STATE.budgets is None:
+            raise ConfigError(f"--ramp judges every stage against budgets, and {chosen.label!r} "
+                              "has none; choose one scenario or pass --budgets")
         config = load_config(opts.im_config or None)
         defects = [d.strip() for d in opts.im_defect.split(",") if d.strip()] or None
-        session = HarnessSession(config, [opts.endpoint], defects=defects,
+        names = [opts.endpoint, *([ramp.old] if ramp else [])]
+        session = HarnessSession(config, names, defects=defects,
                                  defect_rate=opts.im_defect_rate)
         session.resolve()  # an unset secret variable: before anything starts
         classes = expand(environment.user_classes, chosen.weights, chosen.weights)
@@ -195,6 +218,9 @@ def _init(environment: Environment, runner: Any, **_kw: Any) -> None:
     drain = opts.drain_s if opts.drain_s is not None else units(3)
     STATE.setup = {"settings": _settings_dict(settings), "plan": chosen.to_dict(),
                    "drain_s": drain}
+    if ramp is not None:
+        STATE.setup["ramp"] = ramp.to_dict()
+        STATE.setup["ramp_from"] = _settings_dict(STATE.session.settings(ramp.old))
 
 
 def _budgets(path: str, chosen: ScenarioPlan) -> Budgets | None:
@@ -244,6 +270,10 @@ def _fire_requests(environment: Environment) -> None:
 def _test_start(environment: Environment, **_kw: Any) -> None:
     STATE.started = time.monotonic()
     runner = _runner(environment)
+    if not isinstance(runner, WorkerRunner):
+        name = _opts(environment).endpoint
+        STATE.resources = sample_server(name, STATE.session.servers.get(name)
+                                        if STATE.session else None)
     if isinstance(runner, MasterRunner):
         STATE.replies = {}
         runner.send_message("im_setup", STATE.setup)
@@ -256,16 +286,36 @@ def _test_start(environment: Environment, **_kw: Any) -> None:
     settings = EndpointSettings(**setup["settings"])
     session = STATE.session
 
-    async def open_run() -> LoadRun:
+    async def open_named(name: str) -> Any:
         if session is not None:
-            endpoint = await session.open(settings.name)
-        else:
-            endpoint = await open_endpoint(settings)
-        return LoadRun(endpoint, ScenarioPlan.from_dict(setup["plan"]), emit=_emit)
+            return await session.open(name)
+        ramp_from = setup.get("ramp_from")
+        if ramp_from is not None and name == ramp_from["name"]:
+            return await open_endpoint(EndpointSettings(**ramp_from))
+        return await open_endpoint(settings)
+
+    async def open_run() -> LoadRun | RampRun:
+        plan = ScenarioPlan.from_dict(setup["plan"])
+        if setup.get("ramp"):
+            return await open_ramp(open_named, plan, RampPlan.from_dict(setup["ramp"]),
+                                   drain_s=float(setup["drain_s"]), budgets=STATE.budgets,
+                                   emit=_emit)
+        return LoadRun(await open_named(settings.name), plan, emit=_emit)
 
     STATE.run = bridge.run(open_run(), timeout=units(30))
     _quiet_gc()
     gevent.spawn(_fire_requests, environment)
+    if isinstance(STATE.run, RampRun) and not isinstance(runner, WorkerRunner):
+        gevent.spawn(_quit_after_ramp, environment, STATE.run)
+
+
+def _quit_after_ramp(environment: Environment, run: RampRun) -> None:
+    """End the locust run when the ramp has ended (completed or rolled back)."""
+    while not run.done.is_set():
+        gevent.sleep(0.2)
+    runner = _runner(environment)
+    if runner.state in (STATE_SPAWNING, STATE_RUNNING):  # not already ending at the run time
+        runner.quit()
 
 
 def _quiet_gc() -> None:
@@ -345,6 +395,16 @@ def _judge(environment: Environment, metrics: LoadMetrics, payloads: list[dict[s
            problems: list[str], duration: float | None) -> None:
     opts = _opts(environment)
     verdicts = STATE.budgets.evaluate(metrics) if STATE.budgets else []
+    ramp = judge_payloads(payloads, STATE.budgets)
+    deliveries = metrics.counts["deliveries"]
+    if ramp is not None:  # the mixed old+new totals are not judged: each stage is
+        verdicts = ramp_verdicts(ramp)
+        deliveries = sum(r["counts"]["new"]["deliveries"] for r in ramp["results"])
+        if ramp["outcome"] == Outcome.INCOMPLETE:
+            problems.append(ramp["line"])
+    sampler = STATE.resources
+    resources = (sampler.stop().part(deliveries) if isinstance(sampler, ResourceSampler)
+                 else absent(sampler, deliveries))
     session = STATE.session
     info = session.infos.get(opts.endpoint) if session else None
     endpoint = {"name": opts.endpoint, "describe": describe(info) if info else "?",
@@ -359,7 +419,8 @@ def _judge(environment: Environment, metrics: LoadMetrics, payloads: list[dict[s
         metrics, scenario=label, endpoint=endpoint, verdicts=verdicts, budgets=STATE.budgets,
         duration_s=round(duration, 3) if duration else None, problems=problems,
         extra={"plan": scenario, "cohorts": dict(cohorts), "users": _runner(environment).user_count
-               if not isinstance(environment.runner, MasterRunner) else None},
+               if not isinstance(environment.runner, MasterRunner) else None,
+               "server_resources": resources, **({"ramp": ramp} if ramp else {})},
     )
     path = opts.summary_json or f"reports/load-{label}-{opts.endpoint}.json"
     write_summary(summary, path)
