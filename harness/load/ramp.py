@@ -107,16 +107,22 @@ def parse_hold(text: str, option: str = "--ramp-hold") -> float:
     return seconds
 
 
-def ramp_plan(stages: str, hold: str, *, old: str, new: str) -> RampPlan:
-    """The validated plan of `--ramp STAGES --ramp-hold HOLD --ramp-from OLD --endpoint NEW`."""
+def ramp_plan(stages: str, hold: str, *, old: str, new: str,
+              options: tuple[str, str, str, str] = ("--ramp", "--ramp-hold", "--ramp-from",
+                                                    "--endpoint")) -> RampPlan:
+    """The validated plan of `--ramp STAGES --ramp-hold HOLD --ramp-from OLD --endpoint NEW`.
+
+    `options` names those four options in errors, for a front end that spells them otherwise.
+    """
+    stages_opt, hold_opt, from_opt, to_opt = options
     if not old.strip():
-        raise ConfigError("--ramp-from '' names no endpoint; pass the endpoint users leave, "
+        raise ConfigError(f"{from_opt} '' names no endpoint; pass the endpoint users leave, "
                           "e.g. old")
     if old.strip() == new.strip():
-        raise ConfigError(f"--ramp-from {old!r} is also --endpoint: the ramp moves users from "
-                          "one endpoint to another; pass e.g. --ramp-from old --endpoint new")
-    return RampPlan(stages=parse_stages(stages), hold_s=parse_hold(hold), old=old.strip(),
-                    new=new.strip())
+        raise ConfigError(f"{from_opt} {old!r} is also {to_opt}: the ramp moves users from one "
+                          "endpoint to another, e.g. from old to new")
+    return RampPlan(stages=parse_stages(stages, stages_opt), hold_s=parse_hold(hold, hold_opt),
+                    old=old.strip(), new=new.strip())
 
 
 def on_new(index: int, percent: float) -> bool:

@@ -170,8 +170,6 @@ def check_options(opts: Any) -> None:
         problem = "--endpoint '' names no endpoint; pass e.g. new"
     if problem:
         raise ConfigError(problem)
-    opts.ramp_plan = ramp_plan(opts.ramp, opts.ramp_hold, old=opts.ramp_from,
-                               new=opts.endpoint) if opts.ramp.strip() else None
 
 
 @events.init.add_listener
@@ -195,7 +193,8 @@ def _init(environment: Environment, runner: Any, **_kw: Any) -> None:
                 f"budgets {STATE.budgets.source} are for scenario {STATE.budgets.scenario!r}, "
                 f"not {chosen.label!r}; pass the matching --budgets file"
             )
-        ramp: RampPlan | None = opts.ramp_plan
+        ramp = ramp_plan(opts.ramp, opts.ramp_hold, old=opts.ramp_from,
+                         new=opts.endpoint) if opts.ramp.strip() else None
         if ramp is not None and STATE.budgets is None:
             raise ConfigError(f"--ramp judges every stage against budgets, and {chosen.label!r} "
                               "has none; choose one scenario or pass --budgets")
