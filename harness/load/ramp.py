@@ -1,10 +1,10 @@
 """The canary ramp: move a share of the users from the old endpoint to the new one in stages.
 
 Each stage (5, 20, 50, 100 % by default) puts that share of the process's units on the new
-endpoint and the rest on the old one, holds for `hold_s`, then drains and judges it: the
-budgets on the stage's new-endpoint traffic, plus the error ratio of old and new together. The
-first stage that breaches ends the ramp ("roll back at 20 %: delivery.p95_ms 231.0 > 150");
-a clean ramp ends "ramp complete: 100 % on new".
+endpoint and the rest on the old one, holds for `hold_s` from its first send on new (its units
+log in first), then drains and judges it: the budgets on the stage's new-endpoint traffic, plus
+the error ratio of old and new together. The first stage that breaches ends the ramp ("roll
+back at 20 %: delivery.p95_ms 231.0 > 150"); a clean ramp ends "ramp complete: 100 % on new".
 
 A stage is a `LoadRun` per endpoint, so every stage has its own metrics and its own oracle; the
 clients of a stage close when it ends and its units log in again for the next one (on the
@@ -34,12 +34,13 @@ from harness.load.driver import Emit, LoadRun
 from harness.load.metrics import METRICS, LoadMetrics
 from harness.load.scenarios import ScenarioPlan
 from harness.session import Endpoint
-from harness.timing import units
+from harness.timing import WaitTimeout, units, until
 
 DEFAULT_STAGES = (5.0, 20.0, 50.0, 100.0)
 DEFAULT_HOLD_S = 10.0
 MAX_HOLD_S = 3600.0
 SPREAD = (math.sqrt(5) - 1) / 2  # golden-ratio steps: any first n units spread evenly
+SETUP_WAIT_UNITS = 10  # at most this long (time units) for a stage's first send on new
 OVERALL_ERROR = "overall.max_error_ratio"  # the error ratio of old and new traffic together
 
 
@@ -71,7 +72,7 @@ class RampPlan:
 
     def run_time_s(self, drain_s: float) -> float:
         """A locust run time that fits every stage: hold, drain, log-ins and closing each."""
-        return len(self.stages) * (self.hold_s + 2 * drain_s + units(5)) + units(5)
+        return len(self.stages) * (self.hold_s + 2 * drain_s + units(SETUP_WAIT_UNITS)) + units(5)
 
 
 def parse_stages(text: str, option: str = "--ramp") -> tuple[float, ...]:
@@ -138,6 +139,7 @@ class _Stage:
     old: LoadRun
     new: LoadRun
     started: float = field(default_factory=time.monotonic)
+    setup_s: float = 0.0  # from the stage's start to its first send on new
     open: bool = True
     users: dict[str, int] = field(default_factory=lambda: {"old": 0, "new": 0})
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -186,6 +188,7 @@ class RampRun:
                                LoadRun(self.endpoint, self.plan, emit=self.emit))
                 self.current = stage
                 self._wake()
+                await self._first_send(stage)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), timeout=self.ramp.hold_s)
                 ended = await self._end(stage, cut_short=self._stop.is_set())
@@ -203,6 +206,15 @@ class RampRun:
             self.done.set()
             self._wake()
 
+    async def _first_send(self, stage: _Stage) -> None:
+        """Hold from the stage's first send on new: its units log in first (bounded wait)."""
+        with contextlib.suppress(WaitTimeout):
+            await until(lambda: stage.new.metrics.counts["sends"] > 0 or self._stop.is_set(),
+                        timeout=units(SETUP_WAIT_UNITS), interval=0.02,
+                        what="the stage's first send on new")
+        stage.setup_s = round(time.monotonic() - stage.started, 3)
+        stage.started = time.monotonic()
+
     def _wake(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
@@ -218,7 +230,7 @@ class RampRun:
             for task in stage.tasks:
                 task.cancel()
         return {"percent": stage.percent, "users": dict(stage.users), "held_s": round(held, 3),
-                "cut_short": cut_short, "old": old, "new": new}
+                "setup_s": stage.setup_s, "cut_short": cut_short, "old": old, "new": new}
 
     async def unit(self, scenario: str) -> None:
         """One user: in every stage, the scenario's unit on the endpoint its share gives it."""
@@ -314,6 +326,7 @@ def judge_payloads(payloads: Sequence[Mapping[str, Any]], budgets: Budgets | Non
             "users": users,
             "share_new": round(users["new"] / total_users, 4) if total_users else None,
             "held_s": max(float(s["held_s"]) for s in pieces),
+            "setup_s": max(float(s.get("setup_s", 0.0)) for s in pieces),
             "after_breach": stopped is not None,
             "cut_short": any(bool(s.get("cut_short")) for s in pieces),
             "ok": all(v.ok for v in verdicts) if budgets is not None else None,

@@ -82,6 +82,7 @@ class _State:
 
     def __init__(self) -> None:
         self.session: HarnessSession | None = None
+        self.ramp_session: HarnessSession | None = None  # the endpoint a ramp moves users from
         self.setup: dict[str, Any] | None = None  # what a worker needs: settings, plan, drain
         self.budgets: Budgets | None = None
         self.run: LoadRun | RampRun | None = None
@@ -109,8 +110,9 @@ def _runner(environment: Environment) -> Runner:
 def _usage_error(message: str) -> NoReturn:
     sys.stderr.write(f"im-harness load: {Redactor.from_environ().line(message)}\n")
     sys.stderr.flush()
-    if STATE.session is not None:
-        STATE.session.stop()
+    for session in (STATE.session, STATE.ramp_session):
+        if session is not None:
+            session.stop()
     raise SystemExit(EXIT_USAGE)
 
 
@@ -200,15 +202,22 @@ def _init(environment: Environment, runner: Any, **_kw: Any) -> None:
                               "has none; choose one scenario or pass --budgets")
         config = load_config(opts.im_config or None)
         defects = [d.strip() for d in opts.im_defect.split(",") if d.strip()] or None
-        names = [opts.endpoint, *([ramp.old] if ramp else [])]
-        session = HarnessSession(config, names, defects=defects,
+        session = HarnessSession(config, [opts.endpoint], defects=defects,
                                  defect_rate=opts.im_defect_rate)
         session.resolve()  # an unset secret variable: before anything starts
+        # A session of its own: a session starts its servers in parallel threads, which under
+        # gevent share one OS thread, and two apps created at once collide in asyncio.run.
+        old = HarnessSession(config, [ramp.old], defects=defects,
+                             defect_rate=opts.im_defect_rate) if ramp else None
+        if old is not None:
+            old.resolve()
         classes = expand(environment.user_classes, chosen.weights, chosen.weights)
         if not classes:
             raise ConfigError(f"the locustfile has no IMUser subclass for {chosen.label!r}; "
                               "subclass harness.load.user.IMUser in it")
         STATE.session = session.start()  # validation is done: only now start a server
+        if old is not None:
+            STATE.ramp_session = old.start()
     except HarnessError as exc:
         _usage_error(str(exc))
     environment.user_classes = classes
@@ -219,7 +228,8 @@ def _init(environment: Environment, runner: Any, **_kw: Any) -> None:
                    "drain_s": drain}
     if ramp is not None:
         STATE.setup["ramp"] = ramp.to_dict()
-        STATE.setup["ramp_from"] = _settings_dict(STATE.session.settings(ramp.old))
+        assert STATE.ramp_session is not None
+        STATE.setup["ramp_from"] = _settings_dict(STATE.ramp_session.settings(ramp.old))
 
 
 def _budgets(path: str, chosen: ScenarioPlan) -> Budgets | None:
@@ -283,9 +293,11 @@ def _test_start(environment: Environment, **_kw: Any) -> None:
         return
     bridge = AsyncBridge.get()
     settings = EndpointSettings(**setup["settings"])
-    session = STATE.session
+    session, ramp_session = STATE.session, STATE.ramp_session
 
     async def open_named(name: str) -> Any:
+        if ramp_session is not None and name in ramp_session.names:
+            return await ramp_session.open(name)
         if session is not None:
             return await session.open(name)
         ramp_from = setup.get("ramp_from")
@@ -429,9 +441,10 @@ def _judge(environment: Environment, metrics: LoadMetrics, payloads: list[dict[s
 
 @events.quitting.add_listener
 def _quitting(environment: Environment, **_kw: Any) -> None:
-    if STATE.session is not None:
-        STATE.session.stop()
-        STATE.session = None
+    for session in (STATE.session, STATE.ramp_session):
+        if session is not None:
+            session.stop()
+    STATE.session = STATE.ramp_session = None
 
 
 class IMUser(User):
