@@ -89,6 +89,11 @@ class ResourceSampler:
             self.samples += 1
 
     @property
+    def pids(self) -> list[int]:
+        """Every process of the tree sampled so far (the server and the children it forked)."""
+        return sorted(self._last_cpu)
+
+    @property
     def cpu_s(self) -> float:
         """CPU seconds (user + system) the tree used since the first sample."""
         return sum(cpu - self._start_cpu.get(pid, 0.0) for pid, cpu in self._last_cpu.items())
