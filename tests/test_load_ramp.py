@@ -27,6 +27,9 @@ from harness.load.ramp import (
     ramp_plan,
     ramp_verdicts,
 )
+from harness.load.resources import absent
+from harness.report.loadreport import load_result
+from harness.report.verdict import LoadOutcome
 from harness.timing import units
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -205,3 +208,19 @@ def test_a_ramp_the_run_time_cut_short_is_incomplete() -> None:
     assert ramp["line"].startswith("ramp incomplete: the run ended during stage 2 of 4 "
                                    "(held within budget: 5 %)")
     assert judge_payloads([{"counts": {}}], BUDGETS) is None  # not a ramp run
+
+
+def test_the_load_report_page_shows_the_stages_and_the_server_resources() -> None:
+    ramp = judge_payloads([_part((5, _payload(20)), (20, _payload(231)))], BUDGETS)
+    resources = {"pid": 7, "cpu_s": 0.5, "peak_rss_bytes": 50 * 2**20, "deliveries": 1000,
+                 "cpu_s_per_delivery": 0.0005, "samples": 9, "reason": None}
+    summary = {"scenario": "chat", "ramp": ramp, "server_resources": resources,
+               "within_budget": False, "budgets": {"source": "t", "verdicts": []}}
+    page = load_result(LoadOutcome("chat", summary)).description_html
+    assert "roll back at 20 %: delivery.p95_ms 231.0 &gt; 150" in page
+    assert "<td>5 %</td><td>1 / 9</td>" in page
+    assert "<b>BREACH</b> delivery.p95_ms 231.0 &gt; 150" in page
+    assert "500.0 µs per delivery; peak RSS 50.0 MiB" in page
+    summary["server_resources"] = absent("endpoint 'new' is a url endpoint", 3)
+    page = load_result(LoadOutcome("chat", summary)).description_html
+    assert "Server resources: not measured (endpoint &#x27;new&#x27; is a url endpoint)" in page
