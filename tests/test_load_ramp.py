@@ -224,3 +224,19 @@ def test_the_load_report_page_shows_the_stages_and_the_server_resources() -> Non
     summary["server_resources"] = absent("endpoint 'new' is a url endpoint", 3)
     page = load_result(LoadOutcome("chat", summary)).description_html
     assert "Server resources: not measured (endpoint &#x27;new&#x27; is a url endpoint)" in page
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--stages", "5,50,20"], "--stages '5,50,20': stages must rise (20 after 50)"),
+    (["--hold", "ten"], "--hold 'ten' is not a duration"),
+    (["--endpoints", "new,new"], "--endpoints 'new,new' names one endpoint twice"),
+])
+def test_im_harness_ramp_refuses_bad_input_before_starting_anything(
+        tmp_path: Path, args: list[str], needle: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "harness.cli", "ramp", *args], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=units(60), check=False)
+    assert done.returncode == 2
+    assert done.stderr.startswith("im-harness ramp: ")
+    assert needle in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "reports").exists()
