@@ -153,8 +153,8 @@ class RampRun:
     """
 
     def __init__(self, old: Endpoint, new: Endpoint, plan: ScenarioPlan, ramp: RampPlan, *,
-                 drain_s: float, budgets: Budgets | None = None, emit: Emit | None = None
-                 ) -> None:
+                 drain_s: float, budgets: Budgets | None = None, emit: Emit | None = None,
+                 first_index: int = 0, index_step: int = 1) -> None:
         self.endpoint = new  # the endpoint the locust layer closes; `finish` closes `old`
         self.old_endpoint = old
         self.plan = plan
@@ -168,7 +168,8 @@ class RampRun:
         self.done = asyncio.Event()
         self._changed = asyncio.Event()
         self._stop = asyncio.Event()
-        self._units = 0
+        # unit indexes first, first + step, ...: each of n processes takes every n-th one
+        self._units, self._step = max(0, first_index), max(1, index_step)
         self._driver: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
@@ -234,7 +235,7 @@ class RampRun:
 
     async def unit(self, scenario: str) -> None:
         """One user: in every stage, the scenario's unit on the endpoint its share gives it."""
-        index, self._units = self._units, self._units + 1
+        index, self._units = self._units, self._units + self._step
         seen: _Stage | None = None
         while not self.done.is_set():
             stage = self.current
@@ -386,8 +387,8 @@ OpenEndpoint = Callable[[str], Awaitable[Endpoint]]
 
 
 async def open_ramp(open_endpoint: OpenEndpoint, plan: ScenarioPlan, ramp: RampPlan, *,
-                    drain_s: float, budgets: Budgets | None = None, emit: Emit | None = None
-                    ) -> RampRun:
+                    drain_s: float, budgets: Budgets | None = None, emit: Emit | None = None,
+                    first_index: int = 0, index_step: int = 1) -> RampRun:
     """Open both endpoints (by name) and start the ramp's stages in the running loop."""
     old = await open_endpoint(ramp.old)
     try:
@@ -395,4 +396,5 @@ async def open_ramp(open_endpoint: OpenEndpoint, plan: ScenarioPlan, ramp: RampP
     except BaseException:
         await old.aclose()
         raise
-    return RampRun(old, new, plan, ramp, drain_s=drain_s, budgets=budgets, emit=emit).start()
+    return RampRun(old, new, plan, ramp, drain_s=drain_s, budgets=budgets, emit=emit,
+                   first_index=first_index, index_step=index_step).start()

@@ -285,6 +285,8 @@ def _test_start(environment: Environment, **_kw: Any) -> None:
                                         if STATE.session else None)
     if isinstance(runner, MasterRunner):
         STATE.replies = {}
+        if STATE.setup and STATE.setup.get("ramp"):
+            STATE.setup["ramp_step"] = runner.worker_count  # worker i takes units i, i+n, ...
         runner.send_message("im_setup", STATE.setup)
         return
     setup = STATE.setup
@@ -308,9 +310,11 @@ def _test_start(environment: Environment, **_kw: Any) -> None:
     async def open_run() -> LoadRun | RampRun:
         plan = ScenarioPlan.from_dict(setup["plan"])
         if setup.get("ramp"):
+            worker = runner.worker_index if isinstance(runner, WorkerRunner) else 0
             return await open_ramp(open_named, plan, RampPlan.from_dict(setup["ramp"]),
                                    drain_s=float(setup["drain_s"]), budgets=STATE.budgets,
-                                   emit=_emit)
+                                   emit=_emit, first_index=worker,
+                                   index_step=int(setup.get("ramp_step", 1)))
         return LoadRun(await open_named(settings.name), plan, emit=_emit)
 
     STATE.run = bridge.run(open_run(), timeout=units(30))
