@@ -80,6 +80,12 @@ def test_clean_ramp_completes_with_every_stage_within_budget(tmp_path: Path) -> 
     assert s["within_budget"]
     assert "run-time limit reached" not in done.stderr  # the ramp ended the run
     assert s["server_resources"]["peak_rss_bytes"] > 0
+    both = ramp["server_resources"]
+    assert both["new"] == s["server_resources"]
+    assert both["old"]["pid"] != both["new"]["pid"]
+    assert both["old"]["cpu_s"] > 0
+    assert both["old"]["deliveries"] == sum(r["counts"]["old"]["deliveries"]
+                                            for r in ramp["results"]) > 0
 
 
 @pytest.mark.slow
@@ -221,6 +227,10 @@ def test_the_load_report_page_shows_the_stages_and_the_server_resources() -> Non
     assert "<td>5 %</td><td>1 / 9</td>" in page
     assert "<b>BREACH</b> delivery.p95_ms 231.0 &gt; 150" in page
     assert "500.0 µs per delivery; peak RSS 50.0 MiB" in page
+    assert ramp is not None
+    ramp["server_resources"] = {"new": resources, "old": {**resources, "pid": 8}}
+    page = load_result(LoadOutcome("chat", summary)).description_html
+    assert "The old endpoint's server resources (pid 8, children included)" in page
     summary["server_resources"] = absent("endpoint 'new' is a url endpoint", 3)
     page = load_result(LoadOutcome("chat", summary)).description_html
     assert "Server resources: not measured (endpoint &#x27;new&#x27; is a url endpoint)" in page

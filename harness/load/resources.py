@@ -125,6 +125,13 @@ def absent(reason: str, deliveries: int | None = None, *, pid: int | None = None
             "cpu_s_per_delivery": None, "samples": 0, "reason": reason}
 
 
+def finish_sampling(sampler: ResourceSampler | str, deliveries: int) -> dict[str, Any]:
+    """Stop `sampler` and give its entry, or the entry of the reason there was none."""
+    if isinstance(sampler, ResourceSampler):
+        return sampler.stop().part(deliveries)
+    return absent(sampler, deliveries)
+
+
 def sample_server(name: str, server: Any | None) -> ResourceSampler | str:
     """A started sampler for endpoint `name`'s server, or the reason there is none."""
     if server is None:

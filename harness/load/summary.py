@@ -116,6 +116,8 @@ def ramp_lines(ramp: Mapping[str, Any] | None) -> list[str]:
         out.append(f"  stage {r['percent']:>5g} %: {users['new']} user(s) on new, "
                    f"{users['old']} on old, held {r['held_s']:g} s, new delivery p95 {p95}, "
                    f"errors {r['error_ratio']['overall']:g}: {state}")
+    old = (ramp.get("server_resources") or {}).get("old")
+    out.extend(f"old endpoint's {line}" for line in resources_lines(old))
     out.append(ramp["line"])
     return out
 

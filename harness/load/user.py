@@ -62,7 +62,7 @@ from harness.load.ramp import (
     ramp_plan,
     ramp_verdicts,
 )
-from harness.load.resources import ResourceSampler, absent, sample_server
+from harness.load.resources import ResourceSampler, finish_sampling, sample_server
 from harness.load.scenarios import ScenarioPlan, plan, scenarios
 from harness.load.summary import EXIT_USAGE, build_summary, render, write_summary
 from harness.report.redact import Redactor
@@ -87,6 +87,7 @@ class _State:
         self.budgets: Budgets | None = None
         self.run: LoadRun | RampRun | None = None
         self.resources: ResourceSampler | str = "the run never started"
+        self.resources_old: ResourceSampler | str = "not a ramp"  # a ramp's old endpoint
         self.started = 0.0
         self.replies: dict[str, dict[str, Any]] = {}
         self.emitted: collections.deque[tuple[str, float, BaseException | None]] = \
@@ -283,6 +284,9 @@ def _test_start(environment: Environment, **_kw: Any) -> None:
         name = _opts(environment).endpoint
         STATE.resources = sample_server(name, STATE.session.servers.get(name)
                                         if STATE.session else None)
+        if STATE.ramp_session is not None:
+            old = STATE.ramp_session.names[0]
+            STATE.resources_old = sample_server(old, STATE.ramp_session.servers.get(old))
     if isinstance(runner, MasterRunner):
         STATE.replies = {}
         if STATE.setup and STATE.setup.get("ramp"):
@@ -417,9 +421,11 @@ def _judge(environment: Environment, metrics: LoadMetrics, payloads: list[dict[s
         deliveries = sum(r["counts"]["new"]["deliveries"] for r in ramp["results"])
         if ramp["outcome"] == Outcome.INCOMPLETE:
             problems.append(ramp["line"])
-    sampler = STATE.resources
-    resources = (sampler.stop().part(deliveries) if isinstance(sampler, ResourceSampler)
-                 else absent(sampler, deliveries))
+    resources = finish_sampling(STATE.resources, deliveries)
+    if ramp is not None:
+        old_deliveries = sum(r["counts"]["old"]["deliveries"] for r in ramp["results"])
+        ramp["server_resources"] = {"new": resources, "old": finish_sampling(
+            STATE.resources_old, old_deliveries)}
     session = STATE.session
     info = session.infos.get(opts.endpoint) if session else None
     endpoint = {"name": opts.endpoint, "describe": describe(info) if info else "?",

@@ -67,18 +67,20 @@ def ramp_table_html(summary: Mapping[str, Any]) -> str:
     return (f"<p>Canary ramp {html.escape(str(ramp.get('old')))} -&gt; "
             f"{html.escape(str(ramp.get('new')))}, {ramp.get('hold_s', 0):g} s a stage: "
             f"<b>{html.escape(str(ramp.get('line')))}</b></p>"
-            f'<table border="1" cellpadding="4"><tr>{head}</tr>{"".join(rows)}</table>')
+            f'<table border="1" cellpadding="4"><tr>{head}</tr>{"".join(rows)}</table>'
+            + resources_html({"server_resources": (ramp.get("server_resources") or {}).get("old")},
+                             "The old endpoint's server"))
 
 
-def resources_html(summary: Mapping[str, Any]) -> str:
+def resources_html(summary: Mapping[str, Any], what: str = "Server") -> str:
     """The server's CPU per delivery and peak RSS during the run, or why they are not known."""
     part = summary.get("server_resources")
     if not part:
         return ""
     if part.get("reason"):
-        return f"<p>Server resources: not measured ({html.escape(str(part['reason']))}).</p>"
+        return f"<p>{what} resources: not measured ({html.escape(str(part['reason']))}).</p>"
     per = part.get("cpu_s_per_delivery")
-    return (f"<p>Server resources (pid {part['pid']}, children included): CPU "
+    return (f"<p>{what} resources (pid {part['pid']}, children included): CPU "
             f"{part['cpu_s']:g} s for {part['deliveries']} deliveries = "
             f"{'-' if per is None else f'{per * 1e6:.1f} µs'} per delivery; peak RSS "
             f"{part['peak_rss_bytes'] / 2**20:.1f} MiB.</p>")
