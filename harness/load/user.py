@@ -413,8 +413,8 @@ def _test_stop(environment: Environment, **_kw: Any) -> None:
 def _judge(environment: Environment, metrics: LoadMetrics, payloads: list[dict[str, Any]],
            problems: list[str], duration: float | None) -> None:
     opts = _opts(environment)
-    verdicts = STATE.budgets.evaluate(metrics) if STATE.budgets else []
     ramp = judge_payloads(payloads, STATE.budgets)
+    verdicts = STATE.budgets.evaluate(metrics) if STATE.budgets and ramp is None else []
     deliveries = metrics.counts["deliveries"]
     if ramp is not None:  # the mixed old+new totals are not judged: each stage is
         verdicts = ramp_verdicts(ramp)
