@@ -29,7 +29,7 @@ def _chat(tmp: Path, rate: str, *extra: str, env: dict[str, str] | None = None
           ) -> dict[str, Any]:
     summary = tmp / f"rate-{rate}.json"
     done = subprocess.run(
-        [*LOCUST, "--headless", "-u", "2", "-r", "2", "-t", "3s", "--scenario", "chat",
+        [*LOCUST, "--headless", "-u", "2", "-r", "2", "-t", "2s", "--scenario", "chat",
          "--rate", rate, "--drain-s", "1", "--summary-json", str(summary), "--only-summary",
          *extra],
         cwd=tmp, capture_output=True, text=True, timeout=units(90),
