@@ -1,4 +1,4 @@
-"""`im-harness`: the upgrade sign-off in one command, plus serve, run, load and doctor.
+"""`im-harness`: the upgrade sign-off in one command, plus serve, run, load, ramp and doctor.
 
 Example::
 
@@ -344,6 +344,32 @@ def load_cmd(
         console.print(render(outcome.summary), markup=False)
         ok = ok and outcome.ok
     raise typer.Exit(EXIT_GO if ok else EXIT_NO_GO)
+
+
+@app.command("ramp")
+def ramp_cmd(
+    config: ConfigOpt = None,
+    reports: ReportsOpt = Path("reports"),
+    endpoints: EndpointsOpt = "old,new",
+    scenario: Annotated[str, typer.Option("--scenario", help="the load scenario")] = "chat",
+    stages: Annotated[str, typer.Option("--stages", help="percent of users on new per stage")
+                      ] = "5,20,50,100",
+    hold: Annotated[str, typer.Option("--hold", help="how long each stage holds")] = "10s",
+    users: UsersOpt = 10,
+    budgets: Annotated[str | None, typer.Option(
+        "--budgets", help="budgets TOML (default: the scenario's own)")] = None,
+    locustfile: LocustfileOpt = None,
+) -> None:
+    """Canary ramp old -> new (5/20/50/100 % of users); rolls back at the first breaching stage."""
+    from harness.load.__main__ import main as load_main
+
+    argv = ["ramp", "--scenario", scenario, "--stages", stages, "--hold", hold, "--endpoints",
+            endpoints, "--users", str(users), "--report-dir", str(reports)]
+    if locustfile:
+        argv += ["--locustfile", locustfile]
+    extra = [*(["--im-config", config] if config else []), *(["--budgets", budgets]
+                                                               if budgets else [])]
+    raise typer.Exit(load_main([*argv, "--", *extra] if extra else argv))
 
 
 @app.command()
