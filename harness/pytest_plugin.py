@@ -230,6 +230,13 @@ def _names_for(item: pytest.Item, hs: HarnessSession) -> list[str]:
     return [n for n in hs.names if n in limit] if limit else list(hs.names)
 
 
+def _unless_faulted(request: pytest.FixtureRequest, opened: Endpoint) -> Endpoint:
+    """No latency from a test that injects faults: it would time the fault, not the endpoint."""
+    if "fault_timeline" in request.fixturenames:  # fault_link, restart_service, properties
+        opened.latency = None
+    return opened
+
+
 def _skip_reason(item: pytest.Item, name: str, info: EndpointInfo) -> str | None:
     from harness.session import describe
 
@@ -277,7 +284,7 @@ async def endpoint(request: pytest.FixtureRequest, im_session: HarnessSession) -
     reason = _skip_reason(request.node, name, im_session.infos[name])
     if reason:
         pytest.skip(reason)
-    opened = await im_session.open(name)
+    opened = _unless_faulted(request, await im_session.open(name))
     try:
         yield opened
     finally:
@@ -300,7 +307,7 @@ async def endpoints(
     opened: dict[str, Endpoint] = {}
     try:
         for name in names:
-            opened[name] = await im_session.open(name)
+            opened[name] = _unless_faulted(request, await im_session.open(name))
         yield opened
     finally:
         for ep in opened.values():
