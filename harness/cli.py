@@ -36,6 +36,7 @@ from harness.config import (
 from harness.contract import Capability
 from harness.errors import ConfigError, HarnessError
 from harness.report.allure import NODE_HINT, allure_command
+from harness.report.latency import options as latency_options
 from harness.report.parity import ParityTable
 from harness.report.redact import Redactor
 from harness.report.signoff import (
@@ -259,7 +260,8 @@ def signoff(
         raise usage(str(exc)) from None
     plan = Plan(reports=reports, config=config, endpoints=names, paths=list(path or []),
                 keyword=keyword, scenarios=scenarios, users=users, run_time=load_time,
-                budgets_dir=budgets_dir, locustfile=locustfile, html=html)
+                budgets_dir=budgets_dir, locustfile=locustfile, html=html,
+                section_options=latency_options(hc.harness))
     reports.mkdir(parents=True, exist_ok=True)
     _node_hint(html)
     ui = RichUI(console)
