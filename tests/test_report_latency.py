@@ -142,3 +142,13 @@ def test_config_knobs_are_validated_in_one_line(tmp_path: Path) -> None:
             load_config(str(config))
         assert words in str(info.value)
         assert "\n" not in str(info.value)
+
+
+def test_sign_off_options_win_over_the_config(tmp_path: Path) -> None:
+    config = tmp_path / "im-harness.toml"
+    config.write_text("[harness]\nlatency_factor = 3\nlatency_floor_ms = 50\n")
+    harness = load_config(str(config)).harness
+    assert options(harness, factor="1.5") == {"latency_factor": 1.5, "latency_floor_ms": 50.0}
+    assert options(harness, floor_ms="0") == {"latency_factor": 3.0, "latency_floor_ms": 0.0}
+    with pytest.raises(ConfigError, match="^--latency-factor '0.9' must be a finite number >= 1"):
+        options(harness, factor="0.9")

@@ -31,10 +31,27 @@ DEFAULT_MIN_SAMPLES = 20  # fewer on either side: a p95 of a handful of values i
 SHOWN = ("p50", "p95", "p99")
 
 
-def options(harness: HarnessOptions) -> dict[str, Any]:
-    """The `[harness]` keys this reader takes, as `Plan.section_options` entries."""
-    return {"latency_factor": harness.latency_factor,
-            "latency_floor_ms": harness.latency_floor_ms}
+def options(harness: HarnessOptions, *, factor: object = None, floor_ms: object = None
+            ) -> dict[str, Any]:
+    """The knobs this reader takes, as `Plan.section_options` entries.
+
+    From the `[harness]` table, unless the sign-off's `--latency-factor` / `--latency-floor-ms`
+    give them (those win); a bad command-line value is a `ConfigError` naming the option.
+    """
+    from harness.config import number_problem
+    from harness.errors import ConfigError
+
+    out = {"latency_factor": harness.latency_factor, "latency_floor_ms": harness.latency_floor_ms}
+    for flag, key, raw, low, example in (("--latency-factor", "latency_factor", factor, 1, "2"),
+                                         ("--latency-floor-ms", "latency_floor_ms", floor_ms, 0,
+                                          "20")):
+        if raw is None:
+            continue
+        problem = number_problem(flag, raw, low=low, example=example)
+        if problem:
+            raise ConfigError(problem)
+        out[key] = float(str(raw))
+    return out
 
 
 def _ms(value: float | None) -> str:
