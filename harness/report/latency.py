@@ -4,7 +4,8 @@ The suites leave `im-latency-<worker>.json` in the Allure results folder (`harne
 written by the pytest Allure layer); this reader merges them and compares, per operation, new's
 p95 with old's. New slower than old by more than `latency_factor` times AND by more than
 `latency_floor_ms` is a blocking finding with both numbers; an operation with too few samples
-on either side is a note, never a verdict.
+on either side (`latency_min_samples`, 20) is a note, never a verdict. The knobs arrive as
+`Plan.section_options` (see `options`).
 """
 
 from __future__ import annotations
