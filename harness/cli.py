@@ -35,6 +35,7 @@ from harness.config import (
 )
 from harness.errors import ConfigError, HarnessError
 from harness.report.allure import NODE_HINT, allure_command
+from harness.report.latency import options as latency_options
 from harness.report.parity import ParityTable
 from harness.report.redact import Redactor
 from harness.report.signoff import (
@@ -246,11 +247,18 @@ def signoff(
     locustfile: LocustfileOpt = None,
     load: Annotated[bool, typer.Option("--load/--no-load", help="run the load scenarios")] = True,
     html: HtmlOpt = True,
+    latency_factor: Annotated[str | None, typer.Option(
+        "--latency-factor", help="a new p95 over old's by this factor (and the floor) is a NO-GO "
+        "(default: [harness] latency_factor, 2)")] = None,
+    latency_floor_ms: Annotated[str | None, typer.Option(
+        "--latency-floor-ms", help="... and by more than this many ms (default: [harness] "
+        "latency_floor_ms, 20)")] = None,
 ) -> None:
     """Suites on old and new, load on new against budgets, report, parity and GO/NO-GO."""
     scenarios = list(scenario or DEFAULT_SCENARIOS) if load else []
     try:
         hc, names = _config(config, endpoints, pytest=True)
+        knobs = latency_options(hc.harness, factor=latency_factor, floor_ms=latency_floor_ms)
         check_paths(path)
         _check_reports(reports)
         _check_load(load_time, budgets_dir, scenarios, locustfile)
@@ -258,7 +266,8 @@ def signoff(
         raise usage(str(exc)) from None
     plan = Plan(reports=reports, config=config, endpoints=names, paths=list(path or []),
                 keyword=keyword, scenarios=scenarios, users=users, run_time=load_time,
-                budgets_dir=budgets_dir, locustfile=locustfile, html=html)
+                budgets_dir=budgets_dir, locustfile=locustfile, html=html,
+                section_options=knobs)
     reports.mkdir(parents=True, exist_ok=True)
     _node_hint(html)
     ui = RichUI(console)

@@ -244,6 +244,10 @@ class HarnessOptions(_Model):
     keepalive_v1: float | None = Field(default=None, gt=0)
     keepalive_v2: float | None = Field(default=None, gt=0)
     propagation_delay: float = Field(default=0.0, ge=0)
+    # The sign-off's latency section (harness.report.latency): a new p95 over old's by more
+    # than this factor AND by more than this many milliseconds is a NO-GO reason.
+    latency_factor: float = Field(default=2.0, ge=1)
+    latency_floor_ms: float = Field(default=20.0, ge=0)
 
     @field_validator("endpoints", mode="before")
     @classmethod

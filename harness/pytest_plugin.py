@@ -230,6 +230,13 @@ def _names_for(item: pytest.Item, hs: HarnessSession) -> list[str]:
     return [n for n in hs.names if n in limit] if limit else list(hs.names)
 
 
+def _unless_faulted(request: pytest.FixtureRequest, opened: Endpoint) -> Endpoint:
+    """No latency from a test that injects faults: it would time the fault, not the endpoint."""
+    if "fault_timeline" in request.fixturenames:  # fault_link, restart_service, properties
+        opened.latency = None
+    return opened
+
+
 def _skip_reason(item: pytest.Item, name: str, info: EndpointInfo,
                  no_admin: str = "") -> str | None:
     from harness.session import describe
@@ -280,7 +287,7 @@ async def endpoint(request: pytest.FixtureRequest, im_session: HarnessSession) -
                           im_session.admin_problems.get(name, ""))
     if reason:
         pytest.skip(reason)
-    opened = await im_session.open(name)
+    opened = _unless_faulted(request, await im_session.open(name))
     try:
         yield opened
     finally:
@@ -304,7 +311,7 @@ async def endpoints(
     opened: dict[str, Endpoint] = {}
     try:
         for name in names:
-            opened[name] = await im_session.open(name)
+            opened[name] = _unless_faulted(request, await im_session.open(name))
         yield opened
     finally:
         for ep in opened.values():

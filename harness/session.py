@@ -28,6 +28,7 @@ from harness.contract import (
     EndpointInfo,
     EndpointSettings,
     GroupInfo,
+    HistoryPage,
     IMClient,
     Target,
 )
@@ -40,6 +41,7 @@ from harness.errors import (
     Unauthorized,
     Unsupported,
 )
+from harness.latency import EndpointLatency, LatencyLog
 from harness.oracle import Oracle
 from harness.recorder import Recorder
 from harness.registry import adapters
@@ -73,6 +75,7 @@ class Endpoint:
     admin: AdminHandle | None = None
     server: EmbeddedServer | None = None  # the server process when the harness started it
     app: Any = None  # the app the endpoint's server created for it, if it has apps
+    latency: EndpointLatency | None = None  # where its users' latencies go (None: not recorded)
     _owns_admin: bool = field(default=False, repr=False)
     _children: list[Endpoint] = field(default_factory=list, repr=False)
 
@@ -126,6 +129,7 @@ class Endpoint:
         )
         child = await open_endpoint(settings, admin=self.admin, server=self.server)
         child.app = app
+        child.latency = self.latency
         self._children.append(child)
         return child
 
@@ -265,6 +269,7 @@ class HarnessSession:
         self.admin_problems: dict[str, str] = {}
         self._settings: dict[str, EndpointSettings] = {}
         self._started = False
+        self.latency = LatencyLog()  # what this session's users timed, per endpoint
 
     def __repr__(self) -> str:
         return f"<HarnessSession {', '.join(self.names)} started={self._started}>"
@@ -381,6 +386,7 @@ class HarnessSession:
         endpoint.app = server.app() if server is not None else None
         if endpoint.app is None:
             endpoint.info = apply_profile(endpoint.info, self.config.endpoints[name])
+        endpoint.latency = self.latency.endpoint(name)
         return endpoint
 
     def restart(self, name: str, *, kill: bool = False) -> EndpointSettings:
@@ -452,13 +458,17 @@ class User:
         """Log in (optionally with another protocol version) and start recording events."""
         if self._client is not None:
             raise HarnessError(f"user {self.id!r} is already connected; use reconnect()")
+        started_at = time.monotonic()
         client = await self.endpoint.adapter.connect(self.credentials, protocol=protocol)
+        latency = self.endpoint.latency
+        if latency is not None:
+            latency.record("connect", time.monotonic() - started_at)
         if not _gets_recall_events(self.endpoint, client):
             self.oracle.no_recall_events(self.id)
         if self.endpoint.info.client_hides:
             self.oracle.client_hides(self.id, self.endpoint.info.client_hides)
         self._client = client
-        self._recorder = Recorder(self.id, client, self.oracle)
+        self._recorder = Recorder(self.id, client, self.oracle, latency=latency)
         self._recorder.start()
         return self
 
@@ -493,7 +503,31 @@ class User:
             self.id, ack, recipients=recipients, body=None if kw.get("custom") else body,
             started_at=started_at, acked_at=acked_at,
         )
+        latency = self.endpoint.latency
+        if latency is not None:
+            latency.record("send_ack", acked_at - started_at)
+            latency.sent(ack.message_id, started_at, recipients - {self.id})
         return ack
+
+    async def history(
+        self,
+        conversation: str,
+        *,
+        before: int | None = None,
+        after: int | None = None,
+        limit: int = 50,
+    ) -> HistoryPage:
+        """One page of `conversation`'s history (`IMClient.history`), timed per endpoint.
+
+        Feeding the page to the oracle stays the test's (it knows what the page must hold).
+
+        Example: ``page = await bob.history(ack.conversation, limit=10)``
+        """
+        started_at = time.monotonic()
+        page = await self.client.history(conversation, before=before, after=after, limit=limit)
+        if self.endpoint.latency is not None:
+            self.endpoint.latency.record("history", time.monotonic() - started_at)
+        return page
 
     async def recall(self, message: Ack | str, conversation: str | None = None) -> None:
         """Recall a message (an ack, or a message id with its conversation) and tell the oracle."""
