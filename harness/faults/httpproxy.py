@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from harness.errors import ConfigError
 
@@ -187,15 +188,15 @@ class HttpProxy:
         token = _token(request)
         user = await self._user(token) if token and (SYNC.match(path) or MESSAGES.match(
             path)) else None
-        query = list(request.query.items())
+        # The path as the client encoded it: decoded, a room alias's '#' would end the path.
+        url = URL(self.upstream + request.raw_path, encoded=True)
         if SYNC.match(path) and user is not None:
-            query = self._sync_query(user, query)
+            url = url.with_query(self._sync_query(user, list(request.query.items())))
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _SKIP_REQUEST}
         body = await request.read()
         try:
             async with self._http.request(
-                request.method, self.upstream + path, params=query, headers=headers,
-                data=body or None, allow_redirects=False,
+                request.method, url, headers=headers, data=body or None, allow_redirects=False,
             ) as upstream:
                 status, payload = upstream.status, await upstream.read()
                 out_headers = {k: v for k, v in upstream.headers.items()
