@@ -25,7 +25,7 @@ from harness.faults.httpproxy import HttpProxy, SyncFault
 from harness.matrix.launcher import SynapseServer, install_synapse
 from harness.oracle import Oracle, ViolationKind
 from harness.recorder import Recorder
-from harness.timing import units
+from harness.timing import units, until
 
 pytestmark = pytest.mark.slow
 VERSION = "1.163.2"
@@ -151,6 +151,52 @@ async def test_a_receipt_the_server_moves_back_is_reported_as_moved_back(
     assert f"moved back from {acks[-1].seq} to {acks[0].seq}" in back.explanation
 
 
+@pytest.mark.parametrize("fault", [None, SyncFault.DROP])
+async def test_a_message_the_server_drops_is_named_lost(
+    pair: tuple[Peer, Peer, Oracle], proxy: HttpProxy, fault: SyncFault | None,
+) -> None:
+    alice, bob, oracle = pair
+    proxy.fault = fault
+    lost = await send(oracle, alice, bob, "into the void")
+    if fault is None:
+        await copies(bob, lost, 1)
+    else:  # bob's sync may pass the proxy after alice's ack: the fault stays until it did
+        await until(lambda: proxy.of(SyncFault.DROP), timeout=units(10), what="the drop")
+    proxy.fault = None
+    last = await send(oracle, alice, bob, "after it")
+    await copies(bob, last, 1)
+    found = oracle.violations()
+    if fault is None:
+        assert not found, found
+        return
+    assert [i.event_ids for i in proxy.of(SyncFault.DROP)] == [(lost.message_id,)]
+    # The loss; and bob numbered the next message as his first (`unexpected`: another seq).
+    (loss,) = [v for v in found if v.kind is ViolationKind.LOSS]
+    assert f"{bob.name} never received {lost.message_id}" in loss.explanation
+
+
+@pytest.mark.parametrize("fault", [None, SyncFault.SWAP])
+async def test_two_messages_the_server_swaps_break_happens_before(
+    pair: tuple[Peer, Peer, Oracle], proxy: HttpProxy, fault: SyncFault | None,
+) -> None:
+    alice, bob, oracle = pair
+    proxy.hold_s = units(3)  # the first is held until the second passes (a slow machine too)
+    proxy.fault = fault
+    first = await send(oracle, alice, bob, "first")
+    second = await send(oracle, alice, bob, "second")
+    await copies(bob, first, 1)
+    await copies(bob, second, 1)
+    proxy.fault = None
+    order = [e.message.message_id for e in bob.inbox.of_type(MessageReceived)]
+    kinds = {v.kind for v in oracle.violations()}
+    if fault is None:
+        assert order == [first.message_id, second.message_id]
+        assert not kinds, oracle.violations()
+        return
+    assert order == [second.message_id, first.message_id]
+    assert ViolationKind.CAUSAL_ORDER in kinds, oracle.violations()
+
+
 async def test_a_sync_answer_that_is_not_json_is_a_clear_disconnect_and_the_sync_resumes(
     pair: tuple[Peer, Peer, Oracle], proxy: HttpProxy, caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -160,7 +206,7 @@ async def test_a_sync_answer_that_is_not_json_is_a_clear_disconnect_and_the_sync
         (got,) = await copies(bob, ack, 1)
     assert proxy.of(SyncFault.MALFORMED_JSON), "the proxy garbled nothing"
     (gone,) = bob.inbox.of_type(Disconnected)
-    assert "endpoint 'new': GET /sync: the 200 answer is not a JSON object" in gone.reason
+    assert "endpoint 'new': GET /sync: the 200 answer is malformed (not JSON: " in gone.reason
     assert "it begins b'{" in gone.reason
     assert gone.reason in caplog.text
     assert got.message.body == "behind a garbled answer"

@@ -100,7 +100,7 @@ async def request(
                     data = json.loads(raw) if raw else {}
                 except ValueError as exc:
                     if resp.status < 400:
-                        raise malformed(what, resp.status, raw, str(exc)) from None
+                        raise malformed(what, resp.status, raw, f"not JSON: {exc}") from None
                     data = {}
                 if resp.status >= 400:
                     raise map_error(resp.status, data if isinstance(data, dict) else {}, what)
@@ -118,7 +118,7 @@ def malformed(what: str, status: int, raw: bytes, why: str) -> ConnectionLost:
     """The error for a success answer that is not what the call expects (its first bytes)."""
     head = raw[:BODY_SHOWN]
     more = f" ... ({len(raw)} bytes)" if len(raw) > BODY_SHOWN else ""
-    error = ConnectionLost(f"{what}: the {status} answer is not a JSON object ({why}); "
+    error = ConnectionLost(f"{what}: the {status} answer is malformed ({why}); "
                            f"it begins {head!r}{more}", malformed=True)
     log.warning("%s", error)
     return error
