@@ -25,6 +25,7 @@ import copy
 import enum
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Iterator, Mapping
@@ -107,9 +108,13 @@ class HttpProxy:
         except re.error as exc:
             raise ConfigError(f"HttpProxy senders={senders!r} is not a regular expression "
                               f"({exc}); pass one that matches sender Matrix ids") from None
-        self.hold_s = hold_s  # how long a SWAP holds a message that has no successor yet
+        if isinstance(hold_s, bool) or not isinstance(hold_s, (int, float)) or \
+                not 0 < hold_s < math.inf:
+            raise ConfigError(f"HttpProxy hold_s={hold_s!r} is not a positive number of "
+                              "seconds; pass e.g. 1.0")
+        self.hold_s = float(hold_s)  # how long a SWAP holds a message with no successor yet
         self.name = name
-        self.fault: SyncFault | None = None
+        self._fault: SyncFault | None = None
         self.injections: list[Injection] = []
         self._users: dict[str, str] = {}  # access token -> Matrix id
         self._order: dict[str, list[str]] = {}  # room -> message event ids, as first seen
@@ -131,21 +136,30 @@ class HttpProxy:
             raise ConfigError(f"{self.name}: not started; use `async with HttpProxy(...)`")
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def fault(self) -> SyncFault | None:
+        """The fault injected now (None: clean); set it to switch at runtime."""
+        return self._fault
+
+    @fault.setter
+    def fault(self, fault: SyncFault | str | None) -> None:
+        if fault is None:
+            self._fault = None
+            return
+        try:
+            self._fault = SyncFault(fault)
+        except ValueError:
+            raise ConfigError(f"{self.name}: fault {fault!r} is unknown; use one of "
+                              f"{', '.join(FAULTS)}, or None for none") from None
+
     @contextlib.contextmanager
     def inject(self, fault: SyncFault | str) -> Iterator[Self]:
         """Switch `fault` on for the block (the proxy is clean again after it)."""
-        self.fault = self._check_fault(fault)
+        self.fault = fault
         try:
             yield self
         finally:
             self.fault = None
-
-    def _check_fault(self, fault: SyncFault | str) -> SyncFault:
-        try:
-            return SyncFault(fault)
-        except ValueError:
-            raise ConfigError(f"{self.name}: fault {fault!r} is unknown; use one of "
-                              f"{', '.join(FAULTS)}") from None
 
     def of(self, fault: SyncFault) -> list[Injection]:
         """The injections of one fault so far."""
