@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -112,11 +113,13 @@ async def request(
 
 
 BODY_SHOWN = 80  # bytes of a malformed body an error quotes
+# A malformed login answer may begin with its token: the value is never quoted.
+_SECRET_VALUE = re.compile(rb'("(?:access_token|refresh_token|password|mac)"\s*:\s*")[^"]*')
 
 
 def malformed(what: str, status: int, raw: bytes, why: str) -> ConnectionLost:
     """The error for a success answer that is not what the call expects (its first bytes)."""
-    head = raw[:BODY_SHOWN]
+    head = _SECRET_VALUE.sub(rb"\1<hidden>", raw)[:BODY_SHOWN]
     more = f" ... ({len(raw)} bytes)" if len(raw) > BODY_SHOWN else ""
     error = ConnectionLost(f"{what}: the {status} answer is malformed ({why}); "
                            f"it begins {head!r}{more}", malformed=True)
