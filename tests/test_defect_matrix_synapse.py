@@ -18,9 +18,10 @@ import os
 import re
 import threading
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 from matrix_runner import WORKERS, Run, execute, publish
@@ -28,8 +29,10 @@ from matrix_runner import WORKERS, Run, execute, publish
 from harness.errors import HarnessError
 from harness.faults.httpproxy import HttpProxy, Injection, SyncFault
 from harness.matrix.launcher import SynapseServer, install_synapse
+from harness.timing import units
 
 pytestmark = pytest.mark.slow
+T = TypeVar("T")
 VERSION = "1.163.2"
 SECRET_ENV = "IM_HARNESS_MATRIX_PROXY_SECRET"
 RUN_TIMEOUT_S = 240.0
@@ -105,8 +108,8 @@ class ProxyHost:
         self._thread.start()
         self.proxies: list[HttpProxy] = []
 
-    def _run(self, coro):  # type: ignore[no-untyped-def]
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=60)
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=units(60))
 
     def proxy(self, upstream: str, fault: SyncFault | None) -> HttpProxy:
         async def start() -> HttpProxy:
