@@ -490,12 +490,11 @@ JOURNEYS_KEY = pytest.StashKey[list[Any]]()
 
 
 @pytest_asyncio.fixture
-async def upgrade_journey(
-    request: pytest.FixtureRequest, im_session: HarnessSession
-) -> AsyncIterator[Any]:
+async def upgrade_journey(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
     """A private old server, upgraded in place to the new endpoint's request by the test.
 
-    Started from the old endpoint's request (never the session's shared servers); skipped,
+    Started from the old endpoint's request (the session's shared servers are not even
+    started for it); skipped,
     with the reason, when the configuration offers no in-place upgrade. The journey's record
     goes into `im-journey.json` in the --alluredir folder at the end of the session.
 
@@ -503,7 +502,8 @@ async def upgrade_journey(
     """
     from harness.testkit import Journey, JourneyRecord, UpgradePair
 
-    pair = UpgradePair(im_session)
+    # The session's configuration, not its servers: the journey starts (only) its own pair.
+    pair = UpgradePair(request.config.stash[SESSION_KEY])
     record = JourneyRecord(pair.old, pair.new)
     request.config.stash.setdefault(JOURNEYS_KEY, []).append(record)
     why = pair.problem()

@@ -248,8 +248,10 @@ class Journey:
         """The pair's endpoint as it is now (before the upgrade: old; after: new)."""
         endpoint = await self.pair.open()
         self._opened.append(endpoint)
-        key = "after" if self.pair.upgraded_at is not None else "before"
-        self.record.infos.setdefault(key, info_dict(endpoint.info))
+        if self.pair.upgraded_at is None:
+            self.record.infos.setdefault("before", info_dict(endpoint.info))
+        else:  # the latest view after the upgrade: features activate after a lag
+            self.record.infos["after"] = info_dict(endpoint.info)
         return endpoint
 
     async def upgrade(self) -> EndpointSettings:

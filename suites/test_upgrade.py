@@ -241,8 +241,9 @@ async def test_upgrade_journey(upgrade_journey: Journey, oracle: Oracle) -> None
                          "working)")
         refused_after = await _refused_after(new, ivan, oracle, journey, window)
         journey.record.lags["old_token_refused"] = {"seconds": round(refused_after, 3),
-                                                    "bound_s": window}
+                                                    "window_s": window}
 
+    await journey.open()  # what the upgraded endpoint reports now, its features active
     async with journey.step("rollback drill"):
         fact, accepted = await journey.rollback()
         if accepted:

@@ -77,6 +77,23 @@ Reader = Callable[[RunFiles], "Section | None"]
 READERS: list[Reader] = []
 
 
+def read_journey(files: RunFiles) -> Section | None:
+    """The upgrade journey (harness/report/journey.py; imported here, it imports this module)."""
+    from harness.report.journey import read_journey as read
+
+    return read(files)
+
+
+def read_changes(files: RunFiles) -> Section | None:
+    """What changed old -> new (harness/report/changes.py)."""
+    from harness.report.changes import read_changes as read
+
+    return read(files)
+
+
+READERS += [read_journey, read_changes]
+
+
 def read_sections(files: RunFiles, readers: Sequence[Reader] | None = None) -> list[Section]:
     """Every reader's section; a reader that fails becomes a blocking finding, not a crash."""
     out: list[Section] = []
