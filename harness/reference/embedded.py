@@ -26,7 +26,7 @@ DEFAULT_TIER = "free"
 # Test-service defaults, in time units: short enough for a journey of seconds, long enough to
 # be observed on two slow cores.
 ACTIVATION_LAG_UNITS = 1.0
-TOKEN_WINDOW_UNITS = 8.0  # covers clients' reconnect backoff after the restart
+TOKEN_WINDOW_UNITS = 12.0  # past the reconnect backoff cap (10 s) of clients in the field
 
 
 class ReferenceOptions(BaseModel):
