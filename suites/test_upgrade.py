@@ -156,9 +156,13 @@ async def test_upgrade_journey(upgrade_journey: Journey, oracle: Oracle) -> None
     # Measured from the upgrade, concurrently with the steps below (not after them).
     activation = asyncio.create_task(_activation(journey, _probes(henry_v2, alice), bound))
     async with journey.step("existing features keep working while new ones are not active"):
-        ack = await henry_v2.send(alice, "existing: chat after the upgrade")
+        # As an SDK would: a send the just-restarted server did not answer in time is resent
+        # (same client id, so never twice); the step's seconds show how long it took.
+        ack = await send_with_retry(henry_v2, alice, "existing: chat after the upgrade",
+                                    attempts=3, base=units(0.2), cap=units(2))
         await expect_event(alice, MessageReceived, message_id=ack.message_id)
-        group_ack = await bob.send(group, "existing: a v1 client's group chat after it")
+        group_ack = await send_with_retry(bob, group, "existing: a v1 client's group chat",
+                                          attempts=3, base=units(0.2), cap=units(2))
         await expect_event(carol, MessageReceived, message_id=group_ack.message_id)
     await until_acks(senders, 3)
 

@@ -290,22 +290,21 @@ def _open_db(path: str, *, named: bool) -> tuple[Store, dict[str, list[tuple[obj
 
 
 def _service(args: argparse.Namespace, db_path: str) -> Service:
-    """The service on its database, state loaded; `UsageError` when the database is unusable."""
+    """The service on its database, state loaded; `UsageError` when the database is unusable.
+
+    The rows are checked before anything is written; then the data moves to this release.
+    """
     store, rows = _open_db(db_path, named=args.db is not None)
     try:
-        state = releases.open_release(store, args.release)
+        releases.check_release(store, args.release)
     except releases.ReleaseError as exc:
         store.abandon()
         raise UsageError("--release", args.release, str(exc), "see the upgrade notes in "
                          "harness/reference/PROTOCOL.md") from None
-    if state.upgraded_at is not None:
-        logging.getLogger("harness.reference").info(
-            "serving data upgraded from release %s to %s", state.upgraded_from, state.release)
-    rows = store.load()  # after the migration
     config = Config(keepalive_v1=args.keepalive_v1, keepalive_v2=args.keepalive_v2,
                     propagation_delay=args.propagation_delay, recall_window=args.recall_window,
-                    max_frame_bytes=args.max_frame_bytes, release=state.release,
-                    upgraded_at=state.upgraded_at, token_window_s=args.token_window)
+                    max_frame_bytes=args.max_frame_bytes, release=args.release,
+                    token_window_s=args.token_window)
     service = Service(store, config)
     try:
         service.world.load(rows)
@@ -314,6 +313,13 @@ def _service(args: argparse.Namespace, db_path: str) -> Service:
         raise UsageError("--db", db_path, f"holds rows this service cannot read "
                          f"({type(exc).__name__}: {_shown(str(exc), 60)})",
                          "use a new path, or a file this service wrote before") from None
+    state = releases.open_release(store, args.release)
+    config.upgraded_at = state.upgraded_at
+    if state.migrated:
+        logging.getLogger("harness.reference").info(
+            "upgraded the data from release %s to %s", state.upgraded_from, state.release)
+        service = Service(store, config)  # the state as the migration left it
+        service.world.load(store.load())
     return service
 
 

@@ -30,24 +30,36 @@ class ReleaseState:
     release: int  # the release serving it now
     upgraded_from: int | None = None  # the release before the last upgrade (None: never)
     upgraded_at: float | None = None  # wall-clock time of that upgrade
+    migrated: bool = False  # whether this start did the upgrade
 
 
 def _meta(db: sqlite3.Connection) -> dict[str, str]:
     return dict(db.execute("SELECT key, value FROM meta").fetchall())
 
 
-def open_release(st: store.Store, release: int, *, now: float | None = None) -> ReleaseState:
-    """Check and, when older, migrate the database of `st` to `release` (before `load()`)."""
-    db = st.connection
+def _stored(db: sqlite3.Connection, release: int) -> tuple[int, bool, dict[str, str]]:
     meta = _meta(db)
     fresh = not meta and db.execute("SELECT count(*) FROM apps").fetchone()[0] == 0
-    stored = release if fresh else int(meta.get("release", LEGACY))
+    return (release if fresh else int(meta.get("release", LEGACY))), fresh, meta
+
+
+def check_release(st: store.Store, release: int) -> int:
+    """The release that wrote the database; `ReleaseError` when `release` cannot serve it."""
+    stored, _, _ = _stored(st.connection, release)
     if stored > release:
         raise ReleaseError(
             f"the data was migrated by release {stored}; release {release} cannot read it "
             f"(no downgrade path: restore the backup taken before the upgrade, or start "
             f"release {stored} on it)"
         )
+    return stored
+
+
+def open_release(st: store.Store, release: int, *, now: float | None = None) -> ReleaseState:
+    """Migrate the database of `st` to `release` when it is older (after `check_release`)."""
+    db = st.connection
+    stored, fresh, meta = _stored(db, release)
+    check_release(st, release)
     if fresh or stored == release:
         db.execute(store.UPSERT_META, ("release", str(release)))
         return ReleaseState(release, _int(meta.get("upgraded_from")),
@@ -66,7 +78,7 @@ def open_release(st: store.Store, release: int, *, now: float | None = None) -> 
     except BaseException:
         db.execute("ROLLBACK")
         raise
-    return ReleaseState(release, stored, at)
+    return ReleaseState(release, stored, at, migrated=True)
 
 
 def _int(text: str | None) -> int | None:
