@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import pytest
 
@@ -283,7 +283,7 @@ class Journey:
         finally:
             step.seconds = round(time.monotonic() - started, 3)
 
-    def skip(self, reason: str) -> None:
+    def skip(self, reason: str) -> NoReturn:
         """Skip the current step with `reason` (the journey goes on)."""
         raise StepSkipped(reason)
 

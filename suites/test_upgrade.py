@@ -155,6 +155,14 @@ async def test_upgrade_journey(upgrade_journey: Journey, oracle: Oracle) -> None
     bound = journey.pair.activation_bound()
     # Measured from the upgrade, concurrently with the steps below (not after them).
     activation = asyncio.create_task(_activation(journey, _probes(henry_v2, alice), bound))
+    async with journey.step("clients in the field reconnect on their own, with backoff"):
+        async def back(user: User) -> None:  # bounded past the clients' own backoff cap
+            await user.recorder.wait_event(Reconnected, timeout=units(30))
+            journey.record.gaps.setdefault(user.id, {})["back_after_s"] = round(
+                time.monotonic() - (journey.upgraded_at or 0.0), 3)
+
+        await asyncio.gather(*(back(u) for u in (alice, bob, carol, eve, frank)))
+
     async with journey.step("existing features keep working while new ones are not active"):
         # As an SDK would: a send the just-restarted server did not answer in time is resent
         # (same client id, so never twice); the step's seconds show how long it took.
@@ -176,10 +184,10 @@ async def test_upgrade_journey(upgrade_journey: Journey, oracle: Oracle) -> None
         for s in senders:
             await s.stop()
         for s in senders:
-            journey.record.gaps[s.user.id] = {
+            journey.record.gaps.setdefault(s.user.id, {}).update({
                 "max_ack_gap_s": round(s.max_gap(), 3), "acks": len(s.acks),
                 "reconnects": [e.attempts for e in s.user.recorder.of_type(Reconnected)],
-            }
+            })
         assert not [e for s in senders for e in s.errors], [e for s in senders for e in s.errors]
         await settled(oracle)
         oracle.assert_ok()
@@ -246,13 +254,15 @@ async def test_upgrade_journey(upgrade_journey: Journey, oracle: Oracle) -> None
         refused_after = await _refused_after(new, ivan, oracle, journey, window)
         journey.record.lags["old_token_refused"] = {"seconds": round(refused_after, 3),
                                                     "window_s": window}
+        journey.observed(f"tokens minted before the upgrade: refused {refused_after:.1f}s "
+                         f"after it (window {window:g}s)")
 
     await journey.open()  # what the upgraded endpoint reports now, its features active
     async with journey.step("rollback drill"):
         fact, accepted = await journey.rollback()
         if accepted:
-            back = await journey.open()
-            reader = await new_user(back, oracle, "after-rollback")
+            rolled_back = await journey.open()
+            reader = await new_user(rolled_back, oracle, "after-rollback")
             ack = await reader.send(alice, "after the rollback")
             assert ack.message_id, fact
 
@@ -285,6 +295,11 @@ async def _activation(journey: Journey, probes: dict[str, Callable[[], Awaitable
         if lag is None:
             late.append(f"{feature} still FeatureDisabled {bound:.2f}s after the upgrade "
                         f"(bound {bound:.2f}s)")
+        else:
+            journey.observed(f"{feature}: FeatureDisabled until {lag:.1f}s after the upgrade")
+            if lag > bound:
+                late.append(f"{feature} first worked {lag:.2f}s after the upgrade "
+                            f"(bound {bound:.2f}s)")
     return late
 
 
@@ -298,8 +313,8 @@ def _probes(user: User, peer: User) -> dict[str, Callable[[], Awaitable[None]]]:
         await user.recall(state["recall"])
 
     async def receipts() -> None:
-        if "read" not in state:
-            state["read"] = await peer.send(user, "to be read once receipts are active")
+        if "read" not in state:  # the user's own message: the probe waits for no other client
+            state["read"] = await user.send(peer, "read up to here once receipts are active")
         await user.client.mark_read(state["read"].conversation, state["read"].seq)
 
     return {"recall": recall, "receipts": receipts}

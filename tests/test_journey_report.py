@@ -17,7 +17,8 @@ def _record(*steps: Step) -> JourneyRecord:
     record = JourneyRecord("old", "new", server="svc 1 -> svc 2", steps=list(steps))
     record.lags = {"recall": {"seconds": 1.2, "bound_s": 3.0},
                    "old_token_refused": {"seconds": 8.1, "window_s": 8.0}}
-    record.gaps = {"eve": {"max_ack_gap_s": 2.5, "acks": 30, "reconnects": [3]}}
+    record.gaps = {"eve": {"max_ack_gap_s": 2.5, "acks": 30, "reconnects": [3],
+                           "back_after_s": 1.5}}
     record.rollback = "refused: svc 1: the data was migrated by release 2"
     record.infos = {
         "before": {"protocol": "v1", "keepalive_s": 30.0, "capabilities": ["chat"],
@@ -45,7 +46,8 @@ def test_a_failed_step_is_a_no_go_naming_it(tmp_path: Path) -> None:
     notes = " | ".join(journey.notes())
     assert "activation lag of recall: 1.20 s after the upgrade (bound 3.00 s)" in notes
     assert "old tokens refused: 8.10 s after the upgrade (transition window 8.00 s)" in notes
-    assert "longest gap between acks 2.50 s, reconnected after 3 attempt(s)" in notes
+    assert ("client eve: connected again 1.50 s after the upgrade; longest gap between acks "
+            "2.50 s, reconnected after 3 attempt(s), 30 messages acked") in notes
     assert "rollback drill: refused: svc 1" in notes
     assert "<td>history pages</td><td>passed</td>" in journey.to_html()
 

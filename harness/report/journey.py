@@ -42,10 +42,16 @@ def read_journey(files: RunFiles) -> Section | None:
         findings.append(Finding(f"{what}: {_seconds(lag.get('seconds'))} after the upgrade "
                                 f"({limit})", blocking=False))
     for user, gap in (record.get("gaps") or {}).items():
-        findings.append(Finding(
-            f"live client {user}: longest gap between acks {_seconds(gap.get('max_ack_gap_s'))}, "
-            f"reconnected after {', '.join(map(str, gap.get('reconnects') or [])) or 'no'} "
-            f"attempt(s), {gap.get('acks', 0)} messages acked", blocking=False))
+        parts = []
+        if "back_after_s" in gap:
+            parts.append(f"connected again {_seconds(gap['back_after_s'])} after the upgrade")
+        if "max_ack_gap_s" in gap:
+            attempts = ", ".join(map(str, gap.get("reconnects") or [])) or "no"
+            parts.append(f"longest gap between acks {_seconds(gap['max_ack_gap_s'])}, "
+                         f"reconnected after {attempts} attempt(s), {gap.get('acks', 0)} "
+                         "messages acked")
+        if parts:
+            findings.append(Finding(f"client {user}: {'; '.join(parts)}", blocking=False))
     if steps:
         findings.append(Finding(f"rollback drill: {record.get('rollback', 'not drilled')}",
                                 blocking=False))
