@@ -156,12 +156,12 @@ async def test_upgrade_journey(upgrade_journey: Journey, oracle: Oracle) -> None
     # Measured from the upgrade, concurrently with the steps below (not after them).
     activation = asyncio.create_task(_activation(journey, _probes(henry_v2, alice), bound))
     async with journey.step("clients in the field reconnect on their own, with backoff"):
-        async def back(user: User) -> None:  # bounded past the clients' own backoff cap
+        async def back_online(user: User) -> None:  # bounded past the clients' own backoff cap
             await user.recorder.wait_event(Reconnected, timeout=units(30))
             journey.record.gaps.setdefault(user.id, {})["back_after_s"] = round(
                 time.monotonic() - (journey.upgraded_at or 0.0), 3)
 
-        await asyncio.gather(*(back(u) for u in (alice, bob, carol, eve, frank)))
+        await asyncio.gather(*(back_online(u) for u in (alice, bob, carol, eve, frank)))
 
     async with journey.step("existing features keep working while new ones are not active"):
         # As an SDK would: a send the just-restarted server did not answer in time is resent
