@@ -163,7 +163,7 @@ async def test_upgrade_journey(upgrade_journey: Journey, oracle: Oracle) -> None
 
         await asyncio.gather(*(back_online(u) for u in (alice, bob, carol, eve, frank)))
 
-    async with journey.step("existing features keep working while new ones are not active"):
+    async with journey.step("existing features keep working while the new ones activate"):
         # As an SDK would: a send the just-restarted server did not answer in time is resent
         # (same client id, so never twice); the step's seconds show how long it took.
         ack = await send_with_retry(henry_v2, alice, "existing: chat after the upgrade",
