@@ -49,7 +49,9 @@ async def setup(api: Api, *names: str, **app: object) -> tuple[str, str, list[st
 
 
 def test_every_defect_has_a_test_here() -> None:
-    missing = [d for d in DEFECTS if f"test_{d}" not in globals()]
+    from test_journey_defects import EXPECTED  # the upgrade defects: tested through the journey
+
+    missing = [d for d in DEFECTS if f"test_{d}" not in globals() and d not in EXPECTED]
     assert not missing
 
 
