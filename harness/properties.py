@@ -10,8 +10,10 @@ shrunk steps, the seed and one command that replays them, and stores all three u
 A profile with a time budget (`ci`) searches in phases: each phase is a hypothesis run of a few
 examples with its own seed (the run's seed, then seed+1, ...), and no phase starts once the
 budget is spent, so a slow endpoint (a real server, a loaded machine) runs fewer examples in
-the same minute instead of more minutes. The examples run are always a prefix of the same
-sequence for one seed, and a failure names its phase's seed, which replays that phase first.
+the same minute instead of more minutes. For one seed the phases are the same sequence (as far
+as the endpoint behaves the same), and a failure names its phase's seed: given that seed, the
+first phase is a whole one, and hypothesis' examples for one seed are a prefix of those of a
+longer run, so the replay's first phase starts with the failing phase's examples.
 """
 
 from __future__ import annotations
@@ -44,10 +46,12 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 # Seconds hypothesis may spend shrinking one failure (its own default is 300).
 SHRINK_SECONDS = {"ci": 20.0, "deep": 300.0}
-# Seconds of search per run (None: max_examples decides alone); the last phase may overrun it
-# by about one example, and shrinking a failure by SHRINK_SECONDS.
+# Seconds of search per run (None: max_examples decides alone). A phase starts only when the
+# slowest example so far says one more fits; the first (one example) always runs. A phase's
+# examples may be slower than any before them (a restart of a real server), and shrinking a
+# failure may add SHRINK_SECONDS.
 BUDGET_SECONDS: dict[str, float | None] = {"ci": 45.0, "deep": None}
-PHASE_EXAMPLES = 8  # the most examples one phase runs
+PHASE_EXAMPLES = 8  # the most examples one phase runs (a replay's first phase runs this many)
 
 
 def register_profiles() -> None:
@@ -133,15 +137,20 @@ def run_machine(
         left = base.max_examples - search.examples
         if budget is None:
             size = left
+        elif not search.phases:
+            # A random search first learns the endpoint's pace from one example; a given seed
+            # (a replay, a fixed-seed matrix) starts with a whole phase, which the failing phase
+            # of the search that printed the seed is the start of.
+            size = 1 if seed_value is None else min(left, PHASE_EXAMPLES)
         else:
+            # As many as the rest of the budget fits at the slowest example's pace so far;
+            # none: the search ends.
             spent = time.monotonic() - start
-            if search.phases and spent >= budget:
+            fits = int((budget - spent) / search.slowest_s) if search.slowest_s > 0 else left
+            size = min(left, PHASE_EXAMPLES, fits)
+            if size < 1:
                 search.stopped_by_budget = True
                 break
-            # As many as the rest of the budget fits at the pace so far (one phase at least).
-            pace = spent / search.examples if search.examples else 0.0
-            fits = int((budget - spent) / pace) if pace > 0 else PHASE_EXAMPLES
-            size = max(1, min(left, PHASE_EXAMPLES, fits))
         phase_seed = used + search.phases
         search.phases += 1
         before = search.examples
@@ -163,6 +172,7 @@ class Search:
     examples: int = 0
     phases: int = 0
     seconds: float = 0.0
+    slowest_s: float = 0.0  # the longest example so far
     stopped_by_budget: bool = False
 
     def summary(self) -> str:
@@ -172,12 +182,19 @@ class Search:
 
 
 def _counting(factory: type[RuleBasedStateMachine], search: Search) -> type[RuleBasedStateMachine]:
-    """`factory`, counting every example (one machine per example) into `search`."""
+    """`factory`, counting every example (one machine per example) and its time into `search`."""
 
     class Counted(factory):  # type: ignore[valid-type, misc]
         def __init__(self) -> None:
             search.examples += 1
+            self._began = time.monotonic()
             super().__init__()
+
+        def teardown(self) -> None:
+            try:
+                super().teardown()
+            finally:
+                search.slowest_s = max(search.slowest_s, time.monotonic() - self._began)
 
     Counted.__name__ = Counted.__qualname__ = factory.__name__
     return Counted
