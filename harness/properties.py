@@ -1,7 +1,9 @@
 """Hypothesis profiles for the property tests, and a runner that makes failures replayable.
 
-Profiles: `ci` (bounded: a property test stays under a minute per endpoint) and `deep`
-(nightly: thousands of steps). Pick one with `--hypothesis-profile` or `IM_HARNESS_PROFILE`.
+Profiles: `ci` (bounded: a property test stays under a minute per endpoint), `ci-full` (the
+same search without its time budget: all of it, however fast the machine; the defect matrix
+runs it) and `deep` (nightly: thousands of steps). Pick one with `--hypothesis-profile` or
+`IM_HARNESS_PROFILE`.
 
 `run_machine` runs a `RuleBasedStateMachine` with a known seed. On failure it prints the
 shrunk steps, the seed and one command that replays them, and stores all three under
@@ -42,15 +44,16 @@ _QUIET_CHECKS = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.f
 PROFILES: dict[str, dict[str, Any]] = {
     # One example is a fresh app on a live service, most of a second: 40 fit the ci minute.
     "ci": {"max_examples": 40, "stateful_step_count": 20},
+    "ci-full": {"max_examples": 40, "stateful_step_count": 20},
     "deep": {"max_examples": 400, "stateful_step_count": 60},
 }
 # Seconds hypothesis may spend shrinking one failure (its own default is 300).
-SHRINK_SECONDS = {"ci": 20.0, "deep": 300.0}
+SHRINK_SECONDS = {"ci": 20.0, "ci-full": 20.0, "deep": 300.0}
 # Seconds of search per run (None: max_examples decides alone). A phase starts only when the
 # slowest example so far says one more fits; the first (one example) always runs. A phase's
 # examples may be slower than any before them (a restart of a real server), and shrinking a
 # failure may add SHRINK_SECONDS.
-BUDGET_SECONDS: dict[str, float | None] = {"ci": 45.0, "deep": None}
+BUDGET_SECONDS: dict[str, float | None] = {"ci": 45.0, "ci-full": None, "deep": None}
 PHASE_EXAMPLES = 8  # the most examples one phase runs (a replay's first phase runs this many)
 
 

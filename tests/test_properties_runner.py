@@ -37,6 +37,9 @@ def test_profiles_are_registered_and_bounded() -> None:
     assert ci.deadline is None
     assert ci.database is None
     assert ci.max_examples * ci.stateful_step_count <= 1000  # the ci minute
+    full = settings.get_profile("ci-full")  # the same search, without the time budget
+    assert (full.max_examples, full.stateful_step_count) == (ci.max_examples,
+                                                             ci.stateful_step_count)
     assert deep.max_examples * deep.stateful_step_count >= 10_000  # thousands of steps
 
 
@@ -47,7 +50,8 @@ def test_profile_from_option_environment_or_default(monkeypatch: pytest.MonkeyPa
     assert profile_name(None) == "deep"
     assert profile_name("ci") == "ci"  # the command line wins
     monkeypatch.setenv(PROFILE_ENV, "nightly")
-    with pytest.raises(ConfigError, match=r"IM_HARNESS_PROFILE='nightly' .* use one of: ci, deep"):
+    with pytest.raises(ConfigError,
+                       match=r"IM_HARNESS_PROFILE='nightly' .* use one of: ci, ci-full, deep"):
         profile_name(None)
 
 
