@@ -177,7 +177,8 @@ ScenarioOpt = Annotated[list[str] | None, typer.Option(
 UsersOpt = Annotated[int, typer.Option("--users", min=1, help="load users per scenario")]
 TimeOpt = Annotated[str, typer.Option("--load-time", help="load run time per scenario, e.g. 5s")]
 BudgetsOpt = Annotated[str | None, typer.Option(
-    "--budgets-dir", help="folder of <scenario>.toml budgets (default: the budgets each "
+    "--budgets-dir", help="folder of <scenario>.toml budgets (default: [harness] budgets_dir of "
+    "the config, else the budgets each "
     "scenario registered)")]
 LocustfileOpt = Annotated[str | None, typer.Option(
     "--locustfile", help="a locustfile with an IMUser subclass (default: the installed one)")]
@@ -261,6 +262,7 @@ def signoff(
         knobs = latency_options(hc.harness, factor=latency_factor, floor_ms=latency_floor_ms)
         check_paths(path)
         _check_reports(reports)
+        budgets_dir = budgets_dir or hc.budgets_dir()
         _check_load(load_time, budgets_dir, scenarios, locustfile)
     except ConfigError as exc:
         raise usage(str(exc)) from None
@@ -330,8 +332,10 @@ def load_cmd(
     try:
         if problem := environment_problem():
             raise ConfigError(problem)
-        load_config(config).selected([endpoint])
+        hc = load_config(config)
+        hc.selected([endpoint])
         _check_reports(reports)
+        budgets_dir = budgets_dir or hc.budgets_dir()
         _check_load(load_time, budgets_dir, scenarios, locustfile)
     except ConfigError as exc:
         raise usage(str(exc)) from None

@@ -271,6 +271,8 @@ class HarnessOptions(_Model):
     # than this factor AND by more than this many milliseconds is a NO-GO reason.
     latency_factor: float = Field(default=2.0, ge=1)
     latency_floor_ms: float = Field(default=20.0, ge=0)
+    # Load budgets: a folder of <scenario>.toml, relative to this file (--budgets-dir wins).
+    budgets_dir: str | None = None
 
     @field_validator("endpoints", mode="before")
     @classmethod
@@ -306,6 +308,7 @@ class HarnessConfig(_Model):
     endpoints: dict[str, EndpointConfig] = Field(default_factory=default_endpoints)
     harness: HarnessOptions = Field(default_factory=HarnessOptions)
     _source: str = PrivateAttr(default="defaults")
+    _folder: Path | None = PrivateAttr(default=None)  # the config file's folder
 
     @field_validator("endpoints")
     @classmethod
@@ -325,6 +328,20 @@ class HarnessConfig(_Model):
     def source(self) -> str:
         """Where this configuration came from: a file label or "defaults"."""
         return self._source
+
+    def budgets_dir(self) -> str | None:
+        """`[harness] budgets_dir`, resolved against the config file's folder; None if unset."""
+        raw = self.harness.budgets_dir
+        if raw is None:
+            return None
+        path = Path(raw).expanduser()
+        if not path.is_absolute() and self._folder is not None:
+            path = self._folder / path
+        if not path.is_dir():
+            raise ConfigError(f"{self.source}: harness.budgets_dir = {raw!r} is not a folder "
+                              f"(looked at {path}); point it at a folder of <scenario>.toml "
+                              "budgets, relative to the config file")
+        return str(path)
 
     def selected(self, names: Iterable[str] | None = None) -> list[str]:
         """The endpoint names to run: `names`, else `[harness].endpoints`, else all."""
@@ -470,7 +487,9 @@ def load_config(
             f"{file}: {where} is empty, so nothing is configured; add [endpoints.NAME] "
             "tables (see examples/im-harness.toml), or remove it to run the embedded defaults"
         )
-    return parse_config(data, source=file.name, prefix=table)
+    config = parse_config(data, source=file.name, prefix=table)
+    config._folder = file.resolve().parent
+    return config
 
 
 def parse_config(

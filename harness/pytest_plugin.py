@@ -49,7 +49,7 @@ SESSION_KEY = pytest.StashKey["HarnessSession"]()
 _SAVED_SCALE_KEY = pytest.StashKey["str | None"]()
 FAULT_TIMELINE_KEY = pytest.StashKey[FaultTimeline]()
 
-# Before hypothesis' own pytest_configure loads `--hypothesis-profile ci|deep`.
+# Before hypothesis' own pytest_configure loads `--hypothesis-profile ci|ci-full|deep`.
 register_profiles()
 
 MARKERS = (

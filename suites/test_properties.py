@@ -1,15 +1,17 @@
-"""Property tests: a small world of v1 and v2 users keeps every IM guarantee, whatever happens.
+"""Property tests: a small world of users on each endpoint keeps every IM guarantee.
 
 Hypothesis drives sends, group posts, recalls, read marks, disconnects, reconnects, network
-faults and service restarts against the real reference service; the oracle judges after every
-step and once more when the world has settled. Profile `ci` by default; `--hypothesis-profile
-deep` (or IM_HARNESS_PROFILE=deep) for the nightly run. A failure prints its shrunk steps and
-one command that replays them, and stores both under reports/properties/.
+faults and server restarts against each configured endpoint (old and new, each its own test);
+the oracle judges after every step and once more when the world has settled. A rule the
+endpoint cannot take (a restart where the harness did not start the server, a fault where it is
+not on loopback, recall without the capability) is off there, and the test says which and why.
+Profile `ci` by default; `--hypothesis-profile deep` (or IM_HARNESS_PROFILE=deep) for the
+nightly run. A failure prints its shrunk steps and one command that replays them, and stores
+both under reports/properties/.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,20 +20,6 @@ import pytest
 from harness.testkit import WorldContext, WorldMachine, profile_name, run_machine
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="session")
-def world_context(im_session: Any) -> WorldContext:
-    """The first endpoint whose server the harness started and administers (apps per example)."""
-    for name in im_session.names:
-        server = im_session.servers.get(name)
-        if server is not None and server.app() is not None:
-            return WorldContext(server=server, settings=im_session.settings(name))
-    named = " and ".join(f"endpoint {name!r}" for name in im_session.names)
-    pytest.skip(
-        f"{named}: not started by the harness with an admin API (the property tests restart "
-        "the server and create an app per example)"
-    )
 
 
 def _replay_args(config: pytest.Config, defects: tuple[str, ...]) -> list[str]:
@@ -44,7 +32,7 @@ def _replay_args(config: pytest.Config, defects: tuple[str, ...]) -> list[str]:
 
 
 def test_conversations_keep_their_guarantees(
-    world_context: WorldContext,
+    endpoint: Any,
     im_session: Any,
     fault_timeline: Any,
     request: pytest.FixtureRequest,
@@ -56,13 +44,18 @@ def test_conversations_keep_their_guarantees(
     except Exception as exc:  # a bad profile name is a usage error, not a property failure
         pytest.fail(str(exc), pytrace=False)
     seed = config.getoption("--hypothesis-seed")
-    world_context.timeline = fault_timeline  # every example's faults land on this test's
+    # Every example's faults land on this test's timeline.
+    context = WorldContext.for_endpoint(endpoint, timeline=fault_timeline)
+    for rule, why in context.disabled().items():
+        note = f"rule {rule} is off: {why}"
+        print(note)  # in the test's output, and in Allure's stdout attachment
+        request.node.user_properties.append(("disabled rule", note))
 
     class Machine(WorldMachine):
-        context = world_context
+        pass
 
-    start = time.monotonic()
-    run_machine(
+    Machine.context = context
+    search = run_machine(
         Machine,
         test=request.node.nodeid,
         profile=profile,
@@ -70,4 +63,4 @@ def test_conversations_keep_their_guarantees(
         replay_args=_replay_args(config, im_session.defects),
         report_dir=Path(config.rootpath) / "reports" / "properties",
     )
-    print(f"property run took {time.monotonic() - start:.1f}s (profile {profile})")
+    print(f"property run on endpoint {endpoint.name!r}: {search.summary()}")

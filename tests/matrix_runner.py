@@ -30,6 +30,7 @@ class Run:
 
     defect: str | None
     suites: list[str]
+    args: list[str] = field(default_factory=list)  # this run's own extra pytest arguments
     returncode: int = -1
     seconds: float = 0.0
     passed: list[str] = field(default_factory=list)
@@ -59,7 +60,7 @@ def execute(run: R, *, junit: Path, config: Path, timeout_s: float, extra_args: 
     """Run `run`'s suites once (environment variables starting with `drop_env` left out)."""
     cmd = [
         sys.executable, "-m", "pytest", *run.suites, "-q", "-p", "no:cacheprovider",
-        f"--junitxml={junit}", f"--im-config={config}", *extra_args,
+        f"--junitxml={junit}", f"--im-config={config}", *extra_args, *run.args,
     ]
     if run.defect:
         cmd += ["--im-defect", run.defect]

@@ -128,7 +128,8 @@ def test_missing_explicit_file(tmp_path: Path) -> None:
             {"harness": {"endpoint": "old"}},
             "im-harness.toml: harness.endpoint is not a known key; known here: endpoints, "
             "time_scale, defects, defect_rate, seed, keepalive_v1, keepalive_v2, "
-            "propagation_delay, latency_factor, latency_floor_ms; remove or rename it",
+            "propagation_delay, latency_factor, latency_floor_ms, budgets_dir; remove or rename "
+            "it",
         ),
         (
             {"endpoints": {"new": {"timeouts": {"sned": 1}}}},

@@ -37,6 +37,9 @@ def test_profiles_are_registered_and_bounded() -> None:
     assert ci.deadline is None
     assert ci.database is None
     assert ci.max_examples * ci.stateful_step_count <= 1000  # the ci minute
+    full = settings.get_profile("ci-full")  # the same search, without the time budget
+    assert (full.max_examples, full.stateful_step_count) == (ci.max_examples,
+                                                             ci.stateful_step_count)
     assert deep.max_examples * deep.stateful_step_count >= 10_000  # thousands of steps
 
 
@@ -47,7 +50,8 @@ def test_profile_from_option_environment_or_default(monkeypatch: pytest.MonkeyPa
     assert profile_name(None) == "deep"
     assert profile_name("ci") == "ci"  # the command line wins
     monkeypatch.setenv(PROFILE_ENV, "nightly")
-    with pytest.raises(ConfigError, match=r"IM_HARNESS_PROFILE='nightly' .* use one of: ci, deep"):
+    with pytest.raises(ConfigError,
+                       match=r"IM_HARNESS_PROFILE='nightly' .* use one of: ci, ci-full, deep"):
         profile_name(None)
 
 
@@ -93,6 +97,72 @@ def test_a_passing_machine_reports_nothing(tmp_path: Path) -> None:
     run_machine(Fine, test="t::fine", seed_value=1, report_dir=tmp_path, echo=printed.append)
     assert printed == []
     assert list(tmp_path.iterdir()) == []
+
+
+class FakeClock:
+    """`harness.properties`' clock, moved on by the machine under test (no real waiting)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def test_a_slow_endpoint_runs_fewer_examples_within_the_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock()
+    monkeypatch.setattr("harness.properties.time", clock)
+
+    class TenSecondsAnExample(RuleBasedStateMachine):
+        def __init__(self) -> None:
+            super().__init__()
+            clock.now += 10.0
+
+        @rule()
+        def noop(self) -> None:
+            pass
+
+    search = run_machine(TenSecondsAnExample, test="t::slow", budget_s=45.0,
+                         report_dir=tmp_path)
+    # A first phase of one example (10 s) learns the pace; the next fits three more (40 s);
+    # then none fits the 5 s left.
+    assert (search.examples, search.phases) == (4, 2)
+    assert search.stopped_by_budget
+    assert "4 examples in 2 phase(s)" in search.summary()
+    assert "stopped by the 45s budget" in search.summary()
+    unbounded = run_machine(TenSecondsAnExample, test="t::slow", seed_value=3, budget_s=None,
+                            report_dir=tmp_path)
+    assert unbounded.examples >= settings.get_profile("ci").max_examples
+    assert not unbounded.stopped_by_budget
+
+
+def test_a_failure_found_within_the_budget_is_still_shrunk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock()
+    monkeypatch.setattr("harness.properties.time", clock)
+
+    class SlowCounter(Counter):
+        def __init__(self) -> None:
+            super().__init__()
+            clock.now += 1.0  # the budget would end the search after 5 examples
+
+    printed: list[str] = []
+    with pytest.raises(AssertionError, match="total reached"):
+        run_machine(SlowCounter, test="t::c", budget_s=5.0, report_dir=tmp_path,
+                    echo=printed.append)
+    [summary] = printed
+    # Shrinking ran past the budget: the steps are the minimal ones, not the first found.
+    assert summary.count("state.add(") <= 2, summary
+    # The printed seed replays it: a given seed's first phase starts with the failing phase.
+    seed_value = int(summary.split("failed (seed ", 1)[1].split(",", 1)[0])
+    replayed: list[str] = []
+    with pytest.raises(AssertionError, match="total reached"):
+        run_machine(SlowCounter, test="t::c", seed_value=seed_value, budget_s=5.0,
+                    report_dir=tmp_path, echo=replayed.append)
+    assert f"failed (seed {seed_value}," in replayed[0]
 
 
 def test_backoff_doubles_up_to_the_cap_and_jitter_only_shortens() -> None:

@@ -1,14 +1,18 @@
-"""A small IM world for stateful property tests, against a server the harness started.
+"""A small IM world for stateful property tests, on any endpoint.
 
-One example is one fresh app with 3-5 users (v1 and v2 clients side by side) and 1-2 groups;
-every user reaches the service through its own `FaultLink`. Hypothesis drives the rules of
+One example is 3-5 fresh users (every protocol version the endpoint offers, side by side) and
+1-2 groups, on a fresh app when the server has an admin API; every user reaches the endpoint
+through its own `FaultLink` when it is on loopback. Hypothesis drives the rules of
 `WorldMachine` (send, group send, recall, mark read, disconnect, reconnect, a network fault,
-a service restart); the oracle judges after every step, and `teardown` settles the world and
+a server restart); the oracle judges after every step, and `teardown` settles the world and
 judges loss, recall and history once everything had its chance to arrive.
 
-The machine owns one event loop per example and runs each rule in it; the server (any embedded
-server with an admin API, so that each example gets an app of its own) is started once per
-session by whoever sets `WorldMachine.context`.
+A rule runs only where the endpoint can take it: restarts need a server the harness started,
+network faults a loopback TCP endpoint, recall and read marks the capability.
+`WorldContext.disabled()` names every rule that is off and why, so a test can say so.
+
+The machine owns one event loop per example and runs each rule in it; whoever sets
+`WorldMachine.context` (from an opened endpoint: `WorldContext.for_endpoint`) owns the server.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import dataclasses
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from urllib.parse import urlsplit
 
 from hypothesis import strategies as st
@@ -32,13 +36,24 @@ from hypothesis.stateful import (
 )
 
 from harness.backoff import Backoff
-from harness.contract import Ack, EndpointSettings, GroupInfo, MessageReceived, Target
+from harness.contract import (
+    Ack,
+    Capability,
+    EndpointInfo,
+    EndpointSettings,
+    GroupInfo,
+    MessageReceived,
+    Target,
+)
 from harness.errors import BadRequest, ConnectionLost, HarnessError, IMTimeout, NotFound
 from harness.faults.link import FaultLink
 from harness.faults.timeline import FaultTimeline
 from harness.oracle import Oracle
 from harness.servers import AdminHandle, EmbeddedServer
 from harness.timing import units
+
+if TYPE_CHECKING:
+    from harness.session import Endpoint
 
 T = TypeVar("T")
 UNKNOWN_OUTCOME = (IMTimeout, ConnectionLost)  # a send or recall that may or may not have happened
@@ -51,13 +66,50 @@ SETTLE_SENTINELS = 2  # per user: one is enough, two survive a dropped delivery 
 
 @dataclass
 class WorldContext:
-    """What every example shares: the server (started once) and the base endpoint settings."""
+    """What every example shares: the endpoint's settings and info, and its server if any."""
 
-    server: EmbeddedServer
     settings: EndpointSettings
-    max_restarts: int = 1  # service restarts per example
+    info: EndpointInfo
+    server: EmbeddedServer | None = None  # restarts only when the harness started the server
+    proxiable: bool = True  # users behind fault links: a TCP endpoint on loopback
+    max_restarts: int = 1  # server restarts per example
     fault_s: float = 0.3  # how long a blackhole or partition lasts
     timeline: FaultTimeline = field(default_factory=lambda: FaultTimeline("properties"))
+
+    @classmethod
+    def for_endpoint(cls, endpoint: Endpoint, **kw: Any) -> WorldContext:
+        """The context of an opened endpoint: its server only if the harness started it."""
+        from harness.faults.endpoint import proxy_problem
+
+        return cls(settings=endpoint.settings, info=endpoint.info, server=endpoint.server,
+                   proxiable=proxy_problem(endpoint) is None, **kw)
+
+    @property
+    def has_apps(self) -> bool:
+        """Whether each example gets a fresh app (the server has an admin API)."""
+        return self.server is not None and self.server.app() is not None
+
+    def can(self, capability: Capability) -> bool:
+        return self.info.supports(capability)
+
+    def disabled(self) -> dict[str, str]:
+        """Rule name -> why it cannot run on this endpoint (empty: every rule runs)."""
+        off: dict[str, str] = {}
+        where = f"endpoint {self.settings.name!r}"
+        if self.server is None:
+            off["restart_service"] = f"{where} is not started by the harness (no restarts)"
+        if not self.proxiable:
+            off["inject_fault"] = f"{where} is not a TCP endpoint on loopback (no fault link)"
+        for rule_name, cap in (("recall", Capability.RECALL), ("mark_read", Capability.RECEIPTS),
+                               ("send_to_group", Capability.GROUPS)):
+            if not self._offers(cap):
+                off[rule_name] = f"{where} does not offer capability {cap.value!r}"
+        return off
+
+    def _offers(self, capability: Capability) -> bool:
+        # A fresh app on a server with an admin API has recall and receipts switched on.
+        switched_on = capability in (Capability.RECALL, Capability.RECEIPTS) and self.has_apps
+        return switched_on or self.can(capability)
 
 
 @dataclass
@@ -65,8 +117,8 @@ class _Member:
     """One user of the world: its link, endpoint, User and what the model knows about it."""
 
     index: int
-    protocol: str
-    link: FaultLink
+    protocol: str | None  # None: the endpoint's one protocol
+    link: FaultLink | None  # None: the endpoint is not behind fault links
     user: Any  # harness.session.User
     endpoint: Any  # harness.session.Endpoint
     connected: bool = True
@@ -74,6 +126,15 @@ class _Member:
     @property
     def id(self) -> str:
         return str(self.user.id)
+
+    @property
+    def label(self) -> str:
+        return f"u{self.index}" + (f" ({self.protocol})" if self.protocol else "")
+
+    def offers(self, capability: Capability) -> bool:
+        """Whether this user's connection and the endpoint both offer `capability`."""
+        client = self.user.client
+        return capability in client.capabilities and self.endpoint.info.supports(capability)
 
 
 @dataclass
@@ -101,36 +162,42 @@ class World:
         self.settings: EndpointSettings | None = None
         self._probe: Any = None
 
-    async def build(self, protocols: list[str], groups: list[list[int]]) -> None:
+    async def build(self, protocols: list[str | None], groups: list[list[int]]) -> None:
         from harness.session import User, open_endpoint, unique_id
 
-        self.admin = self.context.server.admin()
-        if self.admin is None:
-            raise HarnessError(
-                f"{self.context.server!r} has no admin API; the world needs an app per example"
-            )
-        app = await self.admin.create_app(
-            tier="pro", features={"recall": True, "receipts": True},
-            recall_window_s=RECALL_WINDOW_S,
-        )
         base = self.context.settings
-        self.settings = dataclasses.replace(
-            base, app_id=app.app_id, tier="pro", protocol="v2",
-            secrets={"app_key": app.app_key},
-            options={**base.options, "backoff_base_s": 0.05, "backoff_cap_s": 0.4,
-                     "send_timeout_s": units(3), "jitter_seed": 1},
-        )
+        options = {**base.options, "backoff_base_s": 0.05, "backoff_cap_s": 0.4,
+                   "jitter_seed": 1}
+        if self.context.has_apps:
+            assert self.context.server is not None
+            self.admin = self.context.server.admin()
+            if self.admin is None:
+                raise HarnessError(f"{self.context.server!r} has apps but no admin API")
+            app = await self.admin.create_app(
+                tier="pro", features={"recall": True, "receipts": True},
+                recall_window_s=RECALL_WINDOW_S,
+            )
+            self.settings = dataclasses.replace(
+                base, app_id=app.app_id, tier="pro", protocol="v2",
+                secrets={**base.secrets, "app_key": app.app_key},
+                options={**options, "send_timeout_s": units(3)},
+            )
+        else:
+            # No app of its own: fresh users on the endpoint as configured, its own timeouts.
+            self.settings = dataclasses.replace(base, options=options)
         port = urlsplit(self.settings.url).port
-        assert port is not None
         settings = self.settings
 
-        async def join(index: int, protocol: str) -> _Member:
-            link = await FaultLink(
-                "127.0.0.1", port, timeline=self.context.timeline, name=f"u{index}"
-            ).start()
-            endpoint = await open_endpoint(
-                dataclasses.replace(settings, url=link.url_for(settings.url))
-            )
+        async def join(index: int, protocol: str | None) -> _Member:
+            link: FaultLink | None = None
+            url = settings.url
+            if self.context.proxiable:
+                assert port is not None
+                link = await FaultLink(
+                    "127.0.0.1", port, timeline=self.context.timeline, name=f"u{index}"
+                ).start()
+                url = link.url_for(settings.url)
+            endpoint = await open_endpoint(dataclasses.replace(settings, url=url))
             creds = await endpoint.adapter.provision_user(unique_id(f"u{index}"))
             member = _Member(index, protocol, link, User(endpoint, creds, self.oracle), endpoint)
             self.members.append(member)
@@ -140,6 +207,8 @@ class World:
         # Concurrently: a service with slow writes (a seeded defect) must not stall every example.
         joined = await asyncio.gather(*(join(i, p) for i, p in enumerate(protocols)))
         self.members = sorted(joined, key=lambda m: m.index)
+        if not groups:
+            return
 
         async def create(number: int, members: list[int]) -> tuple[GroupInfo, list[int]]:
             owner, *rest = members
@@ -149,30 +218,43 @@ class World:
             return info, members
 
         self.groups = list(await asyncio.gather(*(create(n, m) for n, m in enumerate(groups))))
-        for info, members in self.groups:
-            self.conversations[f"g:{info.group_id}"] = set(members)
 
     # -- model queries (deterministic: they decide which rules may run) -------------------------
 
     def connected(self) -> list[int]:
         return [m.index for m in self.members if m.connected]
 
+    def recall_window_s(self) -> float:
+        if self.context.has_apps:
+            return RECALL_WINDOW_S
+        window = self.context.info.limits.recall_window_s
+        return float("inf") if window is None else float(window)
+
     def recallable(self) -> list[_Sent]:
         now = time.monotonic()
+        window = self.recall_window_s()
         return [
             s for s in self.sent
             if not s.recalled
-            and self.members[s.sender].protocol == "v2"
             and self.members[s.sender].connected
-            and now - s.at < RECALL_WINDOW_S / 2
+            and self.members[s.sender].offers(Capability.RECALL)
+            and now - s.at < window / 2
         ]
 
+    def seen_seq(self, reader: int, conversation: str) -> int:
+        """The highest seq the reader has in a conversation: its own sends and what arrived."""
+        own = [s.ack.seq for s in self.sent
+               if s.sender == reader and s.ack.conversation == conversation]
+        member = self.members[reader]
+        got = [m.seq for m in member.user.recorder.messages(conversation)]
+        return max([0, *own, *got])
+
     def readable(self, reader: int) -> list[str]:
-        """The reader's conversations with messages, the most recently active first."""
+        """The reader's conversations it has messages in, the most recently active first."""
         recent = [s.ack.conversation for s in reversed(self.sent)]
         convs = {
             conv for conv, people in self.conversations.items()
-            if reader in people and self.last_seq.get(conv, 0) > 0
+            if reader in people and self.seen_seq(reader, conv) > 0
         }
         return sorted(convs, key=recent.index)
 
@@ -215,7 +297,7 @@ class World:
             return
         except BadRequest as exc:
             raise AssertionError(
-                f"u{reader} could not mark {conversation} read up to seq {seq}, an acked seq: "
+                f"u{reader} could not mark {conversation} read up to seq {seq}, a seq it has: "
                 f"{exc}; the service lost an acknowledged message"
             ) from None
 
@@ -234,6 +316,7 @@ class World:
 
     async def fault(self, index: int, kind: str) -> None:
         link = self.members[index].link
+        assert link is not None, "inject_fault runs only where users are behind fault links"
         duration = self.context.fault_s
         if kind == "reset":
             await link.reset_now()
@@ -247,6 +330,7 @@ class World:
 
     async def restart(self, kill: bool) -> None:
         server = self.context.server
+        assert server is not None, "restart_service runs only where the harness started the server"
         before = server.settings.url
         self.restarts += 1
         record = self.context.timeline.begin("server_restart", {"kill": kill}, link="service")
@@ -267,7 +351,8 @@ class World:
         from harness.session import new_user
 
         for member in self.members:
-            member.link.heal()
+            if member.link is not None:
+                member.link.heal()
         for member in self.members:
             await self._reconnect_for_good(member)
         for sender, to, body, client_id in self.unknown:
@@ -307,12 +392,21 @@ class World:
             return isinstance(event, MessageReceived) and event.message.sender == probe
 
         try:
-            await member.user.recorder.wait_for(seen, timeout=units(3), what="a settle sentinel")
+            await member.user.recorder.wait_for(seen, timeout=self.settle_s(),
+                                                what="a settle sentinel")
         except AssertionError:
             raise AssertionError(
-                f"u{member.index} ({member.protocol}) received none of the {SETTLE_SENTINELS} "
-                "sentinels sent to it after the world settled; its deliveries are lost or stuck"
+                f"{member.label} received none of the {SETTLE_SENTINELS} sentinels sent to it "
+                f"in {self.settle_s():g}s after the world settled; its deliveries are lost or "
+                "stuck"
             ) from None
+
+    def settle_s(self) -> float:
+        """How long a settled world waits for a delivery: 3 units, or two of the endpoint's
+        send timeouts where those are longer (a real server's first message to a new peer)."""
+        if self.context.has_apps:
+            return units(3)
+        return max(units(3), 2 * self.context.settings.send_timeout_s)
 
     async def read_history(self) -> None:
         """Page every conversation forwards for each participant and show it to the oracle."""
@@ -337,7 +431,8 @@ class World:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._probe.close(), units(2))
         for member in self.members:
-            await member.link.stop()
+            if member.link is not None:
+                await member.link.stop()
             with contextlib.suppress(Exception):
                 await member.endpoint.aclose()
         if self.admin is not None:
@@ -363,12 +458,17 @@ class WorldMachine(RuleBasedStateMachine):
             raise HarnessError("WorldMachine.context is not set; the test must set it first")
         self.loop = asyncio.new_event_loop()
         self.world = World(self.context)
+        self.disabled = self.context.disabled()
         self.failed = False
         self.steps = 0
 
-    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+    def _run(self, coro: Coroutine[Any, Any, T], *, bounded: bool = True) -> T:
+        """Run one step in the example's loop; `bounded=False` for a step that bounds itself
+        (a restart: cancelling its wait would leave the server starting in a thread)."""
         self.steps += 1
         try:
+            if not bounded:
+                return self.loop.run_until_complete(coro)
             return self.loop.run_until_complete(
                 asyncio.wait_for(coro, units(self.step_timeout_s))
             )
@@ -386,14 +486,23 @@ class WorldMachine(RuleBasedStateMachine):
     # -- rules ----------------------------------------------------------------------------------
 
     @initialize(users=st.integers(min_value=3, max_value=MAX_USERS),
-                extra=st.lists(st.sampled_from(["v1", "v2"]), min_size=2, max_size=2),
+                extra=st.lists(st.booleans(), min_size=2, max_size=2),
                 groups=_groups)
-    def build(self, users: int, extra: list[str], groups: list[set[int]]) -> None:
-        # u0 and u2 speak v2, u1 speaks v1: both versions always meet, and receipts have a reader.
-        protocols = (["v2", "v1", "v2"] + extra)[:users]
+    def build(self, users: int, extra: list[bool], groups: list[set[int]]) -> None:
+        # u0 and u2 speak the newest protocol, u1 the oldest: where an endpoint offers several,
+        # they always meet, and receipts have a reader. The rest: `extra` picks newest or oldest.
+        protocols = self._protocols([True, False, True, *extra][:users])
         members = [sorted({i % users for i in g}) for g in groups]
         members = [m for m in members if len(m) >= 3] or [list(range(users))]
+        if "send_to_group" in self.disabled:
+            members = []
         self._run(self.world.build(protocols, members))
+
+    def _protocols(self, newest: list[bool]) -> list[str | None]:
+        offered = sorted(self.context.info.protocols) if self.context else []
+        if len(offered) < 2:
+            return [None] * len(newest)  # the endpoint's one protocol
+        return [offered[-1] if pick else offered[0] for pick in newest]
 
     def _has_connected(self) -> bool:
         return bool(self.world.connected())
@@ -410,7 +519,7 @@ class WorldMachine(RuleBasedStateMachine):
         for n in range(count):
             self._run(self.world.send(s, peer, f"step {self.steps}.{n}: u{s} to u{t}", {t}))
 
-    @precondition(_has_connected)
+    @precondition(lambda self: bool(self.world.groups) and self._has_connected())
     @rule(group=st.integers(min_value=0, max_value=1), sender=_users,
           count=st.integers(min_value=1, max_value=3))
     def send_to_group(self, group: int, sender: int, count: int) -> None:
@@ -427,28 +536,29 @@ class WorldMachine(RuleBasedStateMachine):
     @precondition(lambda self: bool(self.world.recallable()))
     @rule(pick=st.integers(min_value=0, max_value=1000))
     def recall(self, pick: int) -> None:
-        """A v2 sender recalls one of its messages inside the recall window."""
+        """A sender whose connection offers recall recalls one of its messages in the window."""
         choices = self.world.recallable()
         self._run(self.world.recall(choices[pick % len(choices)]))
 
     def _readers(self) -> list[int]:
         return [
             m.index for m in self.world.members
-            if m.connected and m.protocol == "v2" and self.world.readable(m.index)
+            if m.connected and m.offers(Capability.RECEIPTS) and self.world.readable(m.index)
         ]
 
     @precondition(lambda self: bool(self._readers()))
     @rule(reader=_users, conversation=st.integers(min_value=0, max_value=10),
           behind=st.lists(st.integers(min_value=0, max_value=3), min_size=1, max_size=3))
     def mark_read(self, reader: int, conversation: int, behind: list[int]) -> None:
-        """A v2 user's read marks for one conversation, as a scrolling view (or two devices)
-        sends them: each `behind` messages before the last, not necessarily in order."""
+        """A user's read marks for one conversation, as a scrolling view (or two devices) sends
+        them: each `behind` messages before the last it has, not necessarily in order."""
         readers = self._readers()
         r = readers[reader % len(readers)]
         convs = self.world.readable(r)
         conv = convs[conversation % len(convs)]
+        last = self.world.seen_seq(r, conv)
         for b in behind:
-            self._run(self.world.mark_read(r, conv, max(1, self.world.last_seq[conv] - b)))
+            self._run(self.world.mark_read(r, conv, max(1, last - b)))
 
     @precondition(_has_connected)
     @rule(user=_users, how=st.sampled_from(["close", "drop"]))
@@ -463,17 +573,18 @@ class WorldMachine(RuleBasedStateMachine):
         away = [m.index for m in self.world.members if not m.connected]
         self._run(self.world.reconnect(away[user % len(away)]))
 
-    @precondition(_has_connected)
+    @precondition(lambda self: "inject_fault" not in self.disabled and self._has_connected())
     @rule(user=_users, kind=st.sampled_from(FAULTS))
     def inject_fault(self, user: int, kind: str) -> None:
         """The network misbehaves between one user and the service."""
         self._run(self.world.fault(self._pick_connected(user), kind))
 
-    @precondition(lambda self: self.world.restarts < self.world.context.max_restarts)
+    @precondition(lambda self: "restart_service" not in self.disabled
+                  and self.world.restarts < self.world.context.max_restarts)
     @rule(kill=st.booleans())
     def restart_service(self, kill: bool) -> None:
-        """The service crashes (kill -9) or stops, and comes back on the same data."""
-        self._run(self.world.restart(kill))
+        """The server crashes (kill -9) or stops, and comes back on the same data."""
+        self._run(self.world.restart(kill), bounded=False)  # the server's start timeout bounds it
 
     # -- invariants -----------------------------------------------------------------------------
 

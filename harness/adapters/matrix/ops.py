@@ -7,9 +7,7 @@ open (`CLIENT_ENFORCED`) are refused here, before any request.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
-import time
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -27,15 +25,14 @@ from harness.adapters.matrix.translate import (
     shared_history,
 )
 from harness.adapters.matrix.transport import SyncConnection
-from harness.backoff import Backoff
 from harness.contract import Ack, Credentials, GroupInfo, HistoryPage, Target
 from harness.errors import BadRequest, ConnectionLost, Forbidden, IMError, IMTimeout, NotFound
 
 if TYPE_CHECKING:
     from harness.adapters.matrix.adapter import MatrixAdapter
 
-# Backoff (base_s, cap_s) of a direct-room join that came before the peer's invite.
-JOIN_BACKOFF = (0.1, 1.0)
+# How many connect timeouts a client waits for the invite to the direct room its peer made.
+INVITE_WAIT_CONNECTS = 4
 
 
 class MatrixOps(SyncConnection):
@@ -44,7 +41,6 @@ class MatrixOps(SyncConnection):
     def __init__(self, adapter: MatrixAdapter, credentials: Credentials, state: UserState):
         super().__init__(adapter, credentials, state)
         self._making: dict[str, asyncio.Task[str]] = {}  # peer -> creating the direct room
-        self.join_retries = 0  # joins of a direct room repeated while its invite was on the way
 
     async def send(
         self, to: Target, body: str = "", *, custom: Mapping[str, Any] | None = None,
@@ -180,34 +176,30 @@ class MatrixOps(SyncConnection):
         return room_id
 
     async def _join_direct(self, alias: str) -> str:
-        """Join the direct room the peer is creating at the same moment, once it lets us in.
+        """Join the direct room the peer is creating at the same moment, once it invites us.
 
-        The peer's server publishes the room's alias before it sends the invite, so a join
-        in between is refused ("You are not invited", or "no servers that are in the room"
-        while the room is still being made). After a refusal the join waits for this client's
-        sync to see the invite, at most one backoff delay (`JOIN_BACKOFF`: the one policy,
-        short steps, since the invite follows within the peer's createRoom), and is tried
-        again, for at most twice the connect timeout; a refusal that outlasts that is raised
-        as it is.
+        The peer's server publishes the room's alias before it sends the invite, so a join in
+        between is refused ("You are not invited", or "no servers that are in the room" while
+        the room is still being made). So this client joins only once its own sync has seen
+        the invite (the sync loop accepts it, and this join shares that request): no refused
+        join, no retry. It waits at most `INVITE_WAIT_CONNECTS` connect timeouts; an invite
+        that never comes is an `IMTimeout` naming the room.
         """
-        deadline = time.monotonic() + self._adapter.settings.connect_timeout_s * 2
-        backoff = Backoff(*JOIN_BACKOFF, rng=self._backoff.rng)
-        attempt = 0
-        while True:
-            room_id = str((await self._call("GET", f"/directory/room/{quote(alias)}"))[
-                "room_id"])
+        found = await self._call("GET", f"/directory/room/{quote(alias)}")
+        room_id = str(found["room_id"])
+        known = self._state.rooms.get(room_id)
+        if known is None or known.members.get(self._mxid) != "join":
+            limit = self._adapter.settings.connect_timeout_s * INVITE_WAIT_CONNECTS
             try:
-                await self._join(room_id)
-                return room_id
-            except (Forbidden, NotFound):
-                delay = backoff.delay(attempt)
-                if time.monotonic() + delay > deadline:
-                    raise
-            attempt += 1
-            self.join_retries += 1
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
+                async with asyncio.timeout(limit):
                     await self._invite_seen(room_id).wait()
+            except TimeoutError:
+                raise IMTimeout(
+                    f"{self!r}: the peer made direct room {room_id} ({alias}) but its invite "
+                    f"did not reach this client's sync in {limit:g}s"
+                ) from None
+            await self._join(room_id)
+        return room_id
 
     async def create_group(self, name: str, members: Sequence[str] = ()) -> GroupInfo:
         invite = [self._adapter.mxid(m) for m in members if self._adapter.mxid(m) != self._mxid]
