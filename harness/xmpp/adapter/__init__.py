@@ -12,7 +12,8 @@ How the contract maps onto XMPP:
 - ack: after the message the client asks the server's time (XEP-0202); Prosody handles a
   stream's stanzas in order, so the answer means the message was routed and archived, and a
   bounce (an unknown user: service-unavailable) came before it. `server_ts` is the archive's
-  time of the message (XEP-0313 `<delay>`, whole seconds), for the sender and the receiver.
+  time of the message (XEP-0313 `<delay>`, in whole seconds: 13 writes the two copies a
+  moment apart), for the sender and the receiver alike.
 - seq: XMPP numbers nothing per conversation. The adapter numbers a conversation's messages
   1, 2, ... in the order the server delivered them (acks for one's own); a message the server
   sends again keeps the number it got first. History numbers the user's archive with the peer
@@ -20,7 +21,8 @@ How the contract maps onto XMPP:
 - offline = MAM (XEP-0313) after the last archive id the user processed, before the initial
   presence (so mod_offline's flood is not sent: Prosody skips it for MAM clients), and once
   more after presence for what was archived in between; all of it is marked `offline=True`.
-- receipts = XEP-0333 'displayed' markers, which Prosody archives, so they catch up offline.
+- receipts: not offered. Prosody relays and archives XEP-0333 markers but keeps no read
+  cursor, so the contract's "a read mark never moves back" is nobody's to keep.
 - what Prosody 0.12 and 13 do not offer is absent from the capabilities, named in
   `translate.ABSENT_BECAUSE` (recall: XEP-0424/0425). Groups (MUC, XEP-0045) are not
   implemented by this adapter yet.

@@ -67,10 +67,9 @@ class XmppAdapter(AdapterBase[XmppClient]):
         password = secrets.token_urlsafe(18)
         xmpp = slixmpp.ClientXMPP(f"{localpart}@{self.domain}/register", password)
         xmpp.enable_plaintext, xmpp.enable_starttls, xmpp.enable_direct_tls = True, False, False
-        xmpp.auto_reconnect = False
         xmpp.register_plugin("xep_0077")
-        xmpp["xep_0077"].force_registration = True
-        xmpp["feature_mechanisms"].unencrypted_scram = True
+        xmpp.plugin["xep_0077"].force_registration = True
+        xmpp.plugin["feature_mechanisms"].unencrypted_scram = True
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
         def settle(exc: Exception | None) -> None:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import slixmpp
 from slixmpp.exceptions import IqError, IqTimeout
 from slixmpp.stanza import Message as MessageStanza
+from slixmpp.xmlstream import StanzaBase
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
@@ -36,7 +37,6 @@ from harness.contract import (
     HistoryPage,
     Message,
     MessageReceived,
-    ReceiptUpdated,
     Target,
 )
 from harness.errors import (
@@ -44,7 +44,6 @@ from harness.errors import (
     Forbidden,
     IMError,
     IMTimeout,
-    NotFound,
     TooLarge,
     Unauthorized,
     Unsupported,
@@ -111,9 +110,8 @@ class XmppClient(StreamClient):
                                   self._credentials.token)
         xmpp.enable_plaintext, xmpp.enable_starttls, xmpp.enable_direct_tls = True, False, False
         xmpp.whitespace_keepalive = False
-        xmpp.auto_reconnect = False
-        xmpp["feature_mechanisms"].unencrypted_scram = True
-        xmpp["feature_mechanisms"].unencrypted_plain = True
+        xmpp.plugin["feature_mechanisms"].unencrypted_scram = True
+        xmpp.plugin["feature_mechanisms"].unencrypted_plain = True
         loop = asyncio.get_running_loop()
         started: asyncio.Future[None] = loop.create_future()
 
@@ -121,8 +119,11 @@ class XmppClient(StreamClient):
             if not started.done():
                 started.set_exception(exc)
 
-        xmpp.add_event_handler("session_start", lambda _: started.done()
-                               or started.set_result(None))
+        def ready(_: object) -> None:
+            if not started.done():
+                started.set_result(None)
+
+        xmpp.add_event_handler("session_start", ready)
         xmpp.add_event_handler("failed_auth", lambda _: fail(Unauthorized(
             f"{self!r}: the server refused the credentials of {self._jid}")))
         xmpp.add_event_handler("connection_failed", lambda e: fail(ConnectionLost(
@@ -150,7 +151,8 @@ class XmppClient(StreamClient):
         xmpp.send_presence()
         await self._in_order(self._catch_up_again)  # what came between the query and presence
         if self._adapter.options.keepalive_s:
-            xmpp.schedule(f"imh-ping-{id(self)}", self._adapter.options.keepalive_s,
+            every = self._adapter.options.keepalive_s
+            xmpp.schedule(f"imh-ping-{id(self)}", every,  # type: ignore[arg-type]
                           self._keepalive, repeat=True)
 
     def _keepalive(self) -> None:
@@ -225,7 +227,7 @@ class XmppClient(StreamClient):
 
     # -- what arrives -----------------------------------------------------------------------
 
-    def _on_stanza(self, msg: MessageStanza) -> None:
+    def _on_stanza(self, msg: StanzaBase) -> None:
         """Route a stanza as it arrives: query results and bounces at once, the rest in order."""
         el = msg.xml
         result = translate.parse_mam_result(el, self._jid)
@@ -275,13 +277,6 @@ class XmppClient(StreamClient):
         conv = self._state.conversation(conv_id)
         if item.stanza_id:
             self._state.cursor = item.stanza_id
-        if item.displayed is not None:
-            seq = conv.seqs.get(translate.message_id(self._jid, item.displayed))
-            if seq is None:
-                seq = conv.seqs.get(translate.message_id(item.sender, item.displayed))
-            if seq is not None:
-                self._emit(ReceiptUpdated(conv_id, translate.local(item.sender), seq, offline))
-            return
         if item.body is None:
             return
         seq = conv.place(translate.message_id(item.sender, item.origin_id))
@@ -332,7 +327,8 @@ class XmppClient(StreamClient):
         items: list[tuple[str, Incoming]] = []
         while True:
             queryid = uuid.uuid4().hex
-            self._queries[queryid] = page = []
+            page: list[tuple[str, Incoming]] = []
+            self._queries[queryid] = page
             try:
                 answer = await self._iq("set", translate.mam_query(
                     queryid, with_jid=with_jid, after=after, ids=ids))
@@ -402,7 +398,8 @@ class XmppClient(StreamClient):
     async def _own_stamp(self, peer: str, origin: str) -> float | None:
         """The archive's time of our own copy of a message just sent (MAM, newest page)."""
         queryid = uuid.uuid4().hex
-        self._queries[queryid] = page = []
+        page: list[tuple[str, Incoming]] = []
+        self._queries[queryid] = page
         try:
             await self._iq("set", translate.mam_query(queryid, with_jid=peer, before="",
                                                       max_items=5))
@@ -414,18 +411,8 @@ class XmppClient(StreamClient):
         return None
 
     async def mark_read(self, conversation: str, up_to_seq: int) -> None:
-        members = translate.pair_members(conversation)
-        if self._jid not in members:
-            raise NotFound(f"{self!r}: no conversation {conversation!r}")
-        conv = self._state.conversation(conversation)
-        if not 1 <= up_to_seq <= len(conv.by_seq):
-            raise NotFound(f"{self!r}: no message with seq {up_to_seq} in {conversation!r}")
-        origin = conv.by_seq[up_to_seq - 1].rsplit("/", 1)[1]
-        peer = next((m for m in members if m != self._jid), self._jid)
-        xmpp = self._need_xmpp()
-        MessageStanza(xmpp, xml=translate.displayed_marker(peer, origin, uuid.uuid4().hex)
-                      ).send()
-        await self._barrier()
+        raise Unsupported(f"{self!r}: read receipts: "
+                          f"{translate.ABSENT_BECAUSE[Capability.RECEIPTS]}")
 
     async def history(
         self, conversation: str, *, before: int | None = None, after: int | None = None,

@@ -37,7 +37,6 @@ NS_RSM = "http://jabber.org/protocol/rsm"
 NS_DATA = "jabber:x:data"
 NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 NS_CUSTOM = "urn:im-harness:custom:0"  # a custom message's JSON payload, beside the body
-NS_HINTS = "urn:xmpp:hints"
 
 # What the adapter offers on Prosody 0.12 and 13 alike (both have mod_mam, mod_offline and
 # archive chat markers). Not offered, and skipped with the XEP named in the reason:
@@ -49,9 +48,10 @@ NS_HINTS = "urn:xmpp:hints"
 # Groups (MUC, XEP-0045), roles and mute are not implemented by this adapter yet.
 CAPABILITIES = frozenset({
     Capability.CHAT, Capability.CUSTOM, Capability.OFFLINE, Capability.HISTORY,
-    Capability.RECEIPTS,
 })
 ABSENT_BECAUSE: Mapping[Capability, str] = {
+    Capability.RECEIPTS: "Prosody relays and archives XEP-0333 chat markers but keeps no read "
+    "cursor, so a marker that moves back reaches the sender as sent",
     Capability.RECALL: "XEP-0424 message retraction / XEP-0425 moderation are not in Prosody",
     Capability.IDEMPOTENT_SEND: "Prosody does not deduplicate on XEP-0359 origin-id",
     Capability.PUSH: "XEP-0357 push is not wired to a webhook",
@@ -59,9 +59,9 @@ ABSENT_BECAUSE: Mapping[Capability, str] = {
 }
 # A contract rule the adapter applies itself: XMPP has no 1:1 recall at all, so none applies.
 CLIENT_ENFORCED: frozenset[ServerRule] = frozenset()
-# XMPP client libraries (Conversations, Dino, Smack's MAM manager) drop a message whose
-# stanza-id / origin-id they already hold, and keep the highest displayed marker.
-CLIENT_HIDES = frozenset({ClientHides.DUPLICATE_EVENTS, ClientHides.RECEIPTS_BACKWARDS})
+# XMPP clients (Conversations, Dino, Smack's MAM manager) drop a message whose stanza-id /
+# origin-id they already hold.
+CLIENT_HIDES = frozenset({ClientHides.DUPLICATE_EVENTS})
 # Prosody's c2s_stanza_size_limit (256 KiB) closes the stream; the adapter declares a body
 # limit well inside it and the embedded server's limit is set from it (see launcher).
 MAX_BODY_BYTES = 64000
@@ -134,16 +134,18 @@ def message_id(sender: str, origin_id: str) -> str:
 
 
 def parse_stamp(stamp: str | None) -> float | None:
-    """Seconds since the epoch of an XEP-0082 timestamp ('2026-12-01T22:32:34Z', fractions)."""
+    """Whole seconds since the epoch of an XEP-0082 timestamp ('2026-12-01T22:32:34.5Z').
+
+    Whole seconds: Prosody 0.12 stamps archives in seconds, 13 with fractions, and 13 writes a
+    1:1 message's two archive copies (sender's, recipient's) a moment apart, so the second is
+    the finest time both sides share.
+    """
     if not stamp:
         return None
     text = stamp.rstrip("Z")
-    frac = 0.0
-    if "." in text:
-        text, part = text.split(".", 1)
-        frac = float("0." + "".join(ch for ch in part if ch.isdigit()) or "0")
+    text = text.split(".", 1)[0]
     try:
-        return calendar.timegm(time.strptime(text[:19], "%Y-%m-%dT%H:%M:%S")) + frac
+        return float(calendar.timegm(time.strptime(text[:19], "%Y-%m-%dT%H:%M:%S")))
     except ValueError:
         return None
 
@@ -221,15 +223,6 @@ def chat_message(to: str, body: str, custom: Mapping[str, Any] | None,
     ET.SubElement(el, f"{{{NS_SID}}}origin-id", {"id": origin_id})
     if custom is not None:
         ET.SubElement(el, f"{{{NS_CUSTOM}}}custom").text = json.dumps(dict(custom))
-    ET.SubElement(el, f"{{{NS_MARKERS}}}markable")
-    return el
-
-
-def displayed_marker(to: str, origin_id: str, marker_id: str) -> ET.Element:
-    """XEP-0333 'displayed' up to the message stamped `origin_id` (archived by Prosody)."""
-    el = ET.Element(f"{{{NS_CLIENT}}}message", {"to": to, "type": "chat", "id": marker_id})
-    ET.SubElement(el, f"{{{NS_MARKERS}}}displayed", {"id": origin_id})
-    ET.SubElement(el, f"{{{NS_HINTS}}}store")
     return el
 
 
