@@ -121,10 +121,13 @@ class ProsodyEmbedded:
         after = before.on_same_data(target.version, binary=target.binary)
         try:
             after.start()
-        except ProsodyExited as exc:
+        except BaseException as exc:
+            after.stop()
             before._own_dir, after._own_dir = after._own_dir, False
-            before.start()
-            raise UpgradeRefused(str(exc)) from None
+            before.start()  # the endpoint keeps serving as it was
+            if isinstance(exc, ProsodyExited):
+                raise UpgradeRefused(str(exc)) from None
+            raise
         self.server = after
         self.request = replace(self.request, protocol=to.protocol, server_options=target)
         return self._learn_settings()

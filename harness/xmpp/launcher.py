@@ -200,7 +200,9 @@ Component "{MUC_DOMAIN}" "muc"
         if self.port is None:
             self.port = free_port()
         config = self._write_config()
-        self._mark = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self._marks = {name: (self.data_dir / name).stat().st_size
+                       for name in ("prosody.log", "stdout.log")
+                       if (self.data_dir / name).exists()}
         out = open(self.data_dir / "stdout.log", "ab")
         try:
             self._proc = procs.spawn(
@@ -246,18 +248,19 @@ Component "{MUC_DOMAIN}" "muc"
             time.sleep(0.05)
 
     def refusal(self) -> str:
-        """Prosody's own error lines since the last start (its reason for exiting)."""
-        lines = []
+        """Prosody's own words since the last start: its log's errors, else what it printed."""
+        assert self.data_dir is not None
+        marks = getattr(self, "_marks", {})
+        said: dict[str, list[str]] = {}
         for name in ("prosody.log", "stdout.log"):
-            assert self.data_dir is not None
             path = self.data_dir / name
             if path.exists():
                 with open(path, errors="replace") as fh:
-                    if name == "prosody.log":
-                        fh.seek(getattr(self, "_mark", 0))
-                    lines += [ln.strip() for ln in fh
-                              if "error" in ln.lower() or "fatal" in ln.lower()]
-        return " | ".join(lines[-5:])
+                    fh.seek(marks.get(name, 0))
+                    said[name] = [ln.strip() for ln in fh if ln.strip().strip("*")]
+        errors = [ln for ln in said.get("prosody.log", [])
+                  if "\terror\t" in ln or "fatal" in ln.lower()]
+        return " | ".join(errors[-5:] or said.get("stdout.log", [])[:5])
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         """The last lines of the server's log (empty when there is none)."""

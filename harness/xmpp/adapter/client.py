@@ -271,8 +271,6 @@ class XmppClient(StreamClient):
 
     async def _deliver(self, item: Incoming, *, offline: bool) -> None:
         """Turn one received chat message or marker into contract events."""
-        if item.sender == self._jid:
-            return  # our own message, copied into our archive
         conv_id = translate.pair_conversation(item.sender, item.recipient)
         conv = self._state.conversation(conv_id)
         if item.stanza_id:
@@ -280,6 +278,8 @@ class XmppClient(StreamClient):
         if item.body is None:
             return
         seq = conv.place(translate.message_id(item.sender, item.origin_id))
+        if item.sender == self._jid:
+            return  # our own message (our archive's copy): numbered, not received
         stamp = item.stamp
         if stamp is None and item.stanza_id:
             stamp = await self._archive_stamp(item.stanza_id)
