@@ -270,22 +270,47 @@ class XmppClient(StreamClient):
         await done
 
     async def _deliver(self, item: Incoming, *, offline: bool) -> None:
-        """Turn one received chat message or marker into contract events."""
+        """Turn one received chat message into a contract event, numbered as archived."""
         conv_id = translate.pair_conversation(item.sender, item.recipient)
         conv = self._state.conversation(conv_id)
         if item.stanza_id:
             self._state.cursor = item.stanza_id
         if item.body is None:
-            return
-        seq = conv.place(translate.message_id(item.sender, item.origin_id))
+            return  # a marker or another bodiless message: nothing the contract names
+        key = translate.message_id(item.sender, item.origin_id)
+        if key not in conv.seqs:
+            with contextlib.suppress(IMError):  # unanswered: it goes last, stamped on arrival
+                await self._sync(conv_id)
+        seq = conv.place(key)  # one the archive does not hold goes last
         if item.sender == self._jid:
             return  # our own message (our archive's copy): numbered, not received
-        stamp = item.stamp
-        if stamp is None and item.stanza_id:
-            stamp = await self._archive_stamp(item.stanza_id)
+        stamp = conv.stamps.get(key, item.stamp)
         message = translate.as_message(conv_id, item, seq, stamp if stamp is not None
                                        else time.time())
         self._emit(MessageReceived(message, offline=offline))
+
+    async def _sync(self, conv_id: str) -> translate.Conversation:
+        """Number the conversation's messages in the order of our archive (the server's).
+
+        Both users' archives hold a 1:1 message in the same order (Prosody writes both copies
+        as it routes it), so both sides give it the same seq; a message the archive holds
+        twice keeps the seq it got first, as in history.
+        """
+        conv = self._state.conversation(conv_id)
+        peer = self._peer(conv_id)
+        for archive_id, item in await self._mam(with_jid=peer, after=conv.archive_cursor):
+            conv.archive_cursor = archive_id
+            if item.body is None or item.error is not None:
+                continue
+            key = translate.message_id(item.sender, item.origin_id)
+            conv.place(key)
+            if item.stamp is not None:
+                conv.stamps.setdefault(key, item.stamp)
+        return conv
+
+    def _peer(self, conv_id: str) -> str:
+        members = translate.pair_members(conv_id)
+        return next((m for m in members if m != self._jid), self._jid)
 
     # -- requests -----------------------------------------------------------------------------
 
@@ -340,14 +365,6 @@ class XmppClient(StreamClient):
                 return items
             after = last
 
-    async def _archive_stamp(self, archive_id: str) -> float | None:
-        """The archive's time of one item (MAM `ids`), for a live message that carries none."""
-        try:
-            found = await self._mam(ids=[archive_id])
-        except IMError:
-            return None
-        return found[0][1].stamp if found else None
-
     async def _catch_up(self, *, again: bool = False) -> None:
         """Everything the archive holds after the cursor, as offline events."""
         items = await self._mam(after=self._state.cursor)
@@ -379,36 +396,21 @@ class XmppClient(StreamClient):
         origin = client_id or uuid.uuid4().hex
         limit = timeout if timeout is not None else self._adapter.send_timeout_s
         el = translate.chat_message(peer, text, custom, origin)
+        conv_id = translate.pair_conversation(self._jid, peer)
+        message_id = translate.message_id(self._jid, origin)
         try:
             async with asyncio.timeout(limit):
                 MessageStanza(xmpp, xml=el).send()
                 ts = await self._barrier(limit)
+                bounce = self._bounces.pop(origin, None)
+                if bounce is not None:
+                    raise translate.map_error(*bounce, f"{self!r}: send to {to.user!r}")
+                conv = await self._sync(conv_id)
         except TimeoutError:
             raise IMTimeout(f"{self!r}: send {origin!r} not acknowledged in {limit}s") from None
-        bounce = self._bounces.pop(origin, None)
-        if bounce is not None:
-            raise translate.map_error(*bounce, f"{self!r}: send to {to.user!r}")
-        conv_id = translate.pair_conversation(self._jid, peer)
-        message_id = translate.message_id(self._jid, origin)
-        conv = self._state.conversation(conv_id)
-        seq = conv.place(message_id)
-        stamp = await self._own_stamp(peer, origin)
-        return Ack(origin, message_id, conv_id, seq, stamp if stamp is not None else ts)
-
-    async def _own_stamp(self, peer: str, origin: str) -> float | None:
-        """The archive's time of our own copy of a message just sent (MAM, newest page)."""
-        queryid = uuid.uuid4().hex
-        page: list[tuple[str, Incoming]] = []
-        self._queries[queryid] = page
-        try:
-            await self._iq("set", translate.mam_query(queryid, with_jid=peer, before="",
-                                                      max_items=5))
-        finally:
-            self._queries.pop(queryid, None)
-        for _, item in reversed(page):
-            if item.sender == self._jid and item.origin_id == origin:
-                return item.stamp
-        return None
+        seq = conv.place(message_id)  # one the archive does not hold goes last
+        stamp = conv.stamps.get(message_id, ts)
+        return Ack(origin, message_id, conv_id, seq, stamp)
 
     async def mark_read(self, conversation: str, up_to_seq: int) -> None:
         raise Unsupported(f"{self!r}: read receipts: "

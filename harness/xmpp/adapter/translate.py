@@ -262,11 +262,12 @@ def fin_of(iq: ET.Element) -> tuple[bool, str | None]:
 
 @dataclass
 class Conversation:
-    """What a client knows of one conversation: message ids in the server's order."""
+    """What a client knows of one conversation: message ids in its archive's order."""
 
     seqs: dict[str, int] = field(default_factory=dict)  # message id -> seq (1, 2, ...)
     by_seq: list[str] = field(default_factory=list)
-    read_up_to: dict[str, int] = field(default_factory=dict)  # reader -> seq
+    stamps: dict[str, float] = field(default_factory=dict)  # message id -> archive time
+    archive_cursor: str | None = None  # the last archive item with the peer numbered
 
     def place(self, message_id: str) -> int:
         """The seq of a message id: the one it got first, else the next number."""
