@@ -33,10 +33,10 @@ connection: the pump, catch-up, operations), `adapter` (`XmppAdapter`: registrat
 """
 
 from harness.xmpp.adapter.adapter import XmppAdapter
-from harness.xmpp.adapter.client import XmppClient
 from harness.xmpp.adapter.options import XmppOptions
 
-# The public home of the classes is this package (the entry point names it).
-XmppAdapter.__module__ = XmppClient.__module__ = __name__
+# The public home of the class is this package (the entry point names it). The client module
+# (slixmpp) is imported when a client connects, so the entry point loads without the extra.
+XmppAdapter.__module__ = __name__
 
-__all__ = ["XmppAdapter", "XmppClient", "XmppOptions"]
+__all__ = ["XmppAdapter", "XmppOptions"]

@@ -4,22 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import importlib.util
 import secrets
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 from urllib.parse import urlsplit
-
-import slixmpp
-from slixmpp.exceptions import IqError, IqTimeout
 
 from harness.adapters.base import AdapterBase, ClientState, options_from
 from harness.contract import Credentials, EndpointInfo, EndpointSettings, TierLimits
 from harness.errors import BadRequest, ConfigError, ConnectionLost, IMTimeout, Unsupported
 from harness.xmpp.adapter import translate
-from harness.xmpp.adapter.client import UserState, XmppClient
 from harness.xmpp.adapter.options import XmppOptions
+from harness.xmpp.adapter.translate import UserState
+
+if TYPE_CHECKING:
+    from harness.xmpp.adapter.client import XmppClient
+
+# The entry point loads this module with every adapter lookup: it must import without the
+# xmpp extra (slixmpp is imported where it is used, and a missing one is a config error).
+NEEDS = "adapter 'xmpp' needs slixmpp: pip install 'im-harness[xmpp]'"
 
 
-class XmppAdapter(AdapterBase[XmppClient]):
+class XmppAdapter(AdapterBase["XmppClient"]):
     """An XMPP server (tested against Prosody) over c2s, through slixmpp."""
 
     name: ClassVar[str] = "xmpp"
@@ -31,6 +36,8 @@ class XmppAdapter(AdapterBase[XmppClient]):
         if parts.scheme != "xmpp" or not parts.hostname or not parts.port:
             raise ConfigError(f"{where}: url {settings.url!r} is not an xmpp://host:port URL; "
                               f"use the c2s address, e.g. xmpp://127.0.0.1:5222")
+        if importlib.util.find_spec("slixmpp") is None:
+            raise ConfigError(f"{where}: {NEEDS}")
         super().__init__(settings)
         self.options = options_from(XmppOptions, settings.options, where)
         self.host, self.port = parts.hostname, parts.port
@@ -63,6 +70,9 @@ class XmppAdapter(AdapterBase[XmppClient]):
 
     async def provision_user(self, user_id: str | None = None) -> Credentials:
         """Register a user with a random password by in-band registration (XEP-0077)."""
+        import slixmpp
+        from slixmpp.exceptions import IqError, IqTimeout
+
         localpart = translate.local(user_id) if user_id else f"imh-{secrets.token_hex(4)}"
         password = secrets.token_urlsafe(18)
         xmpp = slixmpp.ClientXMPP(f"{localpart}@{self.domain}/register", password)
@@ -114,6 +124,8 @@ class XmppAdapter(AdapterBase[XmppClient]):
         if protocol not in (None, self._info.protocol):
             raise Unsupported(f"{self!r}: only protocol {self._info.protocol!r} is offered, "
                               f"not {protocol!r}")
+        from harness.xmpp.adapter.client import XmppClient
+
         stored = self._users.get(credentials.user_id)
         state = copy.deepcopy(stored) if stored is not None else UserState()
         live = (c for c in self._clients if c._status is not ClientState.CLOSED)

@@ -17,7 +17,6 @@ import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import slixmpp
@@ -49,25 +48,13 @@ from harness.errors import (
     Unsupported,
 )
 from harness.xmpp.adapter import translate
-from harness.xmpp.adapter.translate import Conversation, Incoming
+from harness.xmpp.adapter.translate import Conversation, Incoming, UserState
 
 if TYPE_CHECKING:
     from harness.xmpp.adapter.adapter import XmppAdapter
 
 logging.getLogger("slixmpp").setLevel(logging.CRITICAL)  # it logs every failed attempt
 NS_TIME = "urn:xmpp:time"
-
-
-@dataclass
-class UserState:
-    """What a user's clients keep across reconnects: the archive cursor and the numbering."""
-
-    resource: str = field(default_factory=lambda: f"imh-{uuid.uuid4().hex[:8]}")
-    cursor: str | None = None  # the last archive id this user processed
-    conversations: dict[str, Conversation] = field(default_factory=dict)
-
-    def conversation(self, conv: str) -> Conversation:
-        return self.conversations.setdefault(conv, Conversation())
 
 
 class XmppClient(StreamClient):
@@ -289,7 +276,7 @@ class XmppClient(StreamClient):
                                        else time.time())
         self._emit(MessageReceived(message, offline=offline))
 
-    async def _sync(self, conv_id: str) -> translate.Conversation:
+    async def _sync(self, conv_id: str) -> Conversation:
         """Number the conversation's messages in the order of our archive (the server's).
 
         Both users' archives hold a 1:1 message in the same order (Prosody writes both copies

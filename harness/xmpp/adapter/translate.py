@@ -10,6 +10,7 @@ from __future__ import annotations
 import calendar
 import json
 import time
+import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -276,6 +277,18 @@ class Conversation:
             self.by_seq.append(message_id)
             seq = self.seqs[message_id] = len(self.by_seq)
         return seq
+
+
+@dataclass
+class UserState:
+    """What a user's clients keep across reconnects: the archive cursor and the numbering."""
+
+    resource: str = field(default_factory=lambda: f"imh-{uuid.uuid4().hex[:8]}")
+    cursor: str | None = None  # the last archive id this user processed
+    conversations: dict[str, Conversation] = field(default_factory=dict)
+
+    def conversation(self, conv: str) -> Conversation:
+        return self.conversations.setdefault(conv, Conversation())
 
 
 def as_message(conversation: str, item: Incoming, seq: int, ts: float) -> Message:
