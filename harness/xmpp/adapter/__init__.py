@@ -11,9 +11,10 @@ How the contract maps onto XMPP:
   has no id both sides share; Prosody stamps `from` itself, so nobody sends as another).
 - ack: after the message the client asks the server's time (XEP-0202); Prosody handles a
   stream's stanzas in order, so the answer means the message was routed and archived, and a
-  bounce (an unknown user: service-unavailable) came before it. `server_ts` is the archive's
-  time of the message (XEP-0313 `<delay>`, in whole seconds: 13 writes the two copies a
-  moment apart), for the sender and the receiver alike.
+  bounce (an unknown user: service-unavailable) came before it. `server_ts` is the time of
+  the message in the user's own archive (XEP-0313 `<delay>`): XMPP keeps two copies of a 1:1
+  message, the sender's and the recipient's, written a moment apart (0.12 stamps them in
+  whole seconds, 13 in microseconds), so the two sides' times can differ by that moment.
 - seq: XMPP numbers nothing per conversation. The adapter numbers a conversation's messages
   1, 2, ... in the order the server delivered them (acks for one's own); a message the server
   sends again keeps the number it got first. History numbers the user's archive with the peer

@@ -135,18 +135,19 @@ def message_id(sender: str, origin_id: str) -> str:
 
 
 def parse_stamp(stamp: str | None) -> float | None:
-    """Whole seconds since the epoch of an XEP-0082 timestamp ('2026-12-01T22:32:34.5Z').
+    """Seconds since the epoch of an XEP-0082 timestamp ('2026-12-01T22:32:34.5Z').
 
-    Whole seconds: Prosody 0.12 stamps archives in seconds, 13 with fractions, and 13 writes a
-    1:1 message's two archive copies (sender's, recipient's) a moment apart, so the second is
-    the finest time both sides share.
+    Prosody 0.12 stamps archive items in whole seconds, 13 with microseconds.
     """
     if not stamp:
         return None
     text = stamp.rstrip("Z")
-    text = text.split(".", 1)[0]
+    frac = 0.0
+    if "." in text:
+        text, digits = text.split(".", 1)
+        frac = float("0." + ("".join(ch for ch in digits if ch.isdigit()) or "0"))
     try:
-        return float(calendar.timegm(time.strptime(text[:19], "%Y-%m-%dT%H:%M:%S")))
+        return calendar.timegm(time.strptime(text[:19], "%Y-%m-%dT%H:%M:%S")) + frac
     except ValueError:
         return None
 
