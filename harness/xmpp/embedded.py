@@ -87,7 +87,7 @@ class ProsodyEmbedded:
         timeouts: dict[str, Any] = dict(self.request.timeouts)
         self._settings = EndpointSettings(
             name=self.request.endpoint, adapter="xmpp",
-            url=f"xmpp://127.0.0.1:{self.server.port}",
+            url=f"tcp://127.0.0.1:{self.server.port}",
             protocol=self.request.protocol or f"prosody-{self.server.version}",
             tier=self.request.tier or self.server.profile,
             options={"domain": DOMAIN, **self.request.adapter_options},
