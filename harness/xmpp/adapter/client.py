@@ -66,7 +66,10 @@ class XmppClient(StreamClient):
         self._credentials = credentials
         self._state = state
         self._jid = adapter.jid(credentials.user_id)
-        self._xmpp: slixmpp.ClientXMPP | None = None
+        self._xmpp: slixmpp.ClientXMPP | None = None  # the connected stream, or None
+        self._conn: slixmpp.ClientXMPP | None = None  # the one stream object, reused
+        self._started: asyncio.Future[None] | None = None  # the current login attempt
+        self._gone = asyncio.Event()  # slixmpp saw the stream go
         self._inbox: asyncio.Queue[Incoming | Callable[[], Awaitable[None]]] = asyncio.Queue()
         self._pump_task: asyncio.Task[None] | None = None
         self._queries: dict[str, list[tuple[str, Incoming]]] = {}
@@ -91,45 +94,54 @@ class XmppClient(StreamClient):
 
     # -- connection -------------------------------------------------------------------------
 
-    async def _login(self) -> None:
-        """Connect, authenticate (SCRAM), bind; catch up from the archive; send presence."""
+    def _connection(self) -> slixmpp.ClientXMPP:
+        """The client's one slixmpp stream, made once and connected again on reconnect
+        (making one costs a TLS context: a third of a second on a busy machine)."""
+        if self._conn is not None:
+            return self._conn
         xmpp = slixmpp.ClientXMPP(f"{self._jid}/{self._state.resource}",
                                   self._credentials.token)
         xmpp.enable_plaintext, xmpp.enable_starttls, xmpp.enable_direct_tls = True, False, False
         xmpp.whitespace_keepalive = False
         xmpp.plugin["feature_mechanisms"].unencrypted_scram = True
         xmpp.plugin["feature_mechanisms"].unencrypted_plain = True
-        loop = asyncio.get_running_loop()
-        started: asyncio.Future[None] = loop.create_future()
 
         def fail(exc: Exception) -> None:
-            if not started.done():
-                started.set_exception(exc)
+            if self._started is not None and not self._started.done():
+                self._started.set_exception(exc)
 
         def ready(_: object) -> None:
-            if not started.done():
-                started.set_result(None)
+            if self._started is not None and not self._started.done():
+                self._started.set_result(None)
 
         xmpp.add_event_handler("session_start", ready)
         xmpp.add_event_handler("failed_auth", lambda _: fail(Unauthorized(
             f"{self!r}: the server refused the credentials of {self._jid}")))
         xmpp.add_event_handler("connection_failed", lambda e: fail(ConnectionLost(
             f"{self!r}: cannot connect to {self._adapter.host}:{self._adapter.port}: {e}")))
-        xmpp.add_event_handler("disconnected", lambda _: self._lost(xmpp, started))
+        xmpp.add_event_handler("disconnected", lambda _: self._lost())
         # Every <message>: slixmpp's own "message" event skips those without a body (MAM
         # results, markers). Run in the stream, so it comes before a later iq's answer.
         xmpp.register_handler(Callback("imh-messages", MatchXPath(
             f"{{{translate.NS_CLIENT}}}message"), self._on_stanza, instream=True))
+        self._conn = xmpp
+        return xmpp
+
+    async def _login(self) -> None:
+        """Connect, authenticate (SCRAM), bind; catch up from the archive; send presence."""
+        xmpp = self._connection()
+        started = self._started = asyncio.get_running_loop().create_future()
+        self._gone.clear()
         self._xmpp = xmpp
         xmpp.connect(self._adapter.host, self._adapter.port)
         try:
             async with asyncio.timeout(self._adapter.settings.connect_timeout_s * 2):
                 await started
         except TimeoutError:
-            xmpp.abort()
+            await self._cut()
             raise IMTimeout(f"{self!r}: no session within the connect timeout") from None
         except BaseException:
-            xmpp.abort()
+            await self._cut()
             raise
         self._status = ClientState.CONNECTED
         self._live_ids = set()
@@ -139,8 +151,10 @@ class XmppClient(StreamClient):
         await self._in_order(self._catch_up_again)  # what came between the query and presence
         if self._adapter.options.keepalive_s:
             every = self._adapter.options.keepalive_s
-            xmpp.schedule(f"imh-ping-{id(self)}", every,  # type: ignore[arg-type]
-                          self._keepalive, repeat=True)
+            name = f"imh-ping-{id(self)}"
+            with contextlib.suppress(KeyError, ValueError):
+                xmpp.cancel_schedule(name)  # the last connection's, when slixmpp kept it
+            xmpp.schedule(name, every, self._keepalive, repeat=True)  # type: ignore[arg-type]
 
     def _keepalive(self) -> None:
         asyncio.ensure_future(self._ping_or_abort())
@@ -154,15 +168,28 @@ class XmppClient(StreamClient):
             if self._xmpp is not None:
                 self._xmpp.abort()  # the disconnected handler reconnects
 
-    def _lost(self, xmpp: slixmpp.ClientXMPP, started: asyncio.Future[None]) -> None:
-        if not started.done():
+    def _lost(self) -> None:
+        self._gone.set()
+        started = self._started
+        if started is not None and not started.done():
             started.set_exception(ConnectionLost(f"{self!r}: the server closed the stream"))
             return
-        if xmpp is not self._xmpp or self._status is not ClientState.CONNECTED:
+        if self._xmpp is None or self._status is not ClientState.CONNECTED:
             return
         self._status = ClientState.RECONNECTING
         self._disconnected("connection lost")
         asyncio.ensure_future(self._reconnect_loop())
+
+    async def _cut(self) -> None:
+        """Abort the stream at once and wait (briefly) until slixmpp has seen it go."""
+        xmpp, self._xmpp = self._xmpp, None
+        if xmpp is None:
+            return
+        xmpp.cancel_connection_attempt()
+        xmpp.abort()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                await self._gone.wait()
 
     async def _reconnect_loop(self) -> None:
         attempt = 0
@@ -193,18 +220,15 @@ class XmppClient(StreamClient):
         self._queries.clear()
 
     async def _shut_down(self, was: ClientState) -> None:
-        xmpp, self._xmpp = self._xmpp, None
-        if xmpp is not None:
-            if was is ClientState.CONNECTED:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(xmpp.disconnect(wait=1.0), timeout=2.0)
-            xmpp.abort()
+        xmpp = self._xmpp
+        if xmpp is not None and was is ClientState.CONNECTED:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(xmpp.disconnect(wait=1.0), timeout=2.0)
+        await self._cut()
         await self._stop_pump()
 
     async def _abandon(self) -> None:
-        xmpp, self._xmpp = self._xmpp, None
-        if xmpp is not None:
-            xmpp.abort()
+        await self._cut()
         await self._stop_pump()
 
     async def _resume(self) -> None:
