@@ -39,7 +39,7 @@ FRAMEWORK_LAYERS = {
 FRAMEWORK_PACKAGES = ("harness.suites", "harness.loadtests")
 # Plugins shipped inside the package: adapters and the servers they can start. The core reaches
 # them only through the registries (entry points), never by import.
-PLUGIN_PACKAGES = ("harness.adapters", "harness.reference", "harness.matrix")
+PLUGIN_PACKAGES = ("harness.adapters", "harness.reference", "harness.matrix", "harness.xmpp")
 # The harness-side handles of the reference service (everything else in it is the service).
 REFERENCE_HANDLES = {
     "harness.reference", "harness.reference.launcher", "harness.reference.admin",
@@ -47,6 +47,13 @@ REFERENCE_HANDLES = {
 }
 STANDALONE = ("harness.contract", "harness.errors")
 SUITE_SURFACE = {"harness.contract", "harness.errors", "harness.timing", "harness.testkit"}
+# What a third-party plugin may use (harness.xmpp is written as one): the contract, the errors,
+# the time unit, the process and server registries, and the adapters' shared base.
+PLUGIN_SURFACE = {
+    "harness", "harness.contract", "harness.errors", "harness.timing", "harness.procs",
+    "harness.servers", "harness.registry", "harness.backoff", "harness.adapters",
+    "harness.adapters.base",
+}
 
 
 def _module_name(package: str, base: Path, path: Path) -> str:
@@ -214,7 +221,20 @@ def test_suites_import_only_the_public_surface(name: str) -> None:
     assert not wire, f"{name} imports the wire libraries {sorted(wire)}"
 
 
+def beyond_plugin_surface(name: str, own: str) -> set[str]:
+    """The harness modules `name` imports that are neither in package `own` nor public."""
+    return {n for n in harness_edges(name) if not _in(n, [own])} - PLUGIN_SURFACE
+
+
+@pytest.mark.parametrize("name", _ids(n for n in modules() if _in(n, ["harness.xmpp"])))
+def test_xmpp_uses_only_the_public_plugin_surface(name: str) -> None:
+    """harness.xmpp is built as a third party would build it: only the public plugin surface."""
+    bad = beyond_plugin_surface(name, "harness.xmpp")
+    assert not bad, f"{name} imports {sorted(bad)}; a plugin may import {sorted(PLUGIN_SURFACE)}"
+
+
 def test_the_layer_rules_can_fail() -> None:
     """The transitive walk sees through a chain of imports (a guard on the test itself)."""
     assert "harness.contract" in reachable("harness.session")
     assert any(is_plugin(t) for t in reachable("harness.reference.embedded"))
+    assert beyond_plugin_surface("harness.matrix.embedded", "harness.xmpp")  # imports matrix

@@ -1,0 +1,43 @@
+"""Adapter for an XMPP server (tested against Prosody 0.12 and 13) over c2s, with slixmpp.
+
+How the contract maps onto XMPP:
+
+- user ids are localparts on the adapter's domain; `Credentials.token` is the password
+  (SCRAM-SHA-1 on loopback); users are made by in-band registration (XEP-0077), and every
+  client logs in as its own resource.
+- 1:1 = `<message type='chat'>`; the conversation id names the pair of bare JIDs. The client
+  id is the XEP-0359 origin-id the sender stamps; the message id is the sender's bare JID and
+  that origin-id (the two archives give one message two different stanza-ids, so the server
+  has no id both sides share; Prosody stamps `from` itself, so nobody sends as another).
+- ack: after the message the client asks the server's time (XEP-0202); Prosody handles a
+  stream's stanzas in order, so the answer means the message was routed and archived, and a
+  bounce (an unknown user: service-unavailable) came before it. `server_ts` is the time of
+  the message in the user's own archive (XEP-0313 `<delay>`): XMPP keeps two copies of a 1:1
+  message, the sender's and the recipient's, written a moment apart (0.12 stamps them in
+  whole seconds, 13 in microseconds), so the two sides' times can differ by that moment.
+- seq: XMPP numbers nothing per conversation. The adapter numbers a conversation's messages
+  1, 2, ... in the order the server delivered them (acks for one's own); a message the server
+  sends again keeps the number it got first. History numbers the user's archive with the peer
+  from its start, the server's order.
+- offline = MAM (XEP-0313) after the last archive id the user processed, before the initial
+  presence (so mod_offline's flood is not sent: Prosody skips it for MAM clients), and once
+  more after presence for what was archived in between; all of it is marked `offline=True`.
+- receipts: not offered. Prosody relays and archives XEP-0333 markers but keeps no read
+  cursor, so the contract's "a read mark never moves back" is nobody's to keep.
+- what Prosody 0.12 and 13 do not offer is absent from the capabilities, named in
+  `translate.ABSENT_BECAUSE` (recall: XEP-0424/0425). Groups (MUC, XEP-0045) are not
+  implemented by this adapter yet.
+
+The package along its seams: `translate` (stanzas <-> contract, no I/O), `client` (one
+connection: the pump, catch-up, operations), `adapter` (`XmppAdapter`: registration, connect),
+`options` (`XmppOptions`).
+"""
+
+from harness.xmpp.adapter.adapter import XmppAdapter
+from harness.xmpp.adapter.options import XmppOptions
+
+# The public home of the class is this package (the entry point names it). The client module
+# (slixmpp) is imported when a client connects, so the entry point loads without the extra.
+XmppAdapter.__module__ = __name__
+
+__all__ = ["XmppAdapter", "XmppOptions"]

@@ -1,0 +1,319 @@
+"""XMPP stanzas <-> the contract, without I/O.
+
+Parses the `<message>` elements a client receives (live, or forwarded in a MAM result) into
+what they mean, builds the elements a client sends, maps stanza errors onto the contract's
+errors, and numbers a conversation's messages. Nothing here touches a socket.
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness.contract import Capability, ClientHides, HistoryPage, Message, ServerRule
+from harness.errors import (
+    BadRequest,
+    Forbidden,
+    IMError,
+    NotFound,
+    RateLimited,
+    TooLarge,
+    Unauthorized,
+    Unsupported,
+)
+
+NS_CLIENT = "jabber:client"
+NS_SID = "urn:xmpp:sid:0"  # XEP-0359: origin-id, stanza-id
+NS_MAM = "urn:xmpp:mam:2"  # XEP-0313
+NS_FORWARD = "urn:xmpp:forward:0"
+NS_DELAY = "urn:xmpp:delay"
+NS_MARKERS = "urn:xmpp:chat-markers:0"  # XEP-0333
+NS_RSM = "http://jabber.org/protocol/rsm"
+NS_DATA = "jabber:x:data"
+NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
+NS_CUSTOM = "urn:im-harness:custom:0"  # a custom message's JSON payload, beside the body
+
+# What the adapter offers on Prosody 0.12 and 13 alike (both have mod_mam, mod_offline and
+# archive chat markers). Not offered, and skipped with the XEP named in the reason:
+# - recall: message retraction (XEP-0424) and moderation (XEP-0425) are not in either release
+#   (community modules only), so a "recalled" message would be the adapter's fiction;
+# - idempotent_send: Prosody keeps origin-id (XEP-0359) but does not deduplicate on it;
+# - push: XEP-0357 push needs an app server, not wired to the harness's webhook;
+# - tier_admin: XMPP has no tiers.
+# Groups (MUC, XEP-0045), roles and mute are not implemented by this adapter yet.
+CAPABILITIES = frozenset({
+    Capability.CHAT, Capability.CUSTOM, Capability.OFFLINE, Capability.HISTORY,
+})
+ABSENT_BECAUSE: Mapping[Capability, str] = {
+    Capability.RECEIPTS: "Prosody relays and archives XEP-0333 chat markers but keeps no read "
+    "cursor, so a marker that moves back reaches the sender as sent",
+    Capability.RECALL: "XEP-0424 message retraction / XEP-0425 moderation are not in Prosody",
+    Capability.IDEMPOTENT_SEND: "Prosody does not deduplicate on XEP-0359 origin-id",
+    Capability.PUSH: "XEP-0357 push is not wired to a webhook",
+    Capability.TIER_ADMIN: "XMPP has no tiers",
+}
+# A contract rule the adapter applies itself: XMPP has no 1:1 recall at all, so none applies.
+CLIENT_ENFORCED: frozenset[ServerRule] = frozenset()
+# XMPP clients (Conversations, Dino, Smack's MAM manager) drop a message whose stanza-id /
+# origin-id they already hold.
+CLIENT_HIDES = frozenset({ClientHides.DUPLICATE_EVENTS})
+# Prosody's c2s_stanza_size_limit (256 KiB) closes the stream; the adapter declares a body
+# limit well inside it and the embedded server's limit is set from it (see launcher).
+MAX_BODY_BYTES = 64000
+
+_CONDITIONS: dict[str, type[IMError]] = {
+    "forbidden": Forbidden,
+    "not-allowed": Forbidden,
+    "not-authorized": Unauthorized,
+    "registration-required": Forbidden,
+    "item-not-found": NotFound,
+    "recipient-unavailable": NotFound,
+    "service-unavailable": NotFound,  # a message to a user who does not exist
+    "remote-server-not-found": NotFound,
+    "not-acceptable": BadRequest,
+    "bad-request": BadRequest,
+    "policy-violation": TooLarge,
+    "resource-constraint": RateLimited,
+    "feature-not-implemented": Unsupported,
+}
+
+
+def map_error(condition: str, text: str, what: str) -> IMError:
+    """The contract's typed error for a stanza error condition."""
+    cls = _CONDITIONS.get(condition, IMError)
+    message = f"{what}: {condition}" + (f" ({text})" if text else "")
+    if cls is RateLimited:
+        return RateLimited(message, retry_after=0.0, condition=condition)
+    return cls(message, condition=condition)
+
+
+def error_of(stanza: ET.Element) -> tuple[str, str]:
+    """(condition, text) of an error stanza."""
+    err = stanza.find(f"{{{NS_CLIENT}}}error")
+    if err is None:
+        return "undefined-condition", ""
+    condition, text = "undefined-condition", ""
+    for child in err:
+        tag = child.tag.split("}", 1)[-1]
+        if child.tag.startswith(f"{{{NS_STANZAS}}}"):
+            if tag == "text":
+                text = child.text or ""
+            else:
+                condition = tag
+    return condition, text
+
+
+def bare(jid: str) -> str:
+    return jid.split("/", 1)[0]
+
+
+def local(jid: str) -> str:
+    return bare(jid).split("@", 1)[0]
+
+
+def pair_conversation(a: str, b: str) -> str:
+    """The 1:1 conversation id of two bare JIDs (the same for both, whoever sends)."""
+    return "chat:" + "|".join(sorted({bare(a), bare(b)}))
+
+
+def pair_members(conversation: str) -> list[str]:
+    if not conversation.startswith("chat:"):
+        return []
+    return conversation[len("chat:"):].split("|")
+
+
+def message_id(sender: str, origin_id: str) -> str:
+    """A 1:1 message's id: XMPP gives the two archives no id in common, so it is the sender's
+    bare JID and the XEP-0359 origin-id the sender stamped (Prosody stamps `from` itself)."""
+    return f"{bare(sender)}/{origin_id}"
+
+
+def parse_stamp(stamp: str | None) -> float | None:
+    """Seconds since the epoch of an XEP-0082 timestamp ('2026-12-01T22:32:34.5Z').
+
+    Prosody 0.12 stamps archive items in whole seconds, 13 with microseconds.
+    """
+    if not stamp:
+        return None
+    text = stamp.rstrip("Z")
+    frac = 0.0
+    if "." in text:
+        text, digits = text.split(".", 1)
+        frac = float("0." + ("".join(ch for ch in digits if ch.isdigit()) or "0"))
+    try:
+        return calendar.timegm(time.strptime(text[:19], "%Y-%m-%dT%H:%M:%S")) + frac
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One received `<message>`, as the contract reads it."""
+
+    sender: str  # bare JID, stamped by the server
+    recipient: str  # bare JID
+    origin_id: str
+    body: str | None  # None: no body (a marker, say)
+    custom: dict[str, Any] | None = None
+    displayed: str | None = None  # XEP-0333: the origin-id a displayed marker points at
+    stanza_id: str | None = None  # XEP-0359 id the receiving archive gave it
+    stamp: float | None = None  # the archive's time (MAM results carry it)
+    error: tuple[str, str] | None = None  # an error bounce: (condition, text)
+
+
+def parse_message(el: ET.Element, own: str, *, stamp: float | None = None) -> Incoming:
+    """A `<message>` element a client of `own` (bare JID) received."""
+    sender = bare(el.get("from") or own)
+    recipient = bare(el.get("to") or own)
+    origin = el.find(f"{{{NS_SID}}}origin-id")
+    origin_id = origin.get("id", "") if origin is not None else (el.get("id") or "")
+    stanza_id = None
+    for sid in el.findall(f"{{{NS_SID}}}stanza-id"):
+        if bare(sid.get("by") or "") == bare(own):
+            stanza_id = sid.get("id")
+    body_el = el.find(f"{{{NS_CLIENT}}}body")
+    custom = None
+    custom_el = el.find(f"{{{NS_CUSTOM}}}custom")
+    if custom_el is not None and custom_el.text:
+        try:
+            loaded = json.loads(custom_el.text)
+            custom = loaded if isinstance(loaded, dict) else None
+        except ValueError:
+            custom = None
+    shown = el.find(f"{{{NS_MARKERS}}}displayed")
+    delay = el.find(f"{{{NS_DELAY}}}delay")
+    if stamp is None and delay is not None:
+        stamp = parse_stamp(delay.get("stamp"))
+    return Incoming(
+        sender=sender, recipient=recipient, origin_id=origin_id,
+        body=body_el.text or "" if body_el is not None else None, custom=custom,
+        displayed=shown.get("id") if shown is not None else None, stanza_id=stanza_id,
+        stamp=stamp, error=error_of(el) if el.get("type") == "error" else None,
+    )
+
+
+def parse_mam_result(el: ET.Element, own: str) -> tuple[str, str, Incoming] | None:
+    """(queryid, archive id, message) of a MAM result `<message>`; None if it is not one."""
+    result = el.find(f"{{{NS_MAM}}}result")
+    if result is None:
+        return None
+    forwarded = result.find(f"{{{NS_FORWARD}}}forwarded")
+    if forwarded is None:
+        return None
+    delay = forwarded.find(f"{{{NS_DELAY}}}delay")
+    inner = forwarded.find(f"{{{NS_CLIENT}}}message")
+    if inner is None:
+        return None
+    stamp = parse_stamp(delay.get("stamp")) if delay is not None else None
+    parsed = parse_message(inner, own, stamp=stamp)
+    archive_id = result.get("id") or ""
+    parsed = Incoming(**{**parsed.__dict__, "stanza_id": archive_id})
+    return result.get("queryid") or "", archive_id, parsed
+
+
+def chat_message(to: str, body: str, custom: Mapping[str, Any] | None,
+                 origin_id: str) -> ET.Element:
+    """The `<message type='chat'>` of a send (body, origin-id, custom payload)."""
+    el = ET.Element(f"{{{NS_CLIENT}}}message", {"to": to, "type": "chat", "id": origin_id})
+    ET.SubElement(el, f"{{{NS_CLIENT}}}body").text = body
+    ET.SubElement(el, f"{{{NS_SID}}}origin-id", {"id": origin_id})
+    if custom is not None:
+        ET.SubElement(el, f"{{{NS_CUSTOM}}}custom").text = json.dumps(dict(custom))
+    return el
+
+
+def mam_query(queryid: str, *, with_jid: str | None = None, after: str | None = None,
+              ids: Sequence[str] = (), before: str | None = None, max_items: int = 250
+              ) -> ET.Element:
+    """A MAM `<query>` (to the user's own archive): by peer, after an id, or by ids."""
+    query = ET.Element(f"{{{NS_MAM}}}query", {"queryid": queryid})
+    form = ET.SubElement(query, f"{{{NS_DATA}}}x", {"type": "submit"})
+    fields: list[tuple[str, list[str], str | None]] = [("FORM_TYPE", [NS_MAM], "hidden")]
+    if with_jid:
+        fields.append(("with", [with_jid], None))
+    if ids:
+        fields.append(("ids", list(ids), None))
+    for var, values, kind in fields:
+        f = ET.SubElement(form, f"{{{NS_DATA}}}field", {"var": var, **({"type": kind} if kind
+                                                                       else {})})
+        for value in values:
+            ET.SubElement(f, f"{{{NS_DATA}}}value").text = value
+    rsm = ET.SubElement(query, f"{{{NS_RSM}}}set")
+    ET.SubElement(rsm, f"{{{NS_RSM}}}max").text = str(max_items)
+    if after:
+        ET.SubElement(rsm, f"{{{NS_RSM}}}after").text = after
+    if before is not None:
+        ET.SubElement(rsm, f"{{{NS_RSM}}}before").text = before
+    return query
+
+
+def fin_of(iq: ET.Element) -> tuple[bool, str | None]:
+    """(complete, last id) of a MAM query's `<fin>`."""
+    fin = iq.find(f"{{{NS_MAM}}}fin")
+    if fin is None:
+        return True, None
+    last = fin.find(f"{{{NS_RSM}}}set/{{{NS_RSM}}}last")
+    return fin.get("complete") in ("true", "1"), last.text if last is not None else None
+
+
+@dataclass
+class Conversation:
+    """What a client knows of one conversation: message ids in its archive's order."""
+
+    seqs: dict[str, int] = field(default_factory=dict)  # message id -> seq (1, 2, ...)
+    by_seq: list[str] = field(default_factory=list)
+    stamps: dict[str, float] = field(default_factory=dict)  # message id -> archive time
+    archive_cursor: str | None = None  # the last archive item with the peer numbered
+
+    def place(self, message_id: str) -> int:
+        """The seq of a message id: the one it got first, else the next number."""
+        seq = self.seqs.get(message_id)
+        if seq is None:
+            self.by_seq.append(message_id)
+            seq = self.seqs[message_id] = len(self.by_seq)
+        return seq
+
+
+@dataclass
+class UserState:
+    """What a user's clients keep across reconnects: the archive cursor and the numbering."""
+
+    resource: str = field(default_factory=lambda: f"imh-{uuid.uuid4().hex[:8]}")
+    cursor: str | None = None  # the last archive id this user processed
+    conversations: dict[str, Conversation] = field(default_factory=dict)
+
+    def conversation(self, conv: str) -> Conversation:
+        return self.conversations.setdefault(conv, Conversation())
+
+
+def as_message(conversation: str, item: Incoming, seq: int, ts: float) -> Message:
+    """The contract's message of a received chat message."""
+    return Message(
+        message_id=message_id(item.sender, item.origin_id), conversation=conversation,
+        seq=seq, sender=local(item.sender), client_id=item.origin_id,
+        kind="custom" if item.custom is not None else "text",
+        body=item.body or "", server_ts=ts, custom=item.custom,
+    )
+
+
+def history_page(conversation: str, messages: Sequence[Message], *, before: int | None,
+                 after: int | None, limit: int) -> HistoryPage:
+    """A page of a conversation's archive (numbered from its start, like live seqs)."""
+    if after is not None:
+        picked = [m for m in messages if m.seq > after]
+        page, more = picked[:limit], len(picked) > limit
+    else:
+        picked = [m for m in messages if before is None or m.seq < before]
+        page, more = (picked[-limit:] if limit else []), len(picked) > limit
+    return HistoryPage(conversation, tuple(page), more)
+
+
+def json_body(custom: Mapping[str, Any]) -> str:
+    """The body of a custom message: its payload as JSON (clients without the payload read it)."""
+    return json.dumps(dict(custom), sort_keys=True, separators=(",", ":"))
