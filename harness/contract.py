@@ -89,6 +89,10 @@ class EndpointInfo:
     protocols: frozenset[str] = frozenset()
     client_enforced: frozenset[ServerRule] = frozenset()  # rules the server leaves to the adapter
     client_hides: frozenset[ClientHides] = frozenset()  # what a real SDK would hide (declared)
+    # How far apart the server times of one message may be (its ack, each delivery, history):
+    # 1 ms where the server stamps a message once; more where each copy is stamped on its own
+    # (an XMPP server stamps the sender's and each recipient's archive copy itself).
+    server_ts_spread_s: float = 0.001
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "protocols", frozenset(self.protocols) | {self.protocol})

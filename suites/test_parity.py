@@ -123,6 +123,7 @@ class Script:
             await user.close()
 
 
+@pytest.mark.capability("groups")  # the script has a group conversation
 async def test_same_conversation_reads_the_same_on_old_and_new(endpoints, units, until):
     """The same conversation gives the same transcript on old and new, but for declared tiers."""
     if len(endpoints) < 2:

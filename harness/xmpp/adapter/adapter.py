@@ -56,6 +56,7 @@ class XmppAdapter(AdapterBase["XmppClient"]):
             limits=TierLimits(max_message_bytes=translate.MAX_BODY_BYTES),
             keepalive_s=keepalive, send_timeout_s=self.send_timeout_s,
             client_enforced=translate.CLIENT_ENFORCED, client_hides=translate.CLIENT_HIDES,
+            server_ts_spread_s=translate.SERVER_TS_SPREAD_S,
         )
 
     def __repr__(self) -> str:

@@ -63,6 +63,10 @@ CLIENT_ENFORCED: frozenset[ServerRule] = frozenset()
 # XMPP clients (Conversations, Dino, Smack's MAM manager) drop a message whose stanza-id /
 # origin-id they already hold.
 CLIENT_HIDES = frozenset({ClientHides.DUPLICATE_EVENTS})
+# The server stamps each copy of a message on its own (the ack's time query, the sender's and
+# each recipient's archive entry), and Prosody 0.12 stamps in whole seconds: copies of one
+# message may be a second apart, plus the time between the stamps.
+SERVER_TS_SPREAD_S = 1.5
 # Prosody's c2s_stanza_size_limit (256 KiB) closes the stream; the adapter declares a body
 # limit well inside it and the embedded server's limit is set from it (see launcher).
 MAX_BODY_BYTES = 64000
