@@ -45,6 +45,7 @@ from harness.report.signoff import (
     finish,
     plugins_missing,
     run_load,
+    run_loads,
     run_suites,
 )
 
@@ -147,7 +148,12 @@ def _show(outcome: Outcome, reports: Path, verdict: bool = True) -> None:
         state = "within budget" if lo.ok else ("NO RESULT: " + lo.problem if lo.summary is None
                                                else "OVER BUDGET: " + "; ".join(
                                                    lo.failed_budgets()))
-        console.print(f"load {lo.scenario}: {state}", markup=False)
+        run = f" on {(lo.summary or {}).get('endpoint', {}).get('name', '?')} run {lo.run}" \
+            if lo.run else ""
+        console.print(f"load {lo.scenario}{run}: {state}", markup=False)
+    for section in outcome.sections:
+        if section.text:
+            console.print(f"{section.title}\n{section.text}", markup=False, soft_wrap=True)
     if outcome.report:
         console.print(f"report: {outcome.report}", markup=False)
     elif outcome.report_problem:
@@ -179,6 +185,8 @@ TimeOpt = Annotated[str, typer.Option("--load-time", help="load run time per sce
 BudgetsOpt = Annotated[str | None, typer.Option(
     "--budgets-dir", help="folder of <scenario>.toml budgets (default: the budgets each "
     "scenario registered)")]
+ProcessesOpt = Annotated[int, typer.Option(
+    "--processes", min=0, max=64, help="locust worker processes per load run (0: one process)")]
 LocustfileOpt = Annotated[str | None, typer.Option(
     "--locustfile", help="a locustfile with an IMUser subclass (default: the installed one)")]
 HtmlOpt = Annotated[bool, typer.Option(
@@ -242,13 +250,18 @@ def signoff(
     path: PathOpt = None,
     scenario: ScenarioOpt = None,
     users: UsersOpt = 10,
-    load_time: TimeOpt = "5s",
+    load_time: TimeOpt = "3s",
     budgets_dir: BudgetsOpt = None,
     locustfile: LocustfileOpt = None,
     load: Annotated[bool, typer.Option("--load/--no-load", help="run the load scenarios")] = True,
+    compare_repeats: Annotated[int, typer.Option(
+        "--compare-repeats", min=0, max=10,
+        help="load runs per endpoint and scenario, old and new alternating (old,new,new,old "
+        "for 2); the old runs are the A/A noise floor; 0: load on new only, budgets alone")] = 2,
+    processes: ProcessesOpt = 0,
     html: HtmlOpt = True,
 ) -> None:
-    """Suites on old and new, load on new against budgets, report, parity and GO/NO-GO."""
+    """Suites on old and new, load on old vs new and against budgets, report, GO/NO-GO."""
     scenarios = list(scenario or DEFAULT_SCENARIOS) if load else []
     try:
         hc, names = _config(config, endpoints, pytest=True)
@@ -259,14 +272,15 @@ def signoff(
         raise usage(str(exc)) from None
     plan = Plan(reports=reports, config=config, endpoints=names, paths=list(path or []),
                 keyword=keyword, scenarios=scenarios, users=users, run_time=load_time,
-                budgets_dir=budgets_dir, locustfile=locustfile, html=html)
+                budgets_dir=budgets_dir, locustfile=locustfile, html=html,
+                compare_repeats=compare_repeats, processes=processes)
     reports.mkdir(parents=True, exist_ok=True)
     _node_hint(html)
     ui = RichUI(console)
     suite = run_suites(plan, ui)
     if suite.usage:
         raise usage(suite.problem)
-    loads = [run_load(plan, name, ui) for name in scenarios]
+    loads = run_loads(plan, ui)
     outcome = finish(plan, suite, loads, ui, hc, load_expected=load)
     _show(outcome, reports)
     raise typer.Exit(EXIT_GO if outcome.verdict.go else EXIT_NO_GO)

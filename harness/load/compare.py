@@ -4,7 +4,8 @@ Each scenario runs on old and new with the same plan, in alternating order (old,
 for two repeats), so a machine that warms up or slows down over the job hurts neither side. The
 two old runs are an A/A pair: how far old differs from itself is this machine's and endpoint's
 noise. New is a regression on a number only when it is worse than old by more than that noise
-*and* by the scenario's relative and absolute thresholds (`[compare]` in its budgets file)::
+*and* by the scenario's relative and absolute thresholds (`[compare]` in its budgets file), in
+every new run::
 
     rows = compare_runs(old_summaries, new_summaries, rules)
     for finding in rows.findings(): ...
@@ -184,13 +185,20 @@ def _num(value: float | None) -> str:
     return f"{value:.2f}".rstrip("0").rstrip(".") if abs(value) < 1000 else f"{value:.0f}"
 
 
-def _worse(old: float | None, new: float | None, noise: float | None, absolute: float,
-           relative: float, *, lower_is_worse: bool = False) -> bool:
-    """Worse by more than the noise, the absolute and the relative threshold, all three."""
+def _worse(row: Row, absolute: float, relative: float) -> bool:
+    """Worse by more than the noise, the absolute and the relative threshold, and in every run.
+
+    "Every run": each new run is worse than old's mean, so one unlucky new run on a busy
+    machine is not a regression (the A/A noise comes from old's runs only).
+    """
+    old, new = row.old_value, row.new_value
     if old is None or new is None:
         return False
-    by = old - new if lower_is_worse else new - old
-    if by <= (noise or 0.0) or by <= absolute:
+    sign = -1.0 if row.lower_is_worse else 1.0
+    by = sign * (new - old)
+    if by <= (row.noise or 0.0) or by <= absolute:
+        return False
+    if any(v is None or sign * (v - old) <= 0 for v in row.new):
         return False
     return not old or by / abs(old) > relative
 
@@ -253,23 +261,20 @@ def compare_runs(old: Sequence[Mapping[str, Any] | None], new: Sequence[Mapping[
             if any(v is None for v in b) and all(v is not None for v in a):
                 out.not_judged.append(f"new measured no {metric} in a run while old did "
                                       f"({metric} {key}; compared: {pct})")
-            row = _judged(row, _worse(row.old_value, row.new_value, row.noise, absolute,
-                                      rules.relative))
+            row = _judged(row, _worse(row, absolute, rules.relative))
             out.rows.append(row)
     errors = ([float(s["ratios"]["error"]) for s in done_old],
               [float(s["ratios"]["error"]) for s in done_new])
     row = Row("error ratio", list(errors[0]), list(errors[1]), _spread(errors[0]),
               f"+{_num(rules.error_ratio_absolute)}")
-    out.rows.append(_judged(row, _worse(row.old_value, row.new_value, row.noise,
-                                        rules.error_ratio_absolute, 0.0)))
+    out.rows.append(_judged(row, _worse(row, rules.error_ratio_absolute, 0.0)))
     rates: tuple[list[float | None], list[float | None]] = (
         [s.get("deliveries_per_s") for s in done_old],
         [s.get("deliveries_per_s") for s in done_new])
     if any(rates[0]):
         row = Row("deliveries/s", rates[0], rates[1], _spread(rates[0]),
                   f"-{rules.deliveries_drop:.0%}", lower_is_worse=True)
-        out.rows.append(_judged(row, _worse(row.old_value, row.new_value, row.noise, 0.0,
-                                            rules.deliveries_drop, lower_is_worse=True)))
+        out.rows.append(_judged(row, _worse(row, 0.0, rules.deliveries_drop)))
     for key, label, growth in (("cpu_s_per_delivery", "server CPU s/delivery", rules.cpu_growth),
                                ("peak_rss_bytes", "server peak RSS bytes", rules.rss_growth)):
         a = [_resource(s, key) for s in done_old]
@@ -277,8 +282,7 @@ def compare_runs(old: Sequence[Mapping[str, Any] | None], new: Sequence[Mapping[
         if all(v is None for v in a) or all(v is None for v in b):
             continue
         row = Row(label, a, b, _spread(a), f"{growth:g}x")
-        out.resources.append(_judged(row, _worse(row.old_value, row.new_value, row.noise, 0.0,
-                                                 growth - 1.0)))
+        out.resources.append(_judged(row, _worse(row, 0.0, growth - 1.0)))
     return out
 
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.report.loadcompare import read_load_compare
+
 
 @dataclass(frozen=True)
 class Finding:
@@ -74,7 +76,7 @@ Reader = Callable[[RunFiles], "Section | None"]
 
 # The readers the sign-off asks, in the order their sections appear. Each lives in its own
 # module of harness.report and is named here once.
-READERS: list[Reader] = []
+READERS: list[Reader] = [read_load_compare]
 
 
 def read_sections(files: RunFiles, readers: Sequence[Reader] | None = None) -> list[Section]:
