@@ -55,7 +55,7 @@ def compare_rules(scenario: str, budgets_dir: str | Path | None = None) -> Compa
 class Row:
     """One number side by side: every run's value, the means, the A/A noise, the judgement."""
 
-    label: str  # e.g. "delivery p99 ms"
+    label: str  # e.g. "delivery p99"
     old: list[float | None]
     new: list[float | None]
     noise: float | None  # how far the old runs differ from each other (None: one old run)
@@ -90,7 +90,7 @@ class Row:
                 f"regression beyond {self.threshold})")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"label": self.label, "old": self.old, "new": self.new,
+        return {"label": self.label, "unit": self.unit.strip(), "old": self.old, "new": self.new,
                 "old_value": self.old_value, "new_value": self.new_value, "noise": self.noise,
                 "delta": self.delta(), "ratio": self.ratio(), "threshold": self.threshold,
                 "regression": self.regression}
@@ -131,9 +131,10 @@ class Comparison:
         lines = [head]
         for r in (*self.rows, *self.resources):
             ratio = r.ratio()
+            label = f"{r.label} ({r.unit.strip()})" if r.unit else r.label
             runs = (" ".join(_num(v) for v in r.old) + " | "
                     + " ".join(_num(v) for v in r.new))
-            lines.append(f"{r.label:<22} {_num(r.old_value):>10} {_num(r.new_value):>10} "
+            lines.append(f"{label:<22} {_num(r.old_value):>10} {_num(r.new_value):>10} "
                          f"{_num(r.noise):>10} {_num(r.delta()):>10} "
                          f"{'-' if ratio is None else f'{ratio:.2f}x':>8}  {runs}"
                          + ("  REGRESSION" if r.regression else ""))
@@ -146,7 +147,8 @@ class Comparison:
             ratio = r.ratio()
             style = ' style="color:#c00;font-weight:bold"' if r.regression else ""
             cells.append(
-                f"<tr{style}><th>{html.escape(r.label)}</th><td>{_num(r.old_value)}</td>"
+                f"<tr{style}><th>{html.escape(r.label)}{html.escape(r.unit)}</th>"
+                f"<td>{_num(r.old_value)}</td>"
                 f"<td>{_num(r.new_value)}</td><td>{_num(r.noise)}</td><td>{_num(r.delta())}</td>"
                 f"<td>{'-' if ratio is None else f'{ratio:.2f}x'}</td>"
                 f"<td>{html.escape(' '.join(_num(v) for v in r.old))}</td>"
@@ -256,7 +258,7 @@ def compare_runs(old: Sequence[Mapping[str, Any] | None], new: Sequence[Mapping[
             if all(v is None for v in a) and all(v is None for v in b):
                 continue
             absolute = rules.absolute(key)
-            row = Row(f"{metric} {key} ms", a, b, _spread(a),
+            row = Row(f"{metric} {key}", a, b, _spread(a),
                       f"+{rules.relative:.0%} and +{_num(absolute)} ms", unit=" ms")
             if any(v is None for v in b) and all(v is not None for v in a):
                 out.not_judged.append(f"new measured no {metric} in a run while old did "

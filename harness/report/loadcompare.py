@@ -90,7 +90,7 @@ def percentile_plot(comparison: Mapping[str, Any]) -> bytes | None:
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    rows = [r for r in comparison.get("rows", ()) if str(r["label"]).endswith(" ms")
+    rows = [r for r in comparison.get("rows", ()) if r.get("unit") == "ms"
             and r.get("old_value") is not None and r.get("new_value") is not None]
     if not rows:
         return None
@@ -107,7 +107,7 @@ def percentile_plot(comparison: Mapping[str, Any]) -> bytes | None:
         if r.get("regression"):
             ax.annotate("REGRESSION", (x, float(r["new_value"])), ha="center", va="bottom",
                         color="#c00", fontsize="x-small")
-    ax.set_xticks(xs, [str(r["label"]).removesuffix(" ms") for r in rows], rotation=30,
+    ax.set_xticks(xs, [str(r["label"]) for r in rows], rotation=30,
                   ha="right", fontsize="small")
     ax.set(ylabel="latency (ms)", title=f"{comparison.get('scenario', '?')}: old vs new "
            "(bars: mean of the runs; whiskers: their range)")
