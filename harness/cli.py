@@ -259,6 +259,7 @@ def signoff(
         help="load runs per endpoint and scenario, old and new alternating (old,new,new,old "
         "for 2); the old runs are the A/A noise floor; 0: load on new only, budgets alone")] = 2,
     processes: ProcessesOpt = 0,
+    capacity: CapacityOpt = False,
     html: HtmlOpt = True,
 ) -> None:
     """Suites on old and new, load on old vs new and against budgets, report, GO/NO-GO."""
@@ -281,9 +282,78 @@ def signoff(
     if suite.usage:
         raise usage(suite.problem)
     loads = run_loads(plan, ui)
+    if capacity and scenarios:
+        plan.section_options["capacity"] = True
+        _capacity(plan, scenarios[0], ui, start=8, cap=128, resolution=0.1)
     outcome = finish(plan, suite, loads, ui, hc, load_expected=load)
     _show(outcome, reports)
     raise typer.Exit(EXIT_GO if outcome.verdict.go else EXIT_NO_GO)
+
+
+CapacityOpt = Annotated[bool, typer.Option(
+    "--capacity/--no-capacity", help="also search old's and new's capacity (im-harness "
+    "capacity with its defaults, on the first scenario): notes in the verdict, curve attached")]
+
+
+def _capacity(plan: Plan, scenario: str, ui: RichUI, *, start: int, cap: int,
+              resolution: float) -> dict[str, object]:
+    """Both searches, written to capacity.json (and capacity.png); returns the document."""
+    from harness.load.capacity import run_capacity
+    from harness.report.capacityreport import capacity_document, curve_plot, write_capacity
+
+    old, new = (run_capacity(plan, scenario, name, ui, start=start, cap=cap,
+                             resolution=resolution) for name in plan.endpoints)
+    document = capacity_document(scenario, old, new)
+    write_capacity(plan.reports, document)
+    png = curve_plot(document)
+    if png:
+        (plan.reports / "capacity.png").write_bytes(png)
+    return document
+
+
+@app.command()
+def capacity(
+    config: ConfigOpt = None,
+    reports: ReportsOpt = Path("reports"),
+    endpoints: EndpointsOpt = "old,new",
+    scenario: Annotated[str, typer.Option("--scenario", help="the load scenario")] = "chat",
+    start: Annotated[int, typer.Option("--start", min=1, help="users at the first step")] = 8,
+    max_users: Annotated[int, typer.Option("--max-users", min=1,
+                                           help="the user cap: never more")] = 128,
+    step_time: Annotated[str, typer.Option(
+        "--step-time", help="how long each step holds its load, e.g. 5s")] = "5s",
+    resolution: Annotated[float, typer.Option(
+        "--resolution", min=0.01, max=1.0,
+        help="bisect until the bracket is this fraction of the capacity")] = 0.1,
+    processes: ProcessesOpt = 0,
+    budgets_dir: BudgetsOpt = None,
+    locustfile: LocustfileOpt = None,
+) -> None:
+    """The most users old and new each hold within budget (double, then bisect), and new/old."""
+    try:
+        _hc, names = _config(config, endpoints)
+        _check_reports(reports)
+        _check_load(step_time, budgets_dir, [scenario], locustfile)
+        if start > max_users:
+            raise ConfigError(f"--start {start} is above --max-users {max_users}; start lower "
+                              "or raise the cap")
+    except ConfigError as exc:
+        raise usage(str(exc)) from None
+    plan = Plan(reports=reports, config=config, endpoints=names, scenarios=[scenario],
+                run_time=step_time, budgets_dir=budgets_dir, locustfile=locustfile,
+                processes=processes)
+    reports.mkdir(parents=True, exist_ok=True)
+    document = _capacity(plan, scenario, RichUI(console), start=start, cap=max_users,
+                         resolution=resolution)
+    failed = False
+    for side in ("old", "new"):
+        found = document[side]
+        assert isinstance(found, dict)
+        console.print(str(found["line"]), markup=False, soft_wrap=True)
+        failed = failed or found["status"] == "no_result"
+    console.print(str(document["ratio"]), markup=False, soft_wrap=True)
+    console.print(f"capacity: {reports / 'capacity.json'}", markup=False)
+    raise typer.Exit(EXIT_NO_GO if failed else EXIT_GO)
 
 
 @app.command()

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.report.capacityreport import read_capacity
 from harness.report.loadcompare import read_load_compare
 
 
@@ -76,7 +77,7 @@ Reader = Callable[[RunFiles], "Section | None"]
 
 # The readers the sign-off asks, in the order their sections appear. Each lives in its own
 # module of harness.report and is named here once.
-READERS: list[Reader] = [read_load_compare]
+READERS: list[Reader] = [read_load_compare, read_capacity]
 
 
 def read_sections(files: RunFiles, readers: Sequence[Reader] | None = None) -> list[Section]:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from harness.config import HarnessConfig
+from harness.report import capacityreport, loadcompare
 from harness.report.allure import (
     Attachment,
     ReportError,
@@ -35,8 +36,6 @@ from harness.report.allure import (
     write_executor,
     write_result,
 )
-from harness.report.loadcompare import KEY as LOAD_COMPARE
-from harness.report.loadcompare import comparison_result
 from harness.report.loadreport import load_result
 from harness.report.parity import ParityTable
 from harness.report.redact import Redactor, config_secrets
@@ -56,6 +55,11 @@ MAX_LOAD_S = 24 * 3600  # the longest --load-time: beyond that it is a typo, not
 LOAD_FILES = (".json", ".json.tmp", "_stats.csv", "_stats_history.csv", "_failures.csv",
               "_exceptions.csv", ".html")  # what one locust run writes under its stem
 STAGING = ".new-"  # prefix of what a step writes before it is swapped in
+# sections that also become an Allure result of their own (with their pictures)
+SECTION_RESULTS: dict[str, Callable[..., Result]] = {
+    loadcompare.KEY: loadcompare.comparison_result,
+    capacityreport.KEY: capacityreport.capacity_result,
+}
 
 
 class UI(Protocol):
@@ -511,12 +515,12 @@ def finish(plan: Plan, suite: SuiteRun | None, loads: Sequence[tuple[LoadOutcome
     for outcome, history, text in loads:
         write_result(plan.results_dir, load_result(outcome, history_csv=history, text=text),
                      redactor)
+    started = min((lo.started_ms for lo, _, _ in loads), default=0)
+    stopped = max((lo.stopped_ms for lo, _, _ in loads), default=0)
     for section in sections:
-        if section.key == LOAD_COMPARE:
-            started = min((lo.started_ms for lo, _, _ in loads), default=0)
-            stopped = max((lo.stopped_ms for lo, _, _ in loads), default=0)
-            write_result(plan.results_dir,
-                         comparison_result(section, start_ms=started, stop_ms=stopped), redactor)
+        if section.key in SECTION_RESULTS:
+            write_result(plan.results_dir, SECTION_RESULTS[section.key](
+                section, start_ms=started, stop_ms=stopped), redactor)
     if decide_verdict:
         write_result(plan.results_dir,
                      verdict_result(verdict, table, endpoints, plan.started_ms,
