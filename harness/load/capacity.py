@@ -85,6 +85,12 @@ class Capacity:
         last = self.steps[-1] if self.steps else None
         if self.status is Status.NO_RESULT:
             return f"{who}: no capacity: a step produced no result ({last and last.problem})"
+        if self.status is Status.GENERATOR and self.high is not None:
+            top = self.high - 1
+            return (f"{who}: {self.low or 0} users within budget, {self.high} over; the load "
+                    f"generator saturated at {last.users if last else '?'} users while "
+                    f"narrowing ({last and last.void}): capacity {self.low or 0}"
+                    + (f"-{top}" if top > (self.low or 0) else "") + " users")
         if self.status is Status.GENERATOR:
             at = f"{last.users} users" if last else "?"
             held = f"held {self.low} users within budget; " if self.low else ""
@@ -105,7 +111,8 @@ class Capacity:
 
     @property
     def lower_bound_only(self) -> bool:
-        return self.status in (Status.USER_CAP, Status.GENERATOR)
+        return self.status is Status.USER_CAP or (self.status is Status.GENERATOR
+                                                  and self.high is None)
 
     def to_dict(self) -> dict[str, Any]:
         return {"endpoint": self.endpoint, "describe": self.describe, "low": self.low,

@@ -21,18 +21,24 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+from harness.timing import unit
 
 PROBE_S = 0.05  # the lag probe's sleep
 MAX_SAMPLES = 100_000  # lag samples kept per process (an hour and a half at 20 per second)
+
+
+def _lag_bound() -> float:
+    return 100.0 * unit()  # a wait, so it scales with IM_HARNESS_TIME_SCALE like every other
 
 
 @dataclass(frozen=True)
 class Bounds:
     """Beyond any of these the generator, not the server, was the bottleneck."""
 
-    loop_lag_p99_ms: float = 100.0
+    loop_lag_p99_ms: float = field(default_factory=_lag_bound)
     cpu_ratio: float = 0.9  # a process's CPU seconds per wall second (one core = 1.0)
     behind_schedule_ratio: float = 0.1  # sends that left more than the slack late
 
@@ -87,8 +93,9 @@ def _pct(values: Sequence[float], p: float) -> float:
 
 
 def judge(payloads: Sequence[Mapping[str, Any]], *, behind_ratio: float,
-          bounds: Bounds = Bounds()) -> dict[str, Any]:
+          bounds: Bounds | None = None) -> dict[str, Any]:
     """Merge every process's health into one verdict: void (with reasons) or not."""
+    bounds = bounds or Bounds()
     processes = [p["health"] for p in payloads if isinstance(p.get("health"), Mapping)]
     reasons: list[str] = []
     lag = max((float(h["loop_lag_ms"]["p99"]) for h in processes), default=0.0)
