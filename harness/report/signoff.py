@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -334,19 +335,21 @@ def run_load(plan: Plan, scenario: str, ui: UI, endpoint: str | None = None, *, 
     started_ms = int(time.time() * 1000)
     what = f"load {scenario} on {name}" + (f" run {tag}" if tag else "")
     with ui.task(f"{what} ({users} users, {plan.run_time})", limit) as advance:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True)
-        try:
-            while proc.poll() is None:
-                advance(min(limit, time.monotonic() - started))
-                if time.monotonic() - started > limit + 120:
-                    proc.kill()
-                time.sleep(0.25)
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        text = proc.stdout.read() if proc.stdout else ""
+        # Into a file, not a pipe: a run that logs more than a pipe holds would block on it.
+        with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+            try:
+                while proc.poll() is None:
+                    advance(min(limit, time.monotonic() - started))
+                    if time.monotonic() - started > limit + 120:
+                        proc.kill()
+                    time.sleep(0.25)
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
+            out.seek(0)
+            text = out.read()
         advance(limit)
     stopped_ms = int(time.time() * 1000)
     produced = sorted(folder.glob(f"{stem.name}*"))
