@@ -1,9 +1,10 @@
-"""`im-harness`: the upgrade sign-off in one command, plus serve, run, load and doctor.
+"""`im-harness`: the upgrade sign-off in one command, plus serve, run, load, capacity, doctor.
 
 Example::
 
-    im-harness signoff                  # suites old vs new, load on new, report, GO/NO-GO
+    im-harness signoff                  # suites old vs new, load old vs new, report, GO/NO-GO
     im-harness signoff -k recall --scenario chat --load-time 3s
+    im-harness capacity --scenario chat # the most users old and new hold within budget
 
 Exit codes: 0 GO (or success), 1 NO-GO (or failures), 2 usage error.
 """
