@@ -128,9 +128,9 @@ def test_loop_probe_sees_a_blocked_loop_and_the_judge_voids_it() -> None:
     free = asyncio.run(run(0.0))
     assert not judge([{"health": free}], behind_ratio=0.0,
                      bounds=Bounds(loop_lag_p99_ms=50, cpu_ratio=1.0))["void"]
-    late = judge([{"health": free}], behind_ratio=0.3, bounds=Bounds(cpu_ratio=1.0))
+    late = judge([{"health": free}], behind_ratio=0.4, bounds=Bounds(cpu_ratio=1.0))
     assert late["void"]
-    assert late["reasons"] == ["30.0% of sends behind schedule > 10%"]
+    assert late["reasons"] == ["40.0% of sends behind schedule > 30%"]
 
 
 def test_offered_rate_is_users_times_rate_times_senders_times_fan_out() -> None:

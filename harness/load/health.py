@@ -40,7 +40,7 @@ class Bounds:
 
     loop_lag_p99_ms: float = field(default_factory=_lag_bound)
     cpu_ratio: float = 0.9  # a process's CPU seconds per wall second (one core = 1.0)
-    behind_schedule_ratio: float = 0.1  # sends that left more than the slack late
+    behind_schedule_ratio: float = 0.3  # sends that left more than the slack (50 ms) late
 
 
 class LoopProbe:
