@@ -227,15 +227,20 @@ def void_reason(summary: Mapping[str, Any]) -> str | None:
 
 def compare_runs(old: Sequence[Mapping[str, Any] | None], new: Sequence[Mapping[str, Any] | None],
                  rules: CompareRules, *, scenario: str = "?",
-                 problems: Sequence[str] = ()) -> Comparison:
-    """Judge new against old; a void or missing run leaves the scenario not judged."""
+                 problems: Sequence[str] = (),
+                 numbers: Mapping[str, Sequence[int]] | None = None) -> Comparison:
+    """Judge new against old; a void or missing run leaves the scenario not judged.
+
+    `numbers`: each side's runs' places in the job's order (for the messages; default 1, 2...).
+    """
     out = Comparison(scenario)
     describe = {side: next((str((s.get("endpoint") or {}).get("describe", "?")) for s in runs
                             if s), "?") for side, runs in ((OLD, old), (NEW, new))}
     out.old_describe, out.new_describe = describe[OLD], describe[NEW]
     out.not_judged += list(problems)
     for side, runs in ((OLD, old), (NEW, new)):
-        for i, summary in enumerate(runs, 1):
+        places = list((numbers or {}).get(side, ())) or list(range(1, len(runs) + 1))
+        for i, summary in zip(places, runs, strict=False):
             if summary is None:
                 continue
             why = void_reason(summary)

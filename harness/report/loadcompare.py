@@ -46,6 +46,7 @@ def comparisons(folder: Path) -> list[Comparison] | None:
     for scenario, entry in (manifest.get("scenarios") or {}).items():
         rules = CompareRules.from_dict(entry.get("rules") or {})
         sides: dict[str, list[Mapping[str, Any] | None]] = {OLD: [], NEW: []}
+        numbers: dict[str, list[int]] = {OLD: [], NEW: []}
         problems = []
         for run in entry.get("runs", ()):
             summary = _read(folder / run["summary"]) if run.get("summary") else None
@@ -53,8 +54,9 @@ def comparisons(folder: Path) -> list[Comparison] | None:
                 problems.append(f"{run['role']} run {run['index']} ({run['endpoint']}) produced "
                                 f"no result: {run.get('problem') or 'no summary'}")
             sides[run["role"]].append(summary)
+            numbers[run["role"]].append(int(run["index"]))
         out.append(compare_runs(sides[OLD], sides[NEW], rules, scenario=scenario,
-                                problems=problems))
+                                problems=problems, numbers=numbers))
     return out
 
 
