@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -178,3 +179,26 @@ def test_capacity_at_the_user_cap_or_a_saturated_generator_is_only_a_lower_bound
 def test_capacity_below_the_first_step_is_bisected_down() -> None:
     found = search(_endpoint(3), start=8, cap=64, endpoint="old")
     assert (found.low, found.high, found.status) == (3, 4, Status.CONVERGED)
+
+
+def test_capacity_section_is_notes_and_its_result_carries_the_curve(tmp_path: Path) -> None:
+    from harness.report.capacityreport import (
+        capacity_document,
+        capacity_result,
+        read_capacity,
+        write_capacity,
+    )
+    from harness.report.sections import RunFiles
+
+    old = search(_endpoint(50), start=8, cap=256, endpoint="old")
+    new = search(_endpoint(10_000), start=8, cap=128, endpoint="new")
+    write_capacity(tmp_path, capacity_document("chat", old, new))
+    files = RunFiles(tmp_path / "allure-results", tmp_path, ("old", "new"))
+    assert read_capacity(files) is None  # this run did not search: earlier files stay unread
+    section = read_capacity(RunFiles(files.results_dir, tmp_path, ("old", "new"),
+                                     options={"capacity": True}))
+    assert section is not None
+    assert section.ok  # a capacity is a fact to know, not a NO-GO
+    assert "holds at least 2.7x the users of old" in section.text
+    result = capacity_result(section)
+    assert [a.mime for a in result.attachments] == ["application/json", "image/png"]

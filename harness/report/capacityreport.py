@@ -49,6 +49,7 @@ def curve_plot(document: Mapping[str, Any]) -> bytes | None:
     from matplotlib import pyplot as plt
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    positive = False
     for side, color in (("old", "tab:blue"), ("new", "tab:orange")):
         cap = document.get(side) or {}
         steps = sorted((s for s in cap.get("steps", ()) if not s.get("problem")),
@@ -57,19 +58,21 @@ def curve_plot(document: Mapping[str, Any]) -> bytes | None:
             continue
         label = f"{side}: {cap.get('describe', '?')}"
         xs = [s["users"] for s in steps]
-        top.plot(xs, [s.get("p99_ms") or 0 for s in steps], marker="o", color=color,
-                 label=label)
+        timed = [s for s in steps if s.get("p99_ms")]
+        top.plot([s["users"] for s in timed], [s["p99_ms"] for s in timed], marker="o",
+                 color=color, label=label)
         errors = [max(s.get("error_ratio") or 0.0, 1 - (s.get("connect_success") or 1.0))
                   for s in steps]
         bottom.plot(xs, errors, marker="o", color=color, label=label)
-        over = [s for s in steps if not s.get("ok")]
-        top.scatter([s["users"] for s in over], [s.get("p99_ms") or 0 for s in over],
+        over = [s for s in timed if not s.get("ok")]
+        top.scatter([s["users"] for s in over], [s["p99_ms"] for s in over],
                     marker="x", s=80, color="#c00", zorder=3)
+        positive = positive or bool(timed)
         if cap.get("low"):
             top.axvline(cap["low"], color=color, linestyle=":", alpha=0.7)
-    top.set(ylabel="p99 latency (ms)", yscale="log",
+    top.set(ylabel="p99 latency (ms)", yscale="log" if positive else "linear",
             title=f"{document.get('scenario', '?')}: capacity (x: over budget; dotted: capacity)")
-    bottom.set(xlabel="users", ylabel="error or connect-failure ratio", xscale="log")
+    bottom.set(xlabel="users", ylabel="error or connect-failure ratio", xscale="log", ylim=(0, 1))
     for ax in (top, bottom):
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
