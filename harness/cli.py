@@ -1,4 +1,5 @@
-"""`im-harness`: the upgrade sign-off in one command, plus serve, run, load, capacity, doctor.
+"""`im-harness`: the upgrade sign-off in one command, plus serve, run, load, ramp,
+capacity and doctor.
 
 Example::
 
@@ -34,9 +35,9 @@ from harness.config import (
     load_config,
     split_names,
 )
-from harness.contract import Capability
 from harness.errors import ConfigError, HarnessError
 from harness.report.allure import NODE_HINT, allure_command
+from harness.report.latency import options as latency_options
 from harness.report.parity import ParityTable
 from harness.report.redact import Redactor
 from harness.report.signoff import (
@@ -262,11 +263,18 @@ def signoff(
     processes: ProcessesOpt = 0,
     capacity: CapacityOpt = False,
     html: HtmlOpt = True,
+    latency_factor: Annotated[str | None, typer.Option(
+        "--latency-factor", help="a new p95 over old's by this factor (and the floor) is a NO-GO "
+        "(default: [harness] latency_factor, 2)")] = None,
+    latency_floor_ms: Annotated[str | None, typer.Option(
+        "--latency-floor-ms", help="... and by more than this many ms (default: [harness] "
+        "latency_floor_ms, 20)")] = None,
 ) -> None:
     """Suites on old and new, load on old vs new and against budgets, report, GO/NO-GO."""
     scenarios = list(scenario or DEFAULT_SCENARIOS) if load else []
     try:
         hc, names = _config(config, endpoints, pytest=True)
+        knobs = latency_options(hc.harness, factor=latency_factor, floor_ms=latency_floor_ms)
         check_paths(path)
         _check_reports(reports)
         _check_load(load_time, budgets_dir, scenarios, locustfile)
@@ -275,7 +283,8 @@ def signoff(
     plan = Plan(reports=reports, config=config, endpoints=names, paths=list(path or []),
                 keyword=keyword, scenarios=scenarios, users=users, run_time=load_time,
                 budgets_dir=budgets_dir, locustfile=locustfile, html=html,
-                compare_repeats=compare_repeats, processes=processes)
+                compare_repeats=compare_repeats, processes=processes,
+                section_options=knobs)
     reports.mkdir(parents=True, exist_ok=True)
     _node_hint(html)
     ui = RichUI(console)
@@ -432,6 +441,32 @@ def load_cmd(
     raise typer.Exit(EXIT_GO if ok else EXIT_NO_GO)
 
 
+@app.command("ramp")
+def ramp_cmd(
+    config: ConfigOpt = None,
+    reports: ReportsOpt = Path("reports"),
+    endpoints: EndpointsOpt = "old,new",
+    scenario: Annotated[str, typer.Option("--scenario", help="the load scenario")] = "chat",
+    stages: Annotated[str, typer.Option("--stages", help="percent of users on new per stage")
+                      ] = "5,20,50,100",
+    hold: Annotated[str, typer.Option("--hold", help="how long each stage holds")] = "10s",
+    users: UsersOpt = 10,
+    budgets: Annotated[str | None, typer.Option(
+        "--budgets", help="budgets TOML (default: the scenario's own)")] = None,
+    locustfile: LocustfileOpt = None,
+) -> None:
+    """Canary ramp old -> new (5/20/50/100 % of users); rolls back at the first breaching stage."""
+    from harness.load.__main__ import main as load_main
+
+    argv = ["ramp", "--scenario", scenario, "--stages", stages, "--hold", hold, "--endpoints",
+            endpoints, "--users", str(users), "--report-dir", str(reports)]
+    if locustfile:
+        argv += ["--locustfile", locustfile]
+    extra = [*(["--im-config", config] if config else []), *(["--budgets", budgets]
+                                                               if budgets else [])]
+    raise typer.Exit(load_main([*argv, "--", *extra] if extra else argv))
+
+
 @app.command()
 def serve(
     config: ConfigOpt = None,
@@ -500,40 +535,6 @@ def _limit(key: str, value: float) -> str:
     return f"{key}={value:g}"
 
 
-def _admin_refused(session: object, names: list[str]) -> dict[str, str]:
-    """Endpoints whose admin handle (from an admin secret) the endpoint refuses: name -> why.
-
-    An admin handle alone does not prove the token works: ask the endpoint for its counters.
-    """
-    from harness.session import HarnessSession, run_sync
-
-    assert isinstance(session, HarnessSession)
-
-    async def check(name: str) -> str | None:
-        endpoint = await session.open(name)
-        try:
-            if endpoint.admin is None:
-                return None
-            try:
-                await endpoint.admin.counters()
-            except Exception as exc:  # any refusal or failure: the handle is not usable
-                cause = " ".join(str(exc).split()) or type(exc).__name__
-                return (f"endpoint {name!r}: its admin secret is refused ({cause[:160]}); "
-                        "check the variable its admin_token_env names (capability tier_admin "
-                        "is not offered)")
-            return None
-        finally:
-            await endpoint.aclose()
-
-    refused = {}
-    for name in names:
-        if Capability.TIER_ADMIN in session.infos[name].capabilities:
-            problem = run_sync(check(name))
-            if problem:
-                refused[name] = problem
-    return refused
-
-
 @app.command()
 def doctor(config: ConfigOpt = None, endpoints: EndpointsOpt = "old,new") -> None:
     """Validate the config, reach every endpoint, print capabilities and limits."""
@@ -550,7 +551,7 @@ def doctor(config: ConfigOpt = None, endpoints: EndpointsOpt = "old,new") -> Non
     try:
         with RichUI(console).task("reaching the endpoints", None):
             session.start()
-        refused = _admin_refused(session, session.external())
+        refused = session.admin_problems
     except ConfigError as exc:  # unreachable, or its credentials refused: bad input
         session.stop()
         raise usage(str(exc)) from None
@@ -566,8 +567,7 @@ def doctor(config: ConfigOpt = None, endpoints: EndpointsOpt = "old,new") -> Non
             info = session.infos[name]
             limits = "\n".join(_limit(k, v) for k, v in asdict(info.limits).items()
                                 if v is not None)
-            caps = sorted(c.value for c in info.capabilities
-                          if not (name in refused and c is Capability.TIER_ADMIN))
+            caps = sorted(c.value for c in info.capabilities)
             table.add_row(name, describe(info), info.url, ", ".join(caps), limits or "-")
         console.print(table)
     finally:

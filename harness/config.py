@@ -129,18 +129,7 @@ class EndpointConfig(_Model):
     # seeded defects of this endpoint's embedded server only, beside [harness].defects
     defects: list[str] = Field(default_factory=list)
 
-    @field_validator("defects", mode="before")
-    @classmethod
-    def _defect_list(cls, value: Any) -> Any:
-        return split_names(value) if isinstance(value, str) else value
-
-    @field_validator("defects")
-    @classmethod
-    def _endpoint_defects(cls, value: list[str]) -> list[str]:
-        problem = defect_problem(value)
-        if problem:
-            raise _custom("unknown_defect", problem)
-        return value
+    _defects = field_validator("defects", mode="before")(lambda value: _defect_names(value))
 
     @model_validator(mode="before")
     @classmethod
@@ -255,11 +244,17 @@ class HarnessOptions(_Model):
     keepalive_v1: float | None = Field(default=None, gt=0)
     keepalive_v2: float | None = Field(default=None, gt=0)
     propagation_delay: float = Field(default=0.0, ge=0)
+    # The sign-off's latency section (harness.report.latency): a new p95 over old's by more
+    # than this factor AND by more than this many milliseconds is a NO-GO reason.
+    latency_factor: float = Field(default=2.0, ge=1)
+    latency_floor_ms: float = Field(default=20.0, ge=0)
 
-    @field_validator("endpoints", "defects", mode="before")
+    @field_validator("endpoints", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         return split_names(value) if isinstance(value, str) else value
+
+    _defects = field_validator("defects", mode="before")(lambda value: _defect_names(value))
 
     @field_validator("endpoints")
     @classmethod
@@ -269,13 +264,6 @@ class HarnessOptions(_Model):
                           "the key to run every configured endpoint")
         return value
 
-    @field_validator("defects")
-    @classmethod
-    def _known_defects(cls, value: list[str]) -> list[str]:
-        problem = defect_problem(value)
-        if problem:
-            raise _custom("unknown_defect", problem)
-        return value
 
 
 def default_endpoints() -> dict[str, EndpointConfig]:
@@ -387,6 +375,16 @@ def known_defects() -> list[str]:
     for server in servers.names():
         names.update(dict.fromkeys(servers.get(server).defects))
     return list(names)
+
+
+def _defect_names(value: Any) -> Any:
+    """`defects`: a comma string or a list of seeded defect names; an unknown name is an error."""
+    names = split_names(value) if isinstance(value, str) else value
+    if isinstance(names, list | tuple):
+        problem = defect_problem(str(n) for n in names)
+        if problem:
+            raise _custom("unknown_defect", problem)
+    return names
 
 
 def defect_problem(names: Iterable[str]) -> str | None:

@@ -278,10 +278,24 @@ class AllureLayer:
             allure.attach("\n\n".join([*seeded, *hypothesis]),
                           name="hypothesis: shrunk steps and seed", attachment_type=text)
 
+    def _write_latency(self) -> None:
+        """This process's latencies as `im-latency-<xdist worker>.json` (the reader merges them)."""
+        from harness.latency import FILE_PREFIX
+        from harness.pytest_plugin import SESSION_KEY
+
+        hs = self.config.stash.get(SESSION_KEY, None)
+        if hs is None or hs.latency.empty():
+            return
+        worker = getattr(self.config, "workerinput", {}).get("workerid", "main")
+        self.report_dir.mkdir(parents=True, exist_ok=True)
+        (self.report_dir / f"{FILE_PREFIX}-{worker}.json").write_text(hs.latency.to_json())
+
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        """Leave the endpoints' descriptions (never a secret) beside the results."""
+        """Leave the endpoints' descriptions (never a secret) and the latencies by the results."""
         from harness.report.allure import endpoint_environment, write_environment
         from harness.session import describe
+
+        self._write_latency()
 
         endpoints = {
             name: {

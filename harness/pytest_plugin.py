@@ -230,14 +230,23 @@ def _names_for(item: pytest.Item, hs: HarnessSession) -> list[str]:
     return [n for n in hs.names if n in limit] if limit else list(hs.names)
 
 
-def _skip_reason(item: pytest.Item, name: str, info: EndpointInfo) -> str | None:
+def _unless_faulted(request: pytest.FixtureRequest, opened: Endpoint) -> Endpoint:
+    """No latency from a test that injects faults: it would time the fault, not the endpoint."""
+    if "fault_timeline" in request.fixturenames:  # fault_link, restart_service, properties
+        opened.latency = None
+    return opened
+
+
+def _skip_reason(item: pytest.Item, name: str, info: EndpointInfo,
+                 no_admin: str = "") -> str | None:
     from harness.session import describe
 
     for cap in _marker_names(item, "capability"):
         if not info.supports(cap):
             return f"endpoint {name!r} ({describe(info)}) does not offer capability {cap!r}"
     if item.get_closest_marker("needs_admin") and Capability.TIER_ADMIN not in info.capabilities:
-        return f"endpoint {name!r} ({describe(info)}) has no admin API (needs_admin)"
+        why = f": {no_admin}" if no_admin else ""
+        return f"endpoint {name!r} ({describe(info)}) has no admin API (needs_admin){why}"
     return None
 
 
@@ -274,10 +283,11 @@ async def endpoint(request: pytest.FixtureRequest, im_session: HarnessSession) -
         async def test_recall(endpoint, im_user): ...
     """
     name = getattr(request, "param", None) or im_session.names[0]
-    reason = _skip_reason(request.node, name, im_session.infos[name])
+    reason = _skip_reason(request.node, name, im_session.infos[name],
+                          im_session.admin_problems.get(name, ""))
     if reason:
         pytest.skip(reason)
-    opened = await im_session.open(name)
+    opened = _unless_faulted(request, await im_session.open(name))
     try:
         yield opened
     finally:
@@ -294,13 +304,14 @@ async def endpoints(
     """
     names = _names_for(request.node, im_session)
     for name in names:
-        reason = _skip_reason(request.node, name, im_session.infos[name])
+        reason = _skip_reason(request.node, name, im_session.infos[name],
+                              im_session.admin_problems.get(name, ""))
         if reason:
             pytest.skip(reason)
     opened: dict[str, Endpoint] = {}
     try:
         for name in names:
-            opened[name] = await im_session.open(name)
+            opened[name] = _unless_faulted(request, await im_session.open(name))
         yield opened
     finally:
         for ep in opened.values():

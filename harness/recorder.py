@@ -18,6 +18,7 @@ from typing import Any, TypeVar, cast
 
 from harness.contract import Event, IMClient, Message, MessageReceived
 from harness.errors import HarnessError
+from harness.latency import EndpointLatency
 from harness.oracle import Oracle, format_event
 from harness.timing import WaitTimeout, units
 
@@ -52,10 +53,18 @@ def _check_fields(cls: type, fields: Mapping[str, Any]) -> None:
 class Recorder:
     """Records every event of one user's client, in arrival order, while started."""
 
-    def __init__(self, user_id: str, client: IMClient, oracle: Oracle | None = None) -> None:
+    def __init__(
+        self,
+        user_id: str,
+        client: IMClient,
+        oracle: Oracle | None = None,
+        *,
+        latency: EndpointLatency | None = None,
+    ) -> None:
         self.user_id = user_id
         self.client = client
         self.oracle = oracle
+        self.latency = latency  # times each live message's arrival against its send's start
         self.events: list[Event] = []
         self._task: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
@@ -107,6 +116,10 @@ class Recorder:
     async def _pump(self, client: IMClient) -> None:
         try:
             async for event in client.events():
+                if self.latency is not None and isinstance(event, MessageReceived) and (
+                    not event.offline
+                ):
+                    self.latency.arrived(event.message.message_id, self.user_id, time.monotonic())
                 self.events.append(event)
                 if self.oracle is not None:
                     self.oracle.observe(self.user_id, event)

@@ -28,6 +28,7 @@ from harness.contract import (
     EndpointInfo,
     EndpointSettings,
     GroupInfo,
+    HistoryPage,
     IMClient,
     Target,
 )
@@ -40,6 +41,7 @@ from harness.errors import (
     Unauthorized,
     Unsupported,
 )
+from harness.latency import EndpointLatency, LatencyLog
 from harness.oracle import Oracle
 from harness.recorder import Recorder
 from harness.registry import adapters
@@ -73,6 +75,7 @@ class Endpoint:
     admin: AdminHandle | None = None
     server: EmbeddedServer | None = None  # the server process when the harness started it
     app: Any = None  # the app the endpoint's server created for it, if it has apps
+    latency: EndpointLatency | None = None  # where its users' latencies go (None: not recorded)
     _owns_admin: bool = field(default=False, repr=False)
     _children: list[Endpoint] = field(default_factory=list, repr=False)
 
@@ -126,6 +129,7 @@ class Endpoint:
         )
         child = await open_endpoint(settings, admin=self.admin, server=self.server)
         child.app = app
+        child.latency = self.latency
         self._children.append(child)
         return child
 
@@ -194,6 +198,24 @@ async def open_endpoint(
     )
 
 
+async def _admin_problem(endpoint: Endpoint) -> str:
+    """Why the admin handle of an endpoint the team runs is not usable ('' when it is).
+
+    A handle made from an admin secret proves nothing until the endpoint accepts it: ask for its
+    counters. The harness's own servers' handles need no check.
+    """
+    if endpoint.admin is None or endpoint.server is not None:
+        return ""
+    try:
+        await endpoint.admin.counters()
+    except Exception as exc:  # any refusal or failure: the handle is not usable
+        cause = " ".join(str(exc).split()) or type(exc).__name__
+        return (f"endpoint {endpoint.name!r}: its admin secret is refused ({cause[:160]}); "
+                "check the variable its admin_token_env names (capability tier_admin is not "
+                "offered)")
+    return ""
+
+
 def apply_profile(info: EndpointInfo, ep: EndpointConfig) -> EndpointInfo:
     """Apply a configured tier profile to an external endpoint's info.
 
@@ -243,8 +265,11 @@ class HarnessSession:
         self._environ = environ
         self.servers: dict[str, EmbeddedServer] = {}
         self.infos: dict[str, EndpointInfo] = {}
+        # endpoints the team runs whose admin secret the endpoint refused: name -> why
+        self.admin_problems: dict[str, str] = {}
         self._settings: dict[str, EndpointSettings] = {}
         self._started = False
+        self.latency = LatencyLog()  # what this session's users timed, per endpoint
 
     def __repr__(self) -> str:
         return f"<HarnessSession {', '.join(self.names)} started={self._started}>"
@@ -307,7 +332,13 @@ class HarnessSession:
             for name in chosen:
                 endpoint = await self.open(name)
                 try:
-                    self.infos[name] = endpoint.info
+                    info = endpoint.info
+                    problem = await _admin_problem(endpoint)
+                    if problem:
+                        self.admin_problems[name] = problem
+                        info = replace(info, capabilities=info.capabilities
+                                       - {Capability.TIER_ADMIN})
+                    self.infos[name] = info
                 finally:
                     await endpoint.aclose()
 
@@ -355,6 +386,7 @@ class HarnessSession:
         endpoint.app = server.app() if server is not None else None
         if endpoint.app is None:
             endpoint.info = apply_profile(endpoint.info, self.config.endpoints[name])
+        endpoint.latency = self.latency.endpoint(name)
         return endpoint
 
     def restart(self, name: str, *, kill: bool = False) -> EndpointSettings:
@@ -426,13 +458,17 @@ class User:
         """Log in (optionally with another protocol version) and start recording events."""
         if self._client is not None:
             raise HarnessError(f"user {self.id!r} is already connected; use reconnect()")
+        started_at = time.monotonic()
         client = await self.endpoint.adapter.connect(self.credentials, protocol=protocol)
+        latency = self.endpoint.latency
+        if latency is not None:
+            latency.record("connect", time.monotonic() - started_at)
         if not _gets_recall_events(self.endpoint, client):
             self.oracle.no_recall_events(self.id)
         if self.endpoint.info.client_hides:
             self.oracle.client_hides(self.id, self.endpoint.info.client_hides)
         self._client = client
-        self._recorder = Recorder(self.id, client, self.oracle)
+        self._recorder = Recorder(self.id, client, self.oracle, latency=latency)
         self._recorder.start()
         return self
 
@@ -467,7 +503,31 @@ class User:
             self.id, ack, recipients=recipients, body=None if kw.get("custom") else body,
             started_at=started_at, acked_at=acked_at,
         )
+        latency = self.endpoint.latency
+        if latency is not None:
+            latency.record("send_ack", acked_at - started_at)
+            latency.sent(ack.message_id, started_at, recipients - {self.id})
         return ack
+
+    async def history(
+        self,
+        conversation: str,
+        *,
+        before: int | None = None,
+        after: int | None = None,
+        limit: int = 50,
+    ) -> HistoryPage:
+        """One page of `conversation`'s history (`IMClient.history`), timed per endpoint.
+
+        Feeding the page to the oracle stays the test's (it knows what the page must hold).
+
+        Example: ``page = await bob.history(ack.conversation, limit=10)``
+        """
+        started_at = time.monotonic()
+        page = await self.client.history(conversation, before=before, after=after, limit=limit)
+        if self.endpoint.latency is not None:
+            self.endpoint.latency.record("history", time.monotonic() - started_at)
+        return page
 
     async def recall(self, message: Ack | str, conversation: str | None = None) -> None:
         """Recall a message (an ack, or a message id with its conversation) and tell the oracle."""

@@ -160,7 +160,7 @@ async def test_custom_messages_arrive_structured(endpoint, im_user, im_group, or
     for message in got:
         assert message.kind == "custom", f"{message.message_id} arrived as {message.kind!r}"
         assert dict(message.custom or {}) == payload, f"the structure changed: {message.custom!r}"
-    page = await bob.client.history(direct.conversation, limit=10)
+    page = await bob.history(direct.conversation, limit=10)
     [stored] = [m for m in page.messages if m.message_id == direct.message_id]
     assert (stored.kind, dict(stored.custom or {})) == ("custom", payload)
     await settled(oracle)
@@ -187,7 +187,7 @@ async def test_idempotent_resend_creates_no_duplicate(endpoint, im_user, oracle)
     seen = [m for m in bob.recorder.messages(first.conversation) if m.client_id == client_id]
     assert len(seen) == 1, f"bob saw the message {len(seen)} times"
 
-    page = await bob.client.history(first.conversation, limit=10)
+    page = await bob.history(first.conversation, limit=10)
     stored = [m for m in page.messages if m.client_id == client_id]
     assert len(stored) == 1, f"history holds the message {len(stored)} times"
     await settled(oracle)

@@ -112,14 +112,14 @@ async def test_removed_member_cannot_read_the_group(endpoint, im_user, im_group,
     group = await im_group(alice, [bob])
     ack = await alice.send(group, "seen while a member")
     await bob.recorder.wait_messages(1, conversation=ack.conversation, timeout=units(5))
-    assert [m.body for m in (await bob.client.history(ack.conversation)).messages] == [
+    assert [m.body for m in (await bob.history(ack.conversation)).messages] == [
         "seen while a member"
     ], "a member reads the history (else the refusal below proves nothing)"
 
     await alice.client.remove_member(group.group_id, bob.id)
     await expect_event(bob, MembershipChanged, user=bob.id, change="removed")
     with pytest.raises(Forbidden):
-        await bob.client.history(ack.conversation)
+        await bob.history(ack.conversation)
     with pytest.raises((Forbidden, NotFound)):
         await bob.client.group_info(group.group_id)
 

@@ -63,8 +63,8 @@ async def test_both_versions_read_the_same_history(endpoint, im_user, oracle, un
         await old.send(new, f"v1 says {i}")
         ack = await new.send(old, f"v2 says {i}")
     await old.recorder.wait_messages(2, conversation=ack.conversation, timeout=units(5))
-    page_old = await old.client.history(ack.conversation, limit=10)
-    page_new = await new.client.history(ack.conversation, limit=10)
+    page_old = await old.history(ack.conversation, limit=10)
+    page_new = await new.history(ack.conversation, limit=10)
     oracle.observe_history(old.id, page_old)
     oracle.observe_history(new.id, page_new)
     assert page_old.messages == page_new.messages
@@ -86,7 +86,7 @@ async def test_recall_by_new_client_shows_for_old_client(endpoint, im_user, orac
     await sender.recall(ack)
     after = await sender.send(old, "after the recall")  # inbox order: events before it are in
     await old.recorder.wait_messages(2, conversation=ack.conversation, timeout=units(5))
-    page = await old.client.history(ack.conversation, before=after.seq, limit=10)
+    page = await old.history(ack.conversation, before=after.seq, limit=10)
     [entry] = [m for m in page.messages if m.message_id == ack.message_id]
     assert (entry.recalled, entry.body) == (True, "")
     assert not old.recorder.of_type(MessageRecalled), "v1 clients are not sent recall events"

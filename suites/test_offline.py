@@ -81,7 +81,7 @@ async def test_history_pages_have_no_gap_or_overlap(endpoint, im_user, oracle, u
     before: int | None = None
     pages = 0
     while True:
-        page = await bob.client.history(conv, before=before, limit=page_size)
+        page = await bob.history(conv, before=before, limit=page_size)
         oracle.observe_history(bob.id, page, before=before)
         pages += 1
         assert len(page.messages) <= page_size
@@ -96,7 +96,7 @@ async def test_history_pages_have_no_gap_or_overlap(endpoint, im_user, oracle, u
     forwards: list[Message] = []
     after, pages = 0, 0
     while True:
-        page = await bob.client.history(conv, after=after, limit=page_size)
+        page = await bob.history(conv, after=after, limit=page_size)
         oracle.observe_history(bob.id, page, after=after)
         pages += 1
         forwards += page.messages
@@ -184,7 +184,7 @@ async def test_acked_messages_survive_a_server_crash(
     got = await bob.recorder.wait_messages(len(acks), conversation=acks[0].conversation,
                                            timeout=units(8))
     assert [m.message_id for m in got] == [a.message_id for a in acks]
-    page = await bob.client.history(acks[0].conversation, limit=len(acks))
+    page = await bob.history(acks[0].conversation, limit=len(acks))
     assert [m.message_id for m in page.messages] == [a.message_id for a in acks]
     await settled(oracle)
     oracle.assert_ok()

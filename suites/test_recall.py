@@ -14,7 +14,7 @@ pytestmark = pytest.mark.capability("chat", "recall")
 
 
 async def _history_entry(user: User, conversation: str, message_id: str) -> Message:
-    page = await user.client.history(conversation, limit=100)
+    page = await user.history(conversation, limit=100)
     [entry] = [m for m in page.messages if m.message_id == message_id]
     return entry
 

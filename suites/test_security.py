@@ -86,7 +86,7 @@ async def test_non_member_cannot_read_or_post_to_group(
     with pytest.raises(Forbidden):
         await mallory.client.send(Target.to_group(group.group_id), "let me in")
     with pytest.raises(Forbidden):
-        await mallory.client.history(ack.conversation)
+        await mallory.history(ack.conversation)
     with pytest.raises((Forbidden, NotFound)):
         await mallory.client.group_info(group.group_id)
 
@@ -104,7 +104,7 @@ async def test_outsider_cannot_read_a_one_to_one_conversation(endpoint, im_user,
     alice, bob, mallory = [await im_user(n) for n in ("alice", "bob", "mallory")]
     ack = await alice.send(bob, "just between us")
     with pytest.raises((Forbidden, NotFound)):
-        await mallory.client.history(ack.conversation)
+        await mallory.history(ack.conversation)
 
 
 async def test_sender_is_stamped_from_the_token(endpoint, im_user, units):
@@ -143,6 +143,6 @@ async def test_outsider_cannot_recall_a_one_to_one_message(endpoint, im_user, un
     with pytest.raises((Forbidden, NotFound)) as refused:
         await mallory.client.recall(ack.conversation, ack.message_id)
     assert not isinstance(refused.value, RecallWindowExpired)
-    page = await alice.client.history(ack.conversation)
+    page = await alice.history(ack.conversation)
     [entry] = [m for m in page.messages if m.message_id == ack.message_id]
     assert (entry.recalled, entry.body) == (False, "not yours")

@@ -194,7 +194,7 @@ async def test_history_retention_hides_expired_messages(endpoint, im_user, units
     old = await alice.send(bob, "soon forgotten")
     await asyncio.sleep(retention + units(0.2))  # let the first message age past retention
     new = await alice.send(bob, "still remembered")
-    page = await bob.client.history(new.conversation, limit=10)
+    page = await bob.history(new.conversation, limit=10)
     assert [m.message_id for m in page.messages] == [new.message_id], (
         f"history still returns {old.message_id} past retention"
     )

@@ -149,6 +149,14 @@ ROWS = [
     Row("signoff-budgets-bad-value", "cli", ("signoff", "--budgets-dir", "b"),
         "max_error_ratio = inf must be a finite number >= 0", files=budgets(
             "max_error_ratio = inf\n")),
+    Row("signoff-latency-factor", "cli", ("signoff", "--latency-factor", "0.5"),
+        "--latency-factor '0.5' must be a finite number >= 1; e.g. 2"),
+    Row("signoff-latency-floor-word", "cli", ("signoff", "--latency-floor-ms", "soon"),
+        "--latency-floor-ms 'soon' must be a finite number >= 0; e.g. 20"),
+    Row("config-latency-factor", "cli", ("signoff",), "harness.latency_factor = 0.5: input "
+        "should be greater than or equal to 1", files=toml("[harness]\nlatency_factor = 0.5\n")),
+    Row("config-latency-floor-inf", "cli", ("signoff",), "harness.latency_floor_ms = inf",
+        files=toml("[harness]\nlatency_floor_ms = inf\n")),
     Row("signoff-reports-is-file", "cli", ("signoff", "--reports", "reports/verdict.json"),
         "is a file, not a folder"),
     Row("signoff-path-missing", "cli", ("signoff", "--path", "no/such/suites"),

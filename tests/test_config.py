@@ -121,13 +121,14 @@ def test_missing_explicit_file(tmp_path: Path) -> None:
         (
             {"endpoints": {"new": {"bogus": 1}}},
             "im-harness.toml: endpoints.new.bogus is not a known key; known here: adapter, url, "
-            "app_id, protocol, tier, timeouts, options, server, defects, <secret>_env; remove or rename it",
+            "app_id, protocol, tier, timeouts, options, server, defects, <secret>_env; remove or "
+            "rename it",
         ),
         (
             {"harness": {"endpoint": "old"}},
             "im-harness.toml: harness.endpoint is not a known key; known here: endpoints, "
             "time_scale, defects, defect_rate, seed, keepalive_v1, keepalive_v2, "
-            "propagation_delay; remove or rename it",
+            "propagation_delay, latency_factor, latency_floor_ms; remove or rename it",
         ),
         (
             {"endpoints": {"new": {"timeouts": {"sned": 1}}}},

@@ -310,6 +310,31 @@ def test_external_endpoint(
     assert service.admin_token not in text
 
 
+def test_a_refused_admin_secret_means_no_tier_admin_and_says_why(
+    project: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    running: tuple[ReferenceService, AppHandle],
+) -> None:
+    service, app = running
+    project.makefile(".toml", **{"im-harness": external_toml(service, app)})
+    project.makepyfile(
+        test_admin='''
+        import pytest
+
+        @pytest.mark.needs_admin
+        async def test_switches_tiers(endpoint):
+            pass
+        '''
+    )
+    monkeypatch.setenv("STAGING_KEY", app.app_key)
+    monkeypatch.setenv("STAGING_ADMIN", "not-the-admin-token")
+    result = project.runpytest_subprocess("-rs", "test_admin.py", timeout=60)
+    assert outcomes(result) == {"skipped": 1}, result.stdout.str()
+    result.stdout.fnmatch_lines([
+        "*has no admin API (needs_admin): endpoint 'staging': its admin secret is refused*"])
+    assert "not-the-admin-token" not in result.stdout.str() + result.stderr.str()
+
+
 def test_wrong_credentials_are_a_usage_error(
     project: pytest.Pytester,
     monkeypatch: pytest.MonkeyPatch,

@@ -3,19 +3,22 @@
 Example::
 
     python -m harness.load compare --scenario chat --users 20 --run-time 10s
+    python -m harness.load ramp --stages 5,20,50,100 --hold 10s --users 20   # canary ramp
     python -m harness.load list        # the registered scenarios, defaults and budgets
 
 The scenario runs old,new,new,old (`--repeats 2`), each run its own headless locust process (so
 no locust import here); the old runs are an A/A pair, the noise floor. New regresses on a number
 only beyond that noise and the `[compare]` thresholds of the scenario's budgets file
 (`harness.load.compare`). Summaries and CSVs land under <--report-dir>/load. Exit code: 0 when
-new is no worse than old and within its budgets, 1 otherwise, 2 for a usage error.
+new is no worse than old and within its budgets, 1 otherwise, 2 for a usage error. `ramp` is one
+locust run that moves users from old to new stage by stage (`harness.load.ramp`).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from importlib.resources import files
@@ -57,6 +60,23 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("extra", nargs=argparse.REMAINDER,
                      help="after --: more locustfile options (--budgets, --im-config, --rate...)")
     sub.add_parser("list", help="the registered scenarios: parameters, defaults, budgets")
+    ramp = sub.add_parser("ramp", help="canary ramp: stages of users moving from old to new, "
+                                       "each judged against the budgets; stops at a breach")
+    ramp.add_argument("--scenario", default="chat")
+    ramp.add_argument("--stages", default="5,20,50,100", help="percent of users on new per stage")
+    ramp.add_argument("--hold", default="10s", help="how long each stage holds, e.g. 10s")
+    ramp.add_argument("--endpoints", default="old,new", help="from,to: two endpoint names")
+    ramp.add_argument("--users", type=int, default=10)
+    ramp.add_argument("--spawn-rate", type=float, default=None, help="default: --users per s")
+    ramp.add_argument("--drain-s", type=float, default=None,
+                      help="per stage: seconds for in-flight messages (default 3 units)")
+    ramp.add_argument("--processes", type=int, default=0,
+                      help="locust --processes (the stages are then judged at the end)")
+    ramp.add_argument("--report-dir", default="reports")
+    ramp.add_argument("--locustfile", default=None,
+                      help="default: the installed harness.loadtests locustfile")
+    ramp.add_argument("extra", nargs=argparse.REMAINDER,
+                      help="after --: more locustfile options (--budgets, --im-config, ...)")
     return parser
 
 
@@ -131,10 +151,52 @@ def compare(args: argparse.Namespace) -> int:
     return EXIT_OVER_BUDGET if bad else EXIT_OK
 
 
+def ramp(args: argparse.Namespace) -> int:
+    """One locust run with `--ramp`: its summary names the stage it rolled back at, if any."""
+    from harness.errors import ConfigError
+    from harness.load.ramp import ramp_plan
+    from harness.timing import units
+
+    names = [n.strip() for n in args.endpoints.split(",")]
+    try:
+        if len(names) != 2 or not all(names):
+            raise ConfigError(f"--endpoints {args.endpoints!r} must name two endpoints, from "
+                              "and to, e.g. old,new")
+        if names[0] == names[1]:
+            raise ConfigError(f"--endpoints {args.endpoints!r} names one endpoint twice; pass "
+                              "the endpoint users leave and the one they move to, e.g. old,new")
+        plan = ramp_plan(args.stages, args.hold, old=names[0], new=names[1],
+                         options=("--stages", "--hold", "--endpoints", "--endpoints"))
+        if args.users < 1 or args.processes < 0:
+            raise ConfigError(f"--users {args.users} must be >= 1 and --processes "
+                              f"{args.processes} >= 0")
+        for option, value in (("--spawn-rate", args.spawn_rate), ("--drain-s", args.drain_s)):
+            if value is not None and not 0 <= value < float("inf"):
+                raise ConfigError(f"{option} {value} must be a finite number >= 0")
+    except ConfigError as exc:
+        print(f"im-harness ramp: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    drain = units(3) if args.drain_s is None else args.drain_s
+    stem = Path(args.report_dir) / f"ramp-{args.scenario}-{plan.new}"
+    cmd = [sys.executable, "-m", "locust", "-f", args.locustfile or str(default_locustfile()),
+           "--headless", "-u", str(args.users), "-r", str(args.spawn_rate or args.users),
+           "-t", f"{plan.run_time_s(drain):.0f}s", "--scenario", args.scenario,
+           "--endpoint", plan.new, "--ramp", args.stages, "--ramp-hold", args.hold,
+           "--ramp-from", plan.old, "--drain-s", f"{drain:g}", "--summary-json", f"{stem}.json",
+           "--csv", str(stem), "--html", f"{stem}.html", "--only-summary",
+           *[a for a in args.extra if a != "--"]]
+    if args.processes:
+        cmd += ["--processes", str(args.processes)]
+    print(f"== ramp: {' '.join(cmd[2:])}", file=sys.stderr, flush=True)
+    return subprocess.run(cmd, check=False).returncode
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "compare":
         return compare(args)
+    if args.command == "ramp":
+        return ramp(args)
     if args.command == "list":
         return list_scenarios()
     return EXIT_USAGE  # pragma: no cover - argparse requires a command

@@ -99,6 +99,8 @@ def render(summary: Mapping[str, Any]) -> str:
     for v in summary["budgets"]["verdicts"]:
         verdict = Verdict(v["budget"], v["limit"], v["actual"], v["ok"], v["detail"])
         lines.append("budget " + verdict.line())
+    lines.extend(ramp_lines(summary.get("ramp")))
+    lines.extend(resources_lines(summary.get("server_resources")))
     for problem in summary.get("problems", ()):
         lines.append(f"PROBLEM {problem}")
     if summary.get("void"):
@@ -110,6 +112,40 @@ def render(summary: Mapping[str, Any]) -> str:
     lines.append("within budget" if summary["within_budget"] else
                  "VOID (not judged)" if summary.get("void") else "OVER BUDGET")
     return "\n".join(lines)
+
+
+def ramp_lines(ramp: Mapping[str, Any] | None) -> list[str]:
+    """The canary ramp, a line per stage and the outcome: `roll back at 20 %: ...`."""
+    if not ramp:
+        return []
+    out = [f"ramp {ramp['old']} -> {ramp['new']}, stages "
+           f"{', '.join(f'{s:g} %' for s in ramp['stages'])}, {ramp['hold_s']:g} s each"]
+    for r in ramp["results"]:
+        users = r["users"]
+        delivery = r["latency_ms"]["new"].get("delivery", {})
+        p95 = f"{delivery['p95']:.1f} ms" if "p95" in delivery else "-"
+        state = ("after the breach" if r["after_breach"] else "ok" if r["ok"] else
+                 "BREACH " + ", ".join(r["breaches"]))
+        out.append(f"  stage {r['percent']:>5g} %: {users['new']} user(s) on new, "
+                   f"{users['old']} on old, held {r['held_s']:g} s, new delivery p95 {p95}, "
+                   f"errors {r['error_ratio']['overall']:g}: {state}")
+    old = (ramp.get("server_resources") or {}).get("old")
+    out.extend(f"old endpoint's {line}" for line in resources_lines(old))
+    out.append(ramp["line"])
+    return out
+
+
+def resources_lines(part: Mapping[str, Any] | None) -> list[str]:
+    """The server's CPU per delivery and peak RSS, or why they were not measured."""
+    if not part:
+        return []
+    if part.get("reason"):
+        return [f"server resources: not measured ({part['reason']})"]
+    per = part.get("cpu_s_per_delivery")
+    shown = "-" if per is None else f"{per * 1e6:.1f} us"
+    return [f"server resources (pid {part['pid']}): cpu {part['cpu_s']:g} s, "
+            f"{shown} cpu per delivery ({part['deliveries']} deliveries), peak rss "
+            f"{part['peak_rss_bytes'] / 2**20:.1f} MiB"]
 
 
 def compare_table(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:

@@ -38,7 +38,7 @@ import gevent
 from locust import User, events, task
 from locust.env import Environment
 from locust.exception import StopUser
-from locust.runners import MasterRunner, Runner, WorkerRunner
+from locust.runners import STATE_RUNNING, STATE_SPAWNING, MasterRunner, Runner, WorkerRunner
 
 from harness.config import (
     defect_problem,
@@ -55,6 +55,16 @@ from harness.load.driver import LoadRun
 from harness.load.health import judge as judge_health
 from harness.load.health import offered_rate
 from harness.load.metrics import LoadMetrics
+from harness.load.ramp import (
+    Outcome,
+    RampPlan,
+    RampRun,
+    judge_payloads,
+    open_ramp,
+    ramp_plan,
+    ramp_verdicts,
+)
+from harness.load.resources import ResourceSampler, finish_sampling, sample_server
 from harness.load.scenarios import ScenarioPlan, plan, scenarios
 from harness.load.summary import EXIT_USAGE, build_summary, render, write_summary
 from harness.report.redact import Redactor
@@ -74,9 +84,12 @@ class _State:
 
     def __init__(self) -> None:
         self.session: HarnessSession | None = None
+        self.ramp_session: HarnessSession | None = None  # the endpoint a ramp moves users from
         self.setup: dict[str, Any] | None = None  # what a worker needs: settings, plan, drain
         self.budgets: Budgets | None = None
-        self.run: LoadRun | None = None
+        self.run: LoadRun | RampRun | None = None
+        self.resources: ResourceSampler | str = "the run never started"
+        self.resources_old: ResourceSampler | str = "not a ramp"  # a ramp's old endpoint
         self.started = 0.0
         self.replies: dict[str, dict[str, Any]] = {}
         self.emitted: collections.deque[tuple[str, float, BaseException | None]] = \
@@ -100,8 +113,9 @@ def _runner(environment: Environment) -> Runner:
 def _usage_error(message: str) -> NoReturn:
     sys.stderr.write(f"im-harness load: {Redactor.from_environ().line(message)}\n")
     sys.stderr.flush()
-    if STATE.session is not None:
-        STATE.session.stop()
+    for session in (STATE.session, STATE.ramp_session):
+        if session is not None:
+            session.stop()
     raise SystemExit(EXIT_USAGE)
 
 
@@ -127,6 +141,11 @@ def _options(parser: Any) -> None:
     group.add_argument("--cohort", default=None, help="canary: percent on v2")
     group.add_argument("--drain-s", default=None,
                        help="seconds to wait for in-flight messages at the end (default 3 units)")
+    group.add_argument("--ramp", default="",
+                       help="canary ramp: percent of users on --endpoint per stage, e.g. "
+                            "5,20,50,100 (the rest on --ramp-from); off when empty")
+    group.add_argument("--ramp-hold", default="10s", help="ramp: how long each stage holds")
+    group.add_argument("--ramp-from", default="old", help="ramp: the endpoint users move from")
     group.add_argument("--summary-json", default="",
                        help="JSON summary path (default reports/load-<scenario>-<endpoint>.json)")
 
@@ -179,16 +198,29 @@ def _init(environment: Environment, runner: Any, **_kw: Any) -> None:
                 f"budgets {STATE.budgets.source} are for scenario {STATE.budgets.scenario!r}, "
                 f"not {chosen.label!r}; pass the matching --budgets file"
             )
+        ramp = ramp_plan(opts.ramp, opts.ramp_hold, old=opts.ramp_from,
+                         new=opts.endpoint) if opts.ramp.strip() else None
+        if ramp is not None and STATE.budgets is None:
+            raise ConfigError(f"--ramp judges every stage against budgets, and {chosen.label!r} "
+                              "has none; choose one scenario or pass --budgets")
         config = load_config(opts.im_config or None)
         defects = [d.strip() for d in opts.im_defect.split(",") if d.strip()] or None
         session = HarnessSession(config, [opts.endpoint], defects=defects,
                                  defect_rate=opts.im_defect_rate)
         session.resolve()  # an unset secret variable: before anything starts
+        # A session of its own: a session starts its servers in parallel threads, which under
+        # gevent share one OS thread, and two apps created at once collide in asyncio.run.
+        old = HarnessSession(config, [ramp.old], defects=defects,
+                             defect_rate=opts.im_defect_rate) if ramp else None
+        if old is not None:
+            old.resolve()
         classes = expand(environment.user_classes, chosen.weights, chosen.weights)
         if not classes:
             raise ConfigError(f"the locustfile has no IMUser subclass for {chosen.label!r}; "
                               "subclass harness.load.user.IMUser in it")
         STATE.session = session.start()  # validation is done: only now start a server
+        if old is not None:
+            STATE.ramp_session = old.start()
     except HarnessError as exc:
         _usage_error(str(exc))
     environment.user_classes = classes
@@ -198,6 +230,10 @@ def _init(environment: Environment, runner: Any, **_kw: Any) -> None:
     drain = opts.drain_s if opts.drain_s is not None else units(3)
     STATE.setup = {"settings": _settings_dict(settings), "plan": chosen.to_dict(),
                    "drain_s": drain}
+    if ramp is not None:
+        STATE.setup["ramp"] = ramp.to_dict()
+        assert STATE.ramp_session is not None
+        STATE.setup["ramp_from"] = _settings_dict(STATE.ramp_session.settings(ramp.old))
 
 
 def _print_offered(chosen: ScenarioPlan, users: int) -> None:
@@ -256,8 +292,17 @@ def _fire_requests(environment: Environment) -> None:
 def _test_start(environment: Environment, **_kw: Any) -> None:
     STATE.started = time.monotonic()
     runner = _runner(environment)
+    if not isinstance(runner, WorkerRunner):
+        name = _opts(environment).endpoint
+        STATE.resources = sample_server(name, STATE.session.servers.get(name)
+                                        if STATE.session else None)
+        if STATE.ramp_session is not None:
+            old = STATE.ramp_session.names[0]
+            STATE.resources_old = sample_server(old, STATE.ramp_session.servers.get(old))
     if isinstance(runner, MasterRunner):
         STATE.replies = {}
+        if STATE.setup and STATE.setup.get("ramp"):
+            STATE.setup["ramp_step"] = runner.worker_count  # worker i takes units i, i+n, ...
         runner.send_message("im_setup", STATE.setup)
         return
     setup = STATE.setup
@@ -266,18 +311,42 @@ def _test_start(environment: Environment, **_kw: Any) -> None:
         return
     bridge = AsyncBridge.get()
     settings = EndpointSettings(**setup["settings"])
-    session = STATE.session
+    session, ramp_session = STATE.session, STATE.ramp_session
 
-    async def open_run() -> LoadRun:
+    async def open_named(name: str) -> Any:
+        if ramp_session is not None and name in ramp_session.names:
+            return await ramp_session.open(name)
         if session is not None:
-            endpoint = await session.open(settings.name)
-        else:
-            endpoint = await open_endpoint(settings)
-        return LoadRun(endpoint, ScenarioPlan.from_dict(setup["plan"]), emit=_emit)
+            return await session.open(name)
+        ramp_from = setup.get("ramp_from")
+        if ramp_from is not None and name == ramp_from["name"]:
+            return await open_endpoint(EndpointSettings(**ramp_from))
+        return await open_endpoint(settings)
+
+    async def open_run() -> LoadRun | RampRun:
+        plan = ScenarioPlan.from_dict(setup["plan"])
+        if setup.get("ramp"):
+            worker = runner.worker_index if isinstance(runner, WorkerRunner) else 0
+            return await open_ramp(open_named, plan, RampPlan.from_dict(setup["ramp"]),
+                                   drain_s=float(setup["drain_s"]), budgets=STATE.budgets,
+                                   emit=_emit, first_index=worker,
+                                   index_step=int(setup.get("ramp_step", 1)))
+        return LoadRun(await open_named(settings.name), plan, emit=_emit)
 
     STATE.run = bridge.run(open_run(), timeout=units(30))
     _quiet_gc()
     gevent.spawn(_fire_requests, environment)
+    if isinstance(STATE.run, RampRun) and not isinstance(runner, WorkerRunner):
+        gevent.spawn(_quit_after_ramp, environment, STATE.run)
+
+
+def _quit_after_ramp(environment: Environment, run: RampRun) -> None:
+    """End the locust run when the ramp has ended (completed or rolled back)."""
+    while not run.done.is_set():
+        gevent.sleep(0.2)
+    runner = _runner(environment)
+    if runner.state in (STATE_SPAWNING, STATE_RUNNING):  # not already ending at the run time
+        runner.quit()
 
 
 def _quiet_gc() -> None:
@@ -356,7 +425,19 @@ def _test_stop(environment: Environment, **_kw: Any) -> None:
 def _judge(environment: Environment, metrics: LoadMetrics, payloads: list[dict[str, Any]],
            problems: list[str], duration: float | None) -> None:
     opts = _opts(environment)
-    verdicts = STATE.budgets.evaluate(metrics) if STATE.budgets else []
+    ramp = judge_payloads(payloads, STATE.budgets)
+    verdicts = STATE.budgets.evaluate(metrics) if STATE.budgets and ramp is None else []
+    deliveries = metrics.counts["deliveries"]
+    if ramp is not None:  # the mixed old+new totals are not judged: each stage is
+        verdicts = ramp_verdicts(ramp)
+        deliveries = sum(r["counts"]["new"]["deliveries"] for r in ramp["results"])
+        if ramp["outcome"] == Outcome.INCOMPLETE:
+            problems.append(ramp["line"])
+    resources = finish_sampling(STATE.resources, deliveries)
+    if ramp is not None:
+        old_deliveries = sum(r["counts"]["old"]["deliveries"] for r in ramp["results"])
+        ramp["server_resources"] = {"new": resources, "old": finish_sampling(
+            STATE.resources_old, old_deliveries)}
     session = STATE.session
     info = session.infos.get(opts.endpoint) if session else None
     endpoint = {"name": opts.endpoint, "describe": describe(info) if info else "?",
@@ -372,7 +453,8 @@ def _judge(environment: Environment, metrics: LoadMetrics, payloads: list[dict[s
         duration_s=round(duration, 3) if duration else None, problems=problems,
         generator=judge_health(payloads, behind_ratio=metrics.behind_schedule_ratio()),
         extra={"plan": scenario, "cohorts": dict(cohorts), "users": _runner(environment).user_count
-               if not isinstance(environment.runner, MasterRunner) else None},
+               if not isinstance(environment.runner, MasterRunner) else None,
+               "server_resources": resources, **({"ramp": ramp} if ramp else {})},
     )
     path = opts.summary_json or f"reports/load-{label}-{opts.endpoint}.json"
     write_summary(summary, path)
@@ -382,9 +464,10 @@ def _judge(environment: Environment, metrics: LoadMetrics, payloads: list[dict[s
 
 @events.quitting.add_listener
 def _quitting(environment: Environment, **_kw: Any) -> None:
-    if STATE.session is not None:
-        STATE.session.stop()
-        STATE.session = None
+    for session in (STATE.session, STATE.ramp_session):
+        if session is not None:
+            session.stop()
+    STATE.session = STATE.ramp_session = None
 
 
 class IMUser(User):

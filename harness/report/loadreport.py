@@ -44,6 +44,48 @@ def percentile_table_html(summary: Mapping[str, Any]) -> str:
             f"{''.join(body)}</table>")
 
 
+def ramp_table_html(summary: Mapping[str, Any]) -> str:
+    """The canary ramp: a row per stage (users on new and old, new's latencies, errors, verdict)."""
+    ramp = summary.get("ramp")
+    if not ramp:
+        return ""
+    rows = []
+    for r in ramp.get("results", ()):
+        delivery = (r.get("latency_ms", {}).get("new") or {}).get("delivery") or {}
+        ack = (r.get("latency_ms", {}).get("new") or {}).get("send_ack") or {}
+        cells = [f"{r['percent']:g} %", f"{r['users']['new']} / {r['users']['old']}",
+                 *(f"{d[k]:.1f}" if isinstance(d.get(k), int | float) else "-"
+                   for d, k in ((ack, "p95"), (delivery, "p50"), (delivery, "p95"))),
+                 f"{r['error_ratio']['overall']:g}"]
+        state = ("ran after the breach" if r.get("after_breach") else "ok" if r.get("ok") else
+                 "<b>BREACH</b> " + html.escape(", ".join(r.get("breaches", ()))))
+        rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells)
+                    + f"<td>{state}</td></tr>")
+    head = "".join(f"<th>{h}</th>" for h in (
+        "stage", "users new / old", "new send_ack p95 ms", "new delivery p50 ms",
+        "new delivery p95 ms", "error ratio (both)", "verdict"))
+    return (f"<p>Canary ramp {html.escape(str(ramp.get('old')))} -&gt; "
+            f"{html.escape(str(ramp.get('new')))}, {ramp.get('hold_s', 0):g} s a stage: "
+            f"<b>{html.escape(str(ramp.get('line')))}</b></p>"
+            f'<table border="1" cellpadding="4"><tr>{head}</tr>{"".join(rows)}</table>'
+            + resources_html({"server_resources": (ramp.get("server_resources") or {}).get("old")},
+                             "The old endpoint's server"))
+
+
+def resources_html(summary: Mapping[str, Any], what: str = "Server") -> str:
+    """The server's CPU per delivery and peak RSS during the run, or why they are not known."""
+    part = summary.get("server_resources")
+    if not part:
+        return ""
+    if part.get("reason"):
+        return f"<p>{what} resources: not measured ({html.escape(str(part['reason']))}).</p>"
+    per = part.get("cpu_s_per_delivery")
+    return (f"<p>{what} resources (pid {part['pid']}, children included): CPU "
+            f"{part['cpu_s']:g} s for {part['deliveries']} deliveries = "
+            f"{'-' if per is None else f'{per * 1e6:.1f} µs'} per delivery; peak RSS "
+            f"{part['peak_rss_bytes'] / 2**20:.1f} MiB.</p>")
+
+
 def read_history(path: str | Path) -> dict[str, list[tuple[float, float, float]]]:
     """Locust's stats history: metric name -> [(seconds from start, p50 ms, p95 ms)]."""
     series: dict[str, list[tuple[float, float, float]]] = {}
@@ -185,7 +227,8 @@ def load_result(outcome: LoadOutcome, *, history_csv: str | Path | None = None,
         f"{html.escape(str(endpoint.get('name', '?')))} "
         f"({html.escape(str(endpoint.get('describe', '?')))}), "
         f"{summary.get('duration_s') or '?'} s, deliveries/s {summary.get('deliveries_per_s')}"
-        f"</p>{percentile_table_html(summary)}<p>Budgets "
+        f"</p>{ramp_table_html(summary)}{percentile_table_html(summary)}"
+        f"{resources_html(summary)}<p>Budgets "
         f"({html.escape(str(summary.get('budgets', {}).get('source')))}):</p>"
         f'<table border="1" cellpadding="4"><tr><th></th><th>budget</th><th>limit</th>'
         f"<th>actual</th></tr>{rows}</table>"

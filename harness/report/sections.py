@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.report.capacityreport import read_capacity
+from harness.report.latency import read_latency
 from harness.report.loadcompare import read_load_compare
 
 
@@ -77,7 +78,7 @@ Reader = Callable[[RunFiles], "Section | None"]
 
 # The readers the sign-off asks, in the order their sections appear. Each lives in its own
 # module of harness.report and is named here once.
-READERS: list[Reader] = [read_load_compare, read_capacity]
+READERS: list[Reader] = [read_latency, read_load_compare, read_capacity]
 
 
 def read_sections(files: RunFiles, readers: Sequence[Reader] | None = None) -> list[Section]:
