@@ -114,6 +114,28 @@ class TierProfile(_Model):
         return value
 
 
+class UpgradeHook(_Model):
+    """`[endpoints.X.upgrade]`: how the journey upgrades this endpoint, and the bounds it holds.
+
+    `command` upgrades an endpoint the team runs (one with a url) in place; it runs with
+    IM_HARNESS_UPGRADE_TO naming the endpoint it should become, and exit 0 means done;
+    `rollback` does the reverse. Embedded servers upgrade themselves and need neither.
+    """
+
+    command: list[str] = Field(default_factory=list)
+    rollback: list[str] = Field(default_factory=list)
+    activation_bound_s: float | None = Field(default=None, ge=0)  # default: the server's lag
+    token_window_s: float | None = Field(default=None, ge=0)  # the window a team's endpoint keeps
+
+    @field_validator("command", "rollback")
+    @classmethod
+    def _no_blank_words(cls, value: list[str]) -> list[str]:
+        if any(not word.strip() for word in value):
+            raise _custom("blank_word", "holds an empty word; write e.g. command = "
+                          "[\"./deploy.sh\", \"upgrade\"]")
+        return value
+
+
 class EndpointConfig(_Model):
     """One endpoint: which adapter, where, which app, which tier, and where its secrets live."""
 
@@ -128,6 +150,7 @@ class EndpointConfig(_Model):
     server: dict[str, Any] = Field(default_factory=dict)  # the embedded server's, its Options
     # seeded defects of this endpoint's embedded server only, beside [harness].defects
     defects: list[str] = Field(default_factory=list)
+    upgrade: UpgradeHook = Field(default_factory=UpgradeHook)  # the journey's hook and bounds
 
     _defects = field_validator("defects", mode="before")(lambda value: _defect_names(value))
 

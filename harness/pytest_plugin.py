@@ -495,3 +495,46 @@ def pytest_runtest_makereport(
     if report.failed and timeline is not None and (timeline.faults or timeline.events):
         report.sections.append(("fault timeline", timeline.to_text()))
     return report
+
+
+JOURNEYS_KEY = pytest.StashKey[list[Any]]()
+
+
+@pytest_asyncio.fixture
+async def upgrade_journey(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    """A private old server, upgraded in place to the new endpoint's request by the test.
+
+    Started from the old endpoint's request (the session's shared servers are not even
+    started for it); skipped,
+    with the reason, when the configuration offers no in-place upgrade. The journey's record
+    goes into `im-journey.json` in the --alluredir folder at the end of the session.
+
+    Example: ``old = await upgrade_journey.open(); ...; await upgrade_journey.upgrade()``
+    """
+    from harness.testkit import Journey, JourneyRecord, UpgradePair
+
+    # The session's configuration, not its servers: the journey starts (only) its own pair.
+    pair = UpgradePair(request.config.stash[SESSION_KEY])
+    record = JourneyRecord(pair.old, pair.new)
+    request.config.stash.setdefault(JOURNEYS_KEY, []).append(record)
+    why = pair.problem()
+    if why is not None:
+        record.skipped = why
+        pytest.skip(why)
+    await asyncio.to_thread(pair.start)
+    journey = Journey(pair, record)
+    try:
+        yield journey
+    finally:
+        await journey.aclose()
+        await asyncio.to_thread(pair.stop)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Leave the upgrade journey's record beside the Allure results (with --alluredir)."""
+    records = session.config.stash.get(JOURNEYS_KEY, [])
+    folder = getattr(session.config.option, "allure_report_dir", None)
+    if not records or not folder:
+        return
+    ran = [r for r in records if not r.skipped] or records
+    ran[-1].write(Path(folder))

@@ -20,6 +20,7 @@ from harness.contract import Event, IMClient, Message, MessageReceived
 from harness.errors import HarnessError
 from harness.latency import EndpointLatency
 from harness.oracle import Oracle, format_event
+from harness.oracle.violations import render_paragraphs
 from harness.timing import WaitTimeout, units
 
 E = TypeVar("E")
@@ -256,8 +257,20 @@ class Recorder:
             f"matched among {len(self.events)} events"
         )
         if not seen:
-            return head + "; no events were seen."
+            return head + "; no events were seen." + self._judged()
         first = len(self.events) - len(seen) + 1
         lines = ["  " + format_event(event, first + i) for i, event in enumerate(seen)]
         tail = "last" if len(self.events) > len(seen) else "all"
-        return f"{head}; {tail} seen:\n" + "\n".join(lines)
+        return f"{head}; {tail} seen:\n" + "\n".join(lines) + self._judged()
+
+    def _judged(self) -> str:
+        """What the oracle makes of everything seen so far, for a wait that timed out.
+
+        A wait that runs out is often a server defect (a lost message, a receipt moved back
+        instead of forward): the oracle names it, so the failure says more than "timed out".
+        """
+        found = self.oracle.violations() if self.oracle is not None else []
+        if not found:
+            return ""
+        return ("\nThe oracle, judging what every participant saw so far (a message still in "
+                "flight counts as lost):\n" + render_paragraphs(found))

@@ -117,9 +117,28 @@ def can_upgrade(server: object) -> bool:
     return callable(getattr(server, "upgrade", None))
 
 
+@dataclass(frozen=True)
+class UpgradeTerms:
+    """What the last upgrade promised, as the server that did it states it.
+
+    An `Upgradable` server may offer `upgrade_terms() -> UpgradeTerms`; the journey measures
+    against these terms (None: the server promises nothing about it).
+    """
+
+    activation_lag_s: float | None = None  # newly promised features come on within this
+    token_window_s: float | None = None  # credentials from before stay valid this long; then end
+    promised: tuple[str, ...] = ()  # the features the upgrade switches on (after the lag)
+
+
+def upgrade_terms(server: object) -> UpgradeTerms:
+    """The server's `upgrade_terms()`, or no terms when it states none."""
+    terms = getattr(server, "upgrade_terms", None)
+    return terms() if callable(terms) else UpgradeTerms()
+
+
 servers: Registry[type[EmbeddedServer]] = Registry("server", group="im_harness.servers")
 """Embedded servers by adapter name; third-party ones arrive through `im_harness.servers`."""
 
 
 __all__ = ["AdminHandle", "EmbeddedServer", "NoOptions", "ServerRequest", "Upgradable",
-           "can_upgrade", "servers"]
+           "UpgradeTerms", "can_upgrade", "servers", "upgrade_terms"]

@@ -22,16 +22,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import pytest
 
-from harness.contract import Credentials, EndpointInfo, IMClient, MessageReceived, ServerRule
+from harness.contract import (
+    Credentials,
+    EndpointInfo,
+    EndpointSettings,
+    IMClient,
+    MessageReceived,
+    ServerRule,
+)
 from harness.errors import HarnessError
 from harness.faults import FaultLink
 from harness.faults.endpoint import linked_endpoint
 from harness.faults.world import WorldContext, WorldMachine
+from harness.journey import JourneyRecord, Step, UpgradePair, differences, info_dict
 from harness.oracle import Oracle
 from harness.properties import profile_name, run_machine
 from harness.retry import Attempt, send_with_retry
@@ -203,9 +212,108 @@ async def mint_credentials(endpoint: Endpoint, user_id: str, *, ttl_s: float) ->
     return credentials
 
 
+# --- the upgrade journey ---------------------------------------------------------------------
+
+
+class StepSkipped(Exception):
+    """Raised by `Journey.skip` inside a step: the step does not apply here (the reason says)."""
+
+
+class Journey:
+    """The `upgrade_journey` fixture: a private server pair, its named steps, its record.
+
+    A step that fails is recorded with its message and the journey goes on (later steps still
+    tell what held); `finish()` then fails the test naming every failed step.
+
+    Example::
+
+        async def test_journey(upgrade_journey, oracle):
+            old = await upgrade_journey.open()
+            ...
+            await upgrade_journey.upgrade()
+            async with upgrade_journey.step("history readable after"):
+                assert ...
+            upgrade_journey.finish()
+    """
+
+    def __init__(self, pair: UpgradePair, record: JourneyRecord) -> None:
+        self.pair, self.record = pair, record
+        self._opened: list[Endpoint] = []
+
+    @property
+    def upgraded_at(self) -> float | None:
+        return self.pair.upgraded_at
+
+    async def open(self) -> Endpoint:
+        """The pair's endpoint as it is now (before the upgrade: old; after: new)."""
+        endpoint = await self.pair.open()
+        self._opened.append(endpoint)
+        if self.pair.upgraded_at is None:
+            self.record.infos.setdefault("before", info_dict(endpoint.info))
+        else:  # the latest view after the upgrade: features activate after a lag
+            self.record.infos["after"] = info_dict(endpoint.info)
+        return endpoint
+
+    async def upgrade(self) -> EndpointSettings:
+        """Upgrade the server in place (in a worker thread: clients keep running meanwhile)."""
+        before = self.pair.describe()
+        settings = await asyncio.to_thread(self.pair.upgrade)
+        self.record.server = f"{before} -> {self.pair.describe()}"
+        return settings
+
+    async def rollback(self) -> tuple[str, bool]:
+        """Drill the rollback; the fact is recorded (it is a fact, not a failure)."""
+        fact, accepted = await asyncio.to_thread(self.pair.rollback)
+        self.record.rollback = fact
+        return fact, accepted
+
+    @contextlib.asynccontextmanager
+    async def step(self, name: str) -> AsyncIterator[Step]:
+        """Run one named step; an assertion or IM error inside marks it failed, not the test."""
+        step = Step(name)
+        self.record.steps.append(step)
+        started = time.monotonic()
+        try:
+            yield step
+        except StepSkipped as why:
+            step.status, step.detail = "skipped", str(why)
+        except (AssertionError, HarnessError, TimeoutError) as exc:
+            step.status = "failed"
+            step.detail = " ".join(str(exc).split())[:500] or type(exc).__name__
+        finally:
+            step.seconds = round(time.monotonic() - started, 3)
+
+    def skip(self, reason: str) -> NoReturn:
+        """Skip the current step with `reason` (the journey goes on)."""
+        raise StepSkipped(reason)
+
+    def observed(self, difference: str) -> None:
+        """Note a difference the journey saw between old and new (shown in what changed)."""
+        self.record.differences.append(difference)
+
+    def finish(self) -> None:
+        """Fail naming each failed step; note what the reported defaults changed."""
+        infos = self.record.infos
+        if "before" in infos and "after" in infos:
+            self.record.differences[:0] = differences(infos["before"], infos["after"])
+        failed = self.record.failed()
+        assert not failed, "upgrade journey failed at: " + "; ".join(
+            f"{s.name}: {s.detail}" for s in failed)
+
+    async def aclose(self) -> None:
+        opened, self._opened = self._opened, []
+        for endpoint in opened:
+            with contextlib.suppress(Exception):
+                await endpoint.aclose()
+
+
 __all__ = [
     "Attempt",
     "Endpoint",
+    "Journey",
+    "JourneyRecord",
+    "StepSkipped",
+    "UpgradePair",
     "LinkFactory",
     "Oracle",
     "User",

@@ -121,8 +121,8 @@ def test_missing_explicit_file(tmp_path: Path) -> None:
         (
             {"endpoints": {"new": {"bogus": 1}}},
             "im-harness.toml: endpoints.new.bogus is not a known key; known here: adapter, url, "
-            "app_id, protocol, tier, timeouts, options, server, defects, <secret>_env; remove or "
-            "rename it",
+            "app_id, protocol, tier, timeouts, options, server, defects, upgrade, <secret>_env; "
+            "remove or rename it",
         ),
         (
             {"harness": {"endpoint": "old"}},

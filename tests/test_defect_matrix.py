@@ -35,6 +35,9 @@ RELEVANT: dict[str, list[str]] = {
     "tier_not_raised": ["suites/test_tier.py"],
     "keepalive_dead": ["suites/test_offline.py"],
     "no_push": ["suites/test_offline.py"],
+    "history_lost_on_upgrade": ["suites/test_upgrade.py"],
+    "old_tokens_refused": ["suites/test_upgrade.py"],
+    "activation_stuck": ["suites/test_upgrade.py"],
 }
 RUN_TIMEOUT_S = 240.0
 

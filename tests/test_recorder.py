@@ -122,6 +122,30 @@ async def test_timeout_names_what_was_awaited_and_what_was_seen() -> None:
     await rec.stop()
 
 
+async def test_a_timeout_says_what_the_oracle_makes_of_it() -> None:
+    """A wait that runs out because the server lost a message names the loss, not only time."""
+    client = QueueClient()
+    oracle = Oracle()
+    rec = Recorder("bob", client, oracle)  # type: ignore[arg-type]
+    rec.start()
+    for n in (1, 2):
+        oracle.sent("alice", Ack(f"c{n}", f"m{n}", CONV, n, 1000.0 + n), recipients={"bob"})
+    client.queue.put_nowait(message(2))  # m1 never comes
+    await settle(rec, 1)
+    with pytest.raises(WaitTimeout) as info:
+        await rec.wait_messages(2, conversation=CONV, timeout=units(0.2))
+    text = str(info.value)
+    assert "The oracle, judging what every participant saw so far" in text
+    assert "[loss] bob never received m1" in text
+    clean = Recorder("bob", QueueClient(), Oracle())  # type: ignore[arg-type]
+    clean.start()
+    with pytest.raises(WaitTimeout) as info:
+        await clean.wait_messages(1, timeout=units(0.1))
+    assert "oracle" not in str(info.value)  # nothing wrong: nothing said
+    await rec.stop()
+    await clean.stop()
+
+
 async def test_timeout_with_nothing_seen() -> None:
     rec = Recorder("bob", QueueClient())  # type: ignore[arg-type]
     rec.start()

@@ -11,8 +11,9 @@ from harness.errors import ConfigError
 from harness.latency import LatencyLog
 from harness.report.latency import options, read_latency
 from harness.report.parity import ParityTable
+from harness.report.readers import READERS
 from harness.report.results import Results
-from harness.report.sections import READERS, RunFiles, Section, read_sections
+from harness.report.sections import RunFiles, Section, read_sections
 from harness.report.verdict import decide
 
 
@@ -119,7 +120,7 @@ def test_a_damaged_file_is_a_blocking_finding_naming_it(tmp_path: Path) -> None:
 def test_the_sign_off_asks_the_latency_reader_and_decides_no_go(tmp_path: Path) -> None:
     assert read_latency in READERS
     write(tmp_path, "main", {"old": {"delivery": [3.0] * 30}, "new": {"delivery": [230.0] * 30}})
-    sections = read_sections(RunFiles(tmp_path, tmp_path, ("old", "new")))
+    sections = read_sections(RunFiles(tmp_path, tmp_path, ("old", "new")), READERS)
     [latency] = [s for s in sections if s.key == "latency"]
     verdict = decide(Results(), ParityTable.build([], ("old", "new")), promised=None,
                      load_expected=False, full_run=False, sections=sections)

@@ -1,16 +1,25 @@
-"""Synapse as an embedded server: an endpoint `adapter = "matrix"` with no url starts one."""
+"""Synapse as an embedded server: an endpoint `adapter = "matrix"` with no url starts one.
+
+`upgrade(to)` stops this release and starts the one `to` names on the same database, signing
+key, secrets and port, then waits until Synapse's background updates have finished.
+"""
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from dataclasses import replace
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from harness.contract import EndpointSettings
-from harness.errors import HarnessError
+from harness.errors import HarnessError, UpgradeRefused
 from harness.matrix.launcher import KNOWN_VERSIONS, PROFILES, SynapseServer
 from harness.servers import ServerRequest
+from harness.timing import units
+
+REFUSAL_WORDS = ("too new", "schema", "database")  # how Synapse's own refusal line reads
 
 
 class SynapseOptions(BaseModel):
@@ -34,6 +43,35 @@ class SynapseOptions(BaseModel):
         return value
 
 
+def _options(request: ServerRequest) -> SynapseOptions:
+    options = request.server_options
+    if isinstance(options, SynapseOptions):
+        return options
+    return SynapseOptions.model_validate(options.model_dump())
+
+
+def pending_background_updates(server: SynapseServer) -> int:
+    """Rows left in the `background_updates` table (0: every update has finished)."""
+    assert server.data_dir is not None
+    db = server.data_dir / "homeserver.db"
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=units(5)) as conn:
+        return int(conn.execute("SELECT count(*) FROM background_updates").fetchone()[0])
+
+
+def wait_background_updates(server: SynapseServer) -> tuple[int, float]:
+    """Poll until the database holds no background update; (pending when first polled, s)."""
+    start = time.monotonic()
+    first = pending_background_updates(server)
+    pending = first
+    while pending:
+        if time.monotonic() - start > units(120):
+            raise HarnessError(f"Synapse {server.version}: {pending} background updates still "
+                               f"pending after {units(120):.0f}s")
+        time.sleep(0.2)
+        pending = pending_background_updates(server)
+    return first, time.monotonic() - start
+
+
 class SynapseEmbedded:
     """One Synapse homeserver on loopback, installed into the harness cache on first use."""
 
@@ -53,10 +91,7 @@ class SynapseEmbedded:
 
     @classmethod
     def for_request(cls, request: ServerRequest) -> SynapseEmbedded:
-        options = request.server_options
-        if not isinstance(options, SynapseOptions):
-            options = SynapseOptions.model_validate(options.model_dump())
-        return cls(request, options)
+        return cls(request, _options(request))
 
     def describe(self) -> str:
         return f"Synapse {self.server.version}"
@@ -100,6 +135,32 @@ class SynapseEmbedded:
 
     def restart(self, *, kill: bool = False) -> EndpointSettings:
         self.server.restart(kill=kill)
+        return self._learn_settings()
+
+    def upgrade(self, to: ServerRequest) -> EndpointSettings:
+        """Stop this release, start `to`'s on the same data; `UpgradeRefused` with Synapse's line.
+
+        After a refusal the previous release serves the data again.
+        """
+        version, profile = _options(to).version, _options(to).rate_profile
+        before = self.server
+        before.stop()
+        after = before.on_same_data(version)
+        after.profile = profile
+        try:
+            after.start()
+        except HarnessError as exc:
+            lines = str(exc).splitlines()
+            reason = next((line.strip() for line in lines
+                           if any(w in line.lower() for w in REFUSAL_WORDS)
+                           and "exited with code" not in line), lines[0])
+            self.server = after.on_same_data(before.version)
+            self.server.profile = before.profile
+            self.server.start()
+            raise UpgradeRefused(f"Synapse {version}: {reason}") from None
+        self.server = after
+        wait_background_updates(after)
+        self.request = to
         return self._learn_settings()
 
     def admin(self) -> None:

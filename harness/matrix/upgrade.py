@@ -3,11 +3,11 @@
     python -m harness.matrix.upgrade --old 1.141.0 --new 1.163.2 [--no-rollback]
 
 Seeds users, a direct room and a group, messages, a redaction, read receipts, a saved login
-token and a client's since-token on `old`; stops it; starts `new` on the same database, signing
-key, secrets and port; waits until Synapse's background updates have finished; then checks that
-everything survived and that new writes work. Finally it tries the rollback (`old` again on the
-upgraded data) and records what Synapse does. Prints a verdict; exit 0 when every check passed,
-1 when one failed, 2 on bad flags.
+token and a client's since-token on `old`; upgrades it in place (`SynapseEmbedded.upgrade`:
+`new` on the same database, signing key, secrets and port); waits until Synapse's background
+updates have finished; then checks that everything survived and that new writes work. Finally
+it tries the rollback (`old` again on the upgraded data, `upgrade` back) and records what Synapse
+does. Prints a verdict; exit 0 when every check passed, 1 when one failed, 2 on bad flags.
 """
 
 from __future__ import annotations
@@ -28,8 +28,10 @@ import aiohttp
 
 from harness.adapters.matrix import MatrixAdapter, MatrixClient
 from harness.contract import Credentials, Target
-from harness.errors import HarnessError
+from harness.errors import HarnessError, UpgradeRefused
+from harness.matrix.embedded import SynapseEmbedded, SynapseOptions, pending_background_updates
 from harness.matrix.launcher import KNOWN_VERSIONS, SynapseServer
+from harness.servers import ServerRequest
 from harness.timing import units
 
 BG_STATUS = "/_synapse/admin/v1/background_updates/status"
@@ -209,14 +211,6 @@ async def seed(server: SynapseServer) -> Seeded:
         await adapter.aclose()
 
 
-def pending_background_updates(server: SynapseServer) -> int:
-    """Rows left in the `background_updates` table (0: every update has finished)."""
-    assert server.data_dir is not None
-    db = server.data_dir / "homeserver.db"
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=units(5)) as conn:
-        return int(conn.execute("SELECT count(*) FROM background_updates").fetchone()[0])
-
-
 async def wait_background_updates(server: SynapseServer, admin_token: str) -> tuple[int, float]:
     """Poll until Synapse has no background update left; (updates seen pending, seconds)."""
     adapter = await MatrixAdapter.open(server.endpoint_settings("new"))
@@ -356,24 +350,29 @@ def code_schema_version(server: SynapseServer) -> int:
     return int(out.stdout.strip())
 
 
+def _request(name: str, version: str) -> ServerRequest:
+    return ServerRequest(endpoint=name, adapter="matrix",
+                         server_options=SynapseOptions(version=version))
+
+
 def run_upgrade(old: str, new: str, *, rollback: bool = True) -> UpgradeReport:
-    """Seed on `old`, upgrade in place to `new`, verify, try the rollback; no process is left."""
+    """Seed on `old`, upgrade in place to `new`, verify, try the rollback; no process is left.
+
+    The upgrade and the rollback are `SynapseEmbedded.upgrade(to)`, the server interface's.
+    """
     report = UpgradeReport(old, new)
-    first = SynapseServer(old)
-    servers = [first]
+    embedded = SynapseEmbedded.for_request(_request("old", old))
     try:
         t0 = time.monotonic()
-        first.start()
+        embedded.start()
         report.timings["start old"] = time.monotonic() - t0
         t0 = time.monotonic()
-        seeded = asyncio.run(seed(first))
+        seeded = asyncio.run(seed(embedded.server))
         report.timings["seed"] = time.monotonic() - t0
-        first.stop()
-        second = first.on_same_data(new)
-        servers.append(second)
         t0 = time.monotonic()
-        second.start()
-        report.timings["start new"] = time.monotonic() - t0
+        embedded.upgrade(_request("new", new))
+        report.timings["upgrade"] = time.monotonic() - t0
+        second = embedded.server
         pending, waited = asyncio.run(wait_background_updates(second, seeded.admin_token))
         report.timings["background updates"] = waited
         schema, compat = database_versions(second)
@@ -383,33 +382,23 @@ def run_upgrade(old: str, new: str, *, rollback: bool = True) -> UpgradeReport:
         t0 = time.monotonic()
         asyncio.run(verify(second, seeded, report))
         report.timings["verify"] = time.monotonic() - t0
-        second.stop()
         if rollback:
-            back = second.on_same_data(old)
-            servers.append(back)
-            report.rollback = _try_rollback(back, seeded, report)
+            report.rollback = _try_rollback(embedded, old, seeded, report)
     finally:
-        for server in servers:
-            server.stop()
-        servers[-1].cleanup()
+        embedded.stop()
     return report
 
 
-def _try_rollback(back: SynapseServer, seeded: Seeded, report: UpgradeReport) -> str:
+def _try_rollback(embedded: SynapseEmbedded, old: str, seeded: Seeded,
+                  report: UpgradeReport) -> str:
     """Start the old release on the upgraded data; what Synapse does, as one line."""
-    old = back.version
-    schema, compat = database_versions(back)
-    knows = code_schema_version(back)
+    schema, compat = database_versions(embedded.server)
+    knows = code_schema_version(SynapseServer(old))
     try:
-        back.start()
-    except HarnessError as exc:
-        refusal = next((line for line in str(exc).splitlines()
-                        if "schema" in line.lower() or "database" in line.lower()), "")
-        return f"refused: {old} does not start ({refusal.strip() or str(exc).splitlines()[0]})"
-    try:
-        asyncio.run(verify(back, seeded, report, writes=False))
-    finally:
-        back.stop()
+        embedded.upgrade(_request("old", old))
+    except UpgradeRefused as exc:
+        return f"refused: {old} does not start ({exc})"
+    asyncio.run(verify(embedded.server, seeded, report, writes=False))
     return (f"accepted: {old} (knows schema {knows}) starts on the upgraded database "
             f"(schema {schema}, compat {compat} <= {knows}) and reads the seeded data back")
 

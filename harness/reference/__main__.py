@@ -21,7 +21,7 @@ from typing import NoReturn
 from aiohttp import web
 from websockets.asyncio.server import serve
 
-from harness.reference import defects
+from harness.reference import defects, releases
 from harness.reference.api import build_app
 from harness.reference.common import Config
 from harness.reference.frontend import HARD_MAX_FRAME
@@ -94,6 +94,8 @@ RANGES: dict[str, _Range] = {
     "propagation_delay": _Range(float, 0.0, DAY_S, "seconds"),
     "recall_window": _Range(float, 0.0, 365 * DAY_S, "seconds"),
     "max_frame_bytes": _Range(int, 1, HARD_MAX_FRAME, "bytes"),
+    "release": _Range(int, releases.RELEASES[0], releases.RELEASES[-1], "(the service release)"),
+    "token_window": _Range(float, 0.0, 365 * DAY_S, "seconds"),
 }
 
 
@@ -160,6 +162,13 @@ def _parser() -> _Parser:
     p.add_argument("--max-frame-bytes", default=str(1024 * 1024),
                    help=f"frames above this get too_large, {rng('max_frame_bytes')} (frames "
                         "above the hard cap of 4 MiB are closed with 1009)")
+    p.add_argument("--release", default=str(releases.CURRENT),
+                   help=f"the service release to run as, {rng('release')} (default "
+                        f"{releases.CURRENT}); a newer release upgrades the data in place, an "
+                        "older one refuses data a newer one migrated")
+    p.add_argument("--token-window", default="600",
+                   help="seconds tokens minted before an upgrade stay valid after it, "
+                        f"{rng('token_window')} (default 600)")
     p.add_argument("--log-level", default="INFO", help=f"stderr log level: {', '.join(LOG_LEVELS)}")
     return p
 
@@ -281,11 +290,21 @@ def _open_db(path: str, *, named: bool) -> tuple[Store, dict[str, list[tuple[obj
 
 
 def _service(args: argparse.Namespace, db_path: str) -> Service:
-    """The service on its database, state loaded; `UsageError` when the database is unusable."""
+    """The service on its database, state loaded; `UsageError` when the database is unusable.
+
+    The rows are checked before anything is written; then the data moves to this release.
+    """
     store, rows = _open_db(db_path, named=args.db is not None)
+    try:
+        releases.check_release(store, args.release)
+    except releases.ReleaseError as exc:
+        store.abandon()
+        raise UsageError("--release", args.release, str(exc), "see the upgrade notes in "
+                         "harness/reference/PROTOCOL.md") from None
     config = Config(keepalive_v1=args.keepalive_v1, keepalive_v2=args.keepalive_v2,
                     propagation_delay=args.propagation_delay, recall_window=args.recall_window,
-                    max_frame_bytes=args.max_frame_bytes)
+                    max_frame_bytes=args.max_frame_bytes, release=args.release,
+                    token_window_s=args.token_window)
     service = Service(store, config)
     try:
         service.world.load(rows)
@@ -294,6 +313,13 @@ def _service(args: argparse.Namespace, db_path: str) -> Service:
         raise UsageError("--db", db_path, f"holds rows this service cannot read "
                          f"({type(exc).__name__}: {_shown(str(exc), 60)})",
                          "use a new path, or a file this service wrote before") from None
+    state = releases.open_release(store, args.release)
+    config.upgraded_at = state.upgraded_at
+    if state.migrated:
+        logging.getLogger("harness.reference").info(
+            "upgraded the data from release %s to %s", state.upgraded_from, state.release)
+        service = Service(store, config)  # the state as the migration left it
+        service.world.load(store.load())
     return service
 
 

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from harness.reference import defects
 from harness.reference.state import compact
 from harness.reference.strictjson import SAFE_INT
 
@@ -30,6 +31,20 @@ class Config:
     recall_window: float = 120.0
     max_frame_bytes: int = 1024 * 1024
     late_flush_s: float = 1.0  # ack_before_persist: how late writes are flushed
+    release: int = 2  # the service release serving the data (harness.reference.releases)
+    upgraded_at: float | None = None  # when the data was last upgraded to this release
+    token_window_s: float = 600.0  # how long tokens minted before that upgrade stay valid
+
+    def transition_error(self, issued_at: float, now: float) -> str | None:
+        """Why a token minted at `issued_at` is refused after an upgrade, or None."""
+        upgraded = self.upgraded_at
+        if upgraded is None or issued_at >= upgraded:
+            return None
+        window = 0.0 if defects.on("old_tokens_refused") else self.token_window_s
+        if now < upgraded + window:
+            return None
+        return (f"token minted before the upgrade to release {self.release}; its transition "
+                f"window of {window:g}s has ended; mint a new token")
 
     def keepalive(self, protocol: str) -> float:
         """The ping interval of a connection speaking `protocol`."""

@@ -22,6 +22,9 @@ DEFECTS: dict[str, str] = {
     "keepalive_dead": "keepalive never notices a dead peer",
     "no_push": "no push for offline recipients",
     "slow_delivery": "live deliveries leave the server 200 ms late (in order; acks are on time)",
+    "history_lost_on_upgrade": "the upgrade to a newer release drops one conversation's history",
+    "old_tokens_refused": "tokens minted before an upgrade are refused at once (no window)",
+    "activation_stuck": "a feature switched on with a delay (activation lag) never comes on",
 }
 DEFAULT_RATE = 0.2
 SLOW_DELIVERY_S = 0.2  # how late slow_delivery sends each live frame

@@ -260,6 +260,9 @@ class Frontend:
             user_id = foreign
         if not ID_RE.match(user_id):
             raise OpError("unauthorized", "token names an invalid user id")
+        expired = self.config.transition_error(tokens.issued_at(claims), time.time())
+        if expired:
+            raise OpError("unauthorized", expired)
         cursor = read_int(msg, "cursor", None)
         limits = app.limits(self.config.recall_window)
         if limits.max_connections is not None and app.conn_count >= limits.max_connections:

@@ -42,6 +42,8 @@ class ReferenceService:
         propagation_delay: float = 0.0,
         seed: int = 0,
         defect_rate: float | None = None,
+        release: int | None = None,
+        token_window_s: float | None = None,
         extra_args: Sequence[str] = (),
         start_timeout: float = 15.0,
     ) -> None:
@@ -56,6 +58,8 @@ class ReferenceService:
         self.propagation_delay = propagation_delay
         self.seed = seed
         self.defect_rate = defect_rate
+        self.release = release  # None: the service's newest
+        self.token_window_s = token_window_s  # None: the service's default
         self.extra_args = tuple(extra_args)
         self.start_timeout = start_timeout
         self.admin_token = secrets.token_urlsafe(32)
@@ -105,6 +109,10 @@ class ReferenceService:
         cmd += ["--propagation-delay", str(self.propagation_delay), "--seed", str(self.seed)]
         if self.defect_rate is not None:
             cmd += ["--defect-rate", str(self.defect_rate)]
+        if self.release is not None:
+            cmd += ["--release", str(self.release)]
+        if self.token_window_s is not None:
+            cmd += ["--token-window", str(self.token_window_s)]
         return cmd + list(self.extra_args)
 
     def start(self) -> ReferenceService:
@@ -219,9 +227,26 @@ class ReferenceService:
         try:
             self._spawn(ws_port, api_port)
         except HarnessError:
-            if not (ws_port or api_port):
+            if not (ws_port or api_port) or not self.refusal().startswith(
+                    ("im-ref: --port", "im-ref: --api-port")):
                 raise
             self._spawn(0, 0)  # the old ports were taken meanwhile
+
+    def start_as(self, release: int, *, token_window_s: float | None = None) -> None:
+        """Stop and start as `release` on the same db (an upgrade, or a rollback's attempt).
+
+        The service's own refusal (an older release on migrated data) is a `HarnessError`
+        whose message holds its one-line reason; nothing is left running then.
+        """
+        self.release = release
+        if token_window_s is not None:
+            self.token_window_s = token_window_s
+        self.restart()
+
+    def refusal(self) -> str:
+        """The service's own one-line reason from its last failed start, or ''."""
+        return next((line for line in reversed(self.log_tail()) if line.startswith("im-ref: ")),
+                    "")
 
     def admin(self) -> AdminClient:
         """An admin client for the current event loop."""
@@ -231,17 +256,26 @@ class ReferenceService:
 
     def create_app_sync(self, **kw: Any) -> AppHandle:
         """`AdminClient.create_app` from synchronous code (runs in a private event loop)."""
+        result: AppHandle = self.admin_sync("create_app", **kw)
+        return result
 
-        async def create() -> AppHandle:
+    def update_app_sync(self, app_id: str, **kw: Any) -> float:
+        """`AdminClient.update_app` from synchronous code; when the change takes effect."""
+        result: float = self.admin_sync("update_app", app_id, **kw)
+        return result
+
+    def admin_sync(self, method: str, *args: Any, **kw: Any) -> Any:
+        """Call `AdminClient.<method>` from synchronous code, in a private event loop."""
+        async def call() -> Any:
             client = self.admin()
             try:
-                return await client.create_app(**kw)
+                return await getattr(client, method)(*args, **kw)
             finally:
                 await client.aclose()
 
         # A worker thread, so this also works when the caller's thread runs an event loop.
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            return pool.submit(asyncio.run, create()).result()
+            return pool.submit(asyncio.run, call()).result()
 
     def __enter__(self) -> ReferenceService:
         return self.start()

@@ -145,7 +145,11 @@ class AppState:
         now = time.time() if now is None else now
         changed = False
         while self.pending and self.pending[0]["effective_at"] <= now:
-            self.apply(self.pending.pop(0)["changes"])
+            changes = self.pending.pop(0)["changes"]
+            if defects.on("activation_stuck") and changes.get("features"):
+                changes = {**changes, "features": {
+                    k: v for k, v in changes["features"].items() if not v}}
+            self.apply(changes)
             changed = True
         return changed
 

@@ -97,6 +97,11 @@ class Store:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
         self._closing = False
 
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The database, for what runs before the writer starts (the release migration)."""
+        return self._db
+
     def load(self) -> dict[str, list[tuple[Any, ...]]]:
         """Every table's rows, in the order the service rebuilds its state."""
         q = self._db.execute

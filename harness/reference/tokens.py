@@ -33,8 +33,9 @@ def mint(
     app_id: str, app_key: str, user_id: str, *, ttl_s: float = 3600.0, now: float | None = None
 ) -> str:
     """A token for `user_id` of `app_id`, valid for `ttl_s` seconds from `now`."""
-    exp = (time.time() if now is None else now) + ttl_s
-    claims = {"app": app_id, "sub": user_id, "exp": round(exp, 3)}
+    issued = time.time() if now is None else now
+    claims = {"app": app_id, "sub": user_id, "iat": round(issued, 3),
+              "exp": round(issued + ttl_s, 3)}
     payload = _b64(json.dumps(claims, separators=(",", ":")).encode())
     return f"{payload}.{_sign(app_key, payload)}"
 
@@ -49,6 +50,7 @@ def claims(token: str) -> dict[str, Any]:
     except ValueError:  # binascii.Error, non-ASCII text, JsonInputError
         raise TokenError("malformed token") from None
     exp = data.get("exp") if isinstance(data, dict) else None
+    iat = data.get("iat", 0.0) if isinstance(data, dict) else None
     if (
         not isinstance(data, dict)
         or not isinstance(data.get("app"), str)
@@ -56,9 +58,17 @@ def claims(token: str) -> dict[str, Any]:
         or not isinstance(exp, int | float)
         or isinstance(exp, bool)
         or not math.isfinite(exp)
+        or not isinstance(iat, int | float)
+        or isinstance(iat, bool)
+        or not math.isfinite(iat)
     ):
         raise TokenError("malformed token")
     return data
+
+
+def issued_at(token_claims: dict[str, Any]) -> float:
+    """When the token was minted (0 for a token that does not say: minted before releases did)."""
+    return float(token_claims.get("iat", 0.0))
 
 
 def signed_by(token: str, app_key: str) -> bool:

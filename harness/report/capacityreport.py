@@ -13,13 +13,11 @@ import io
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from harness.load.capacity import Capacity, ratio_line
 from harness.report.allure import Attachment, Result
-
-if TYPE_CHECKING:  # sections.py lists this reader: importing it at run time would be a cycle
-    from harness.report.sections import RunFiles, Section
+from harness.report.sections import Finding, RunFiles, Section
 
 KEY = "capacity"
 TITLE = "Capacity, old vs new"
@@ -84,8 +82,6 @@ def curve_plot(document: Mapping[str, Any]) -> bytes | None:
 
 def read_capacity(files: RunFiles) -> Section | None:
     """The section, when this sign-off searched capacity (notes: a capacity is not a verdict)."""
-    from harness.report.sections import Finding, Section
-
     if not files.options.get(OPTION):
         return None
     try:

@@ -15,10 +15,10 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from harness.latency import FILE_PREFIX, OPERATIONS, LatencyFileError, LatencyLog
+from harness.report.sections import Finding, RunFiles, Section
 
 if TYPE_CHECKING:
     from harness.config import HarnessOptions
-    from harness.report.sections import RunFiles, Section
 
 KEY = "latency"
 TITLE = "Latency in the suites"
@@ -62,8 +62,6 @@ def _ms(value: float | None) -> str:
 
 def read_latency(files: RunFiles) -> Section | None:
     """The latency section, or None when the suites recorded no latency."""
-    from harness.report.sections import Finding, Section
-
     paths = sorted(files.results_dir.glob(f"{FILE_PREFIX}-*.json"))
     if not paths:
         return None

@@ -15,14 +15,12 @@ import io
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from harness.load.budgets import CompareRules
 from harness.load.compare import NEW, OLD, Comparison, compare_runs
 from harness.report.allure import Attachment, Result
-
-if TYPE_CHECKING:  # sections.py lists this reader: importing it at run time would be a cycle
-    from harness.report.sections import RunFiles, Section
+from harness.report.sections import Finding, RunFiles, Section
 
 KEY = "load_compare"
 TITLE = "Load, old vs new"
@@ -62,8 +60,6 @@ def comparisons(folder: Path) -> list[Comparison] | None:
 
 def read_load_compare(files: RunFiles) -> Section | None:
     """The section, when this run compared old and new under load."""
-    from harness.report.sections import Finding, Section
-
     if not files.options.get(OPTION):
         return None
     found = comparisons(files.reports / "load")

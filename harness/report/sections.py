@@ -4,7 +4,8 @@ A *section* is one question the sign-off answers with numbers: did latency regre
 did the upgrade journey hold, is new slower than old under load beyond the noise. Each comes
 from a *reader*: a function that looks at what the run left on disk (files the suites wrote into
 the Allure results folder, `im-*.json`; the load runs' summaries) and returns a `Section`, or None
-when the run produced nothing for it. The verdict turns a section's blocking findings into NO-GO
+when the run produced nothing for it (the sign-off's readers are listed once, in
+`harness.report.readers`). The verdict turns a section's blocking findings into NO-GO
 reasons and the others into notes; the report shows its table; verdict.json keeps its data.
 """
 
@@ -15,10 +16,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from harness.report.capacityreport import read_capacity
-from harness.report.latency import read_latency
-from harness.report.loadcompare import read_load_compare
 
 
 @dataclass(frozen=True)
@@ -76,15 +73,12 @@ class RunFiles:
 
 Reader = Callable[[RunFiles], "Section | None"]
 
-# The readers the sign-off asks, in the order their sections appear. Each lives in its own
-# module of harness.report and is named here once.
-READERS: list[Reader] = [read_latency, read_load_compare, read_capacity]
 
-
-def read_sections(files: RunFiles, readers: Sequence[Reader] | None = None) -> list[Section]:
-    """Every reader's section; a reader that fails becomes a blocking finding, not a crash."""
+def read_sections(files: RunFiles, readers: Sequence[Reader]) -> list[Section]:
+    """Each reader's section (the sign-off's are `harness.report.readers.READERS`); a reader
+    that fails becomes a blocking finding, not a crash."""
     out: list[Section] = []
-    for reader in READERS if readers is None else readers:
+    for reader in readers:
         try:
             section = reader(files)
         except Exception as exc:  # noqa: BLE001 - a broken reader is reported, not fatal

@@ -39,6 +39,7 @@ from harness.report.allure import (
 )
 from harness.report.loadreport import load_result
 from harness.report.parity import ParityTable
+from harness.report.readers import READERS
 from harness.report.redact import Redactor, config_secrets
 from harness.report.results import Results, read_results
 from harness.report.sections import RunFiles, Section, read_sections
@@ -510,7 +511,8 @@ def finish(plan: Plan, suite: SuiteRun | None, loads: Sequence[tuple[LoadOutcome
     problems = [suite.problem] if suite and suite.problem else []
     promised = endpoints.get(new, {}).get("capabilities")
     sections = read_sections(RunFiles(plan.results_dir, plan.reports, plan.endpoints,
-                                      [lo for lo, _, _ in loads], plan.section_options))
+                                      [lo for lo, _, _ in loads], plan.section_options),
+                             READERS)
     verdict = decide(results, table, promised=promised, loads=[lo for lo, _, _ in loads],
                      problems=problems, old=old, new=new, full_run=plan.full_run,
                      load_expected=load_expected, sections=sections)

@@ -110,7 +110,8 @@ class MatrixAdapter(AdapterBase[MatrixClient]):
         __tracebackhide__ = True  # pytest: its arguments include tokens and passwords
         limit = within if within is not None else self.settings.connect_timeout_s * 2
         return await transport.request(http, self.base_url, method, path, body, params=params,
-                                       token=token, within=limit, prefix=prefix)
+                                       token=token, within=limit, prefix=prefix,
+                                       endpoint=self.settings.name)
 
     def learn_server_name(self, mxid: str) -> None:
         if self.server_name is None and ":" in mxid:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -48,6 +50,7 @@ SYNC_FILTER: dict[str, Any] = {  # what a /sync brings: rooms only, 50 timeline 
     "account_data": {"types": []},
 }
 _R = TypeVar("_R")
+log = logging.getLogger("harness.adapters.matrix")
 
 
 class Secret(str):
@@ -72,23 +75,33 @@ def http_session() -> aiohttp.ClientSession:
 async def request(
     http: aiohttp.ClientSession, base_url: str, method: str, path: str,
     body: Mapping[str, Any] | None = None, *, params: Mapping[str, str] | None = None,
-    token: str | None = None, within: float, prefix: str = "/v3",
+    token: str | None = None, within: float, prefix: str = "/v3", endpoint: str = "",
 ) -> Any:
-    """One client-server API call; Matrix errors become the contract's typed errors."""
+    """One client-server API call; Matrix errors become the contract's typed errors.
+
+    A success whose body is not JSON (malformed in transit, or by the server) raises
+    `ConnectionLost` naming the endpoint, the call and the body's first bytes: the outcome of
+    the call is unknown, so the caller repeats it (a sync, an idempotent send) or reports it.
+    """
     __tracebackhide__ = True  # pytest: its arguments include tokens and passwords
     url = f"{base_url}/_matrix/client{prefix}{path}"
     if path.startswith("/_synapse/"):
         url = f"{base_url}{path}"
     headers = {"Authorization": f"Bearer {token}"} if token else None
     what = f"{method} {path.split('?')[0]}"
+    if endpoint:
+        what = f"endpoint {endpoint!r}: {what}"
     try:
         async with asyncio.timeout(within):
             async with http.request(
                 method, url, json=body, params=params, headers=headers
             ) as resp:
+                raw = await resp.read()
                 try:
-                    data = await resp.json(content_type=None)
-                except (json.JSONDecodeError, aiohttp.ContentTypeError):
+                    data = json.loads(raw) if raw else {}
+                except ValueError as exc:
+                    if resp.status < 400:
+                        raise malformed(what, resp.status, raw, f"not JSON: {exc}") from None
                     data = {}
                 if resp.status >= 400:
                     raise map_error(resp.status, data if isinstance(data, dict) else {}, what)
@@ -97,6 +110,21 @@ async def request(
         raise IMTimeout(f"{what}: no answer within {within:.1f}s") from None
     except aiohttp.ClientError as exc:
         raise ConnectionLost(f"{what}: {type(exc).__name__}: {exc}") from None
+
+
+BODY_SHOWN = 80  # bytes of a malformed body an error quotes
+# A malformed login answer may begin with its token: the value is never quoted.
+_SECRET_VALUE = re.compile(rb'("(?:access_token|refresh_token|password|mac)"\s*:\s*")[^"]*')
+
+
+def malformed(what: str, status: int, raw: bytes, why: str) -> ConnectionLost:
+    """The error for a success answer that is not what the call expects (its first bytes)."""
+    head = _SECRET_VALUE.sub(rb"\1<hidden>", raw)[:BODY_SHOWN]
+    more = f" ... ({len(raw)} bytes)" if len(raw) > BODY_SHOWN else ""
+    error = ConnectionLost(f"{what}: the {status} answer is malformed ({why}); "
+                           f"it begins {head!r}{more}", malformed=True)
+    log.warning("%s", error)
+    return error
 
 
 def _retrieve(fut: asyncio.Future[Any]) -> None:
@@ -133,6 +161,9 @@ class SyncConnection(StreamClient):
         self.reconnect_delays: list[float] = []  # the jittered delay drawn before each one
         self.send_retries: list[float] = []  # time.monotonic() of each repeated send request
         self.send_retry_delays: list[float] = []  # the jittered delay drawn before each one
+        # What the sync brought that the contract cannot carry: (room, event id, type / why).
+        self.unknown_events: list[tuple[str, str, str]] = []
+        self.malformed_events: list[tuple[str, str, str]] = []
 
     @property
     def user_id(self) -> str:
@@ -275,6 +306,9 @@ class SyncConnection(StreamClient):
             try:
                 params["filter"] = await self._sync_filter()
                 data = await self._call("GET", "/sync", params=params, within=poll + 10)
+                if not isinstance(data.get("next_batch"), str):
+                    raise malformed(f"endpoint {self._adapter.settings.name!r}: GET /sync", 200,
+                                    json.dumps(data).encode(), "no next_batch token")
                 if failures:
                     self._reconnected(failures)
                     failures = 0
@@ -282,7 +316,9 @@ class SyncConnection(StreamClient):
                 # moves only after the batch is applied, and it is applied all or nothing.
                 joined = await self._process(data, offline=catching_up)
             except (ConnectionLost, IMTimeout) as exc:
-                if not self._caught_up.is_set():
+                # Before the first sync completed a network error fails the connect, but a
+                # garbled answer is fetched again, as later (`_start` bounds the wait).
+                if not self._caught_up.is_set() and not exc.details.get("malformed"):
                     raise
                 if not failures:
                     self._disconnected(str(exc))
@@ -369,11 +405,40 @@ class SyncConnection(StreamClient):
         events = [*missing, *((data.get("timeline") or {}).get("events") or [])]
         room = self._state.rooms.setdefault(room_id, Room())
         for event in events:
-            self._timeline.apply(room_id, room, event, offline=offline)
+            self._apply_event(room_id, room, event, offline=offline)
         for ephemeral in (data.get("ephemeral") or {}).get("events") or []:
             if ephemeral.get("type") == "m.receipt":
                 self._timeline.receipts(room_id, room, ephemeral.get("content") or {},
                                         offline=offline)
+
+    def _apply_event(self, room_id: str, room: Room, event: Any, *, offline: bool) -> None:
+        """One timeline event; what the contract cannot carry is said, never a crash.
+
+        An event type outside the Matrix namespace (`m.*`) has no contract meaning: it takes
+        its place in the timeline like any other and is reported (`unknown_events`, a
+        warning). A malformed event is reported (`malformed_events`, a warning) and skipped.
+        """
+        where = f"endpoint {self._adapter.settings.name!r}: {self.user_id}'s sync"
+        if not isinstance(event, Mapping):
+            self._bad_event(f"{where}: room {room_id} has a timeline entry that is not an "
+                            f"object: {json.dumps(event)[:BODY_SHOWN]}", room_id, "?")
+            return
+        kind = event.get("type")
+        event_id = str(event.get("event_id", "?"))
+        if not isinstance(kind, str) or not kind.startswith("m."):
+            self.unknown_events.append((room_id, event_id, str(kind)))
+            log.warning("%s: event %s of unknown type %r in room %s has no contract meaning; "
+                        "passed over", where, event_id, kind, room_id)
+        try:
+            self._timeline.apply(room_id, room, event, offline=offline)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            self._bad_event(f"{where}: event {event_id} ({kind!r}) in room {room_id} is "
+                            f"malformed ({type(exc).__name__}: {exc}); skipped", room_id,
+                            event_id)
+
+    def _bad_event(self, text: str, room_id: str, event_id: str) -> None:
+        self.malformed_events.append((room_id, event_id, text))
+        log.warning("%s", text)
 
     def _placed(self, event_id: str, seq: int, ts: float) -> None:
         """A message took its place in a room: wake the send waiting for its own event."""
