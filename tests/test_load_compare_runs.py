@@ -91,7 +91,7 @@ def test_a_saturated_generator_makes_the_run_void_not_over_budget(tmp_path: Path
     summary = tmp_path / "summary.json"
     done = subprocess.run(
         [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtests" / "locustfile.py"),
-         "--headless", "-u", "20", "-r", "20", "-t", "2s", "--rate", "100", "--drain-s", "1",
+         "--headless", "-u", "20", "-r", "20", "-t", "3s", "--rate", "100", "--drain-s", "1",
          "--scenario", "chat", "--endpoint", "new", "--summary-json", str(summary),
          "--only-summary"], cwd=tmp_path, capture_output=True, text=True,
         timeout=units(120), check=False)

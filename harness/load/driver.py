@@ -202,6 +202,7 @@ class LoadRun:
 
     async def unit(self, scenario: str) -> None:
         """Run one unit of the registered `scenario` until cancelled or stopped."""
+        self.probe.start()  # from the first unit's setup on: a generator too busy to connect too
         await scenarios.get(scenario).unit(self, self.plan.params[scenario], next(self._units))
 
     async def pair(self, name: str, protocols: tuple[str | None, str | None] = (None, None)
