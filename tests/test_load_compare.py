@@ -129,6 +129,8 @@ def test_loop_probe_sees_a_blocked_loop_and_the_judge_voids_it() -> None:
     free = asyncio.run(run(0.0))
     assert not judge([{"health": free}], behind_ratio=0.0,
                      bounds=Bounds(loop_lag_p99_ms=50, cpu_ratio=1.0))["void"]
+    brief = {**free, "cpu_ratio": 1.03, "wall_s": 0.05}  # ended right after it started
+    assert not judge([{"health": brief}], behind_ratio=0.0)["void"]
     late = judge([{"health": free}], behind_ratio=0.4, bounds=Bounds(cpu_ratio=1.0))
     assert late["void"]
     assert late["reasons"] == ["40.0% of sends behind schedule > 30%"]

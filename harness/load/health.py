@@ -28,6 +28,7 @@ from harness.timing import unit
 
 PROBE_S = 0.05  # the lag probe's sleep
 MAX_SAMPLES = 100_000  # lag samples kept per process (an hour and a half at 20 per second)
+MIN_CPU_WINDOW_S = 1.0  # a CPU share over less wall time than this says nothing (two threads)
 
 
 def _lag_bound() -> float:
@@ -99,7 +100,8 @@ def judge(payloads: Sequence[Mapping[str, Any]], *, behind_ratio: float,
     processes = [p["health"] for p in payloads if isinstance(p.get("health"), Mapping)]
     reasons: list[str] = []
     lag = max((float(h["loop_lag_ms"]["p99"]) for h in processes), default=0.0)
-    cpu = max((float(h["cpu_ratio"]) for h in processes), default=0.0)
+    cpu = max((float(h["cpu_ratio"]) for h in processes
+               if float(h.get("wall_s", 0.0)) >= MIN_CPU_WINDOW_S), default=0.0)
     if lag > bounds.loop_lag_p99_ms:
         reasons.append(f"event-loop lag p99 {lag:g} ms > {bounds.loop_lag_p99_ms:g} ms")
     if cpu > bounds.cpu_ratio:
