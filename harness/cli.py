@@ -1,9 +1,11 @@
-"""`im-harness`: the upgrade sign-off in one command, plus serve, run, load, ramp and doctor.
+"""`im-harness`: the upgrade sign-off in one command, plus serve, run, load, ramp,
+capacity and doctor.
 
 Example::
 
-    im-harness signoff                  # suites old vs new, load on new, report, GO/NO-GO
+    im-harness signoff                  # suites old vs new, load old vs new, report, GO/NO-GO
     im-harness signoff -k recall --scenario chat --load-time 3s
+    im-harness capacity --scenario chat # the most users old and new hold within budget
 
 Exit codes: 0 GO (or success), 1 NO-GO (or failures), 2 usage error.
 """
@@ -45,6 +47,7 @@ from harness.report.signoff import (
     finish,
     plugins_missing,
     run_load,
+    run_loads,
     run_suites,
 )
 
@@ -147,7 +150,12 @@ def _show(outcome: Outcome, reports: Path, verdict: bool = True) -> None:
         state = "within budget" if lo.ok else ("NO RESULT: " + lo.problem if lo.summary is None
                                                else "OVER BUDGET: " + "; ".join(
                                                    lo.failed_budgets()))
-        console.print(f"load {lo.scenario}: {state}", markup=False)
+        run = f" on {(lo.summary or {}).get('endpoint', {}).get('name', '?')} run {lo.run}" \
+            if lo.run else ""
+        console.print(f"load {lo.scenario}{run}: {state}", markup=False)
+    for section in outcome.sections:
+        if section.text:
+            console.print(f"{section.title}\n{section.text}", markup=False, soft_wrap=True)
     if outcome.report:
         console.print(f"report: {outcome.report}", markup=False)
     elif outcome.report_problem:
@@ -180,6 +188,8 @@ BudgetsOpt = Annotated[str | None, typer.Option(
     "--budgets-dir", help="folder of <scenario>.toml budgets (default: [harness] budgets_dir of "
     "the config, else the budgets each "
     "scenario registered)")]
+ProcessesOpt = Annotated[int, typer.Option(
+    "--processes", min=0, max=64, help="locust worker processes per load run (0: one process)")]
 LocustfileOpt = Annotated[str | None, typer.Option(
     "--locustfile", help="a locustfile with an IMUser subclass (default: the installed one)")]
 HtmlOpt = Annotated[bool, typer.Option(
@@ -243,10 +253,16 @@ def signoff(
     path: PathOpt = None,
     scenario: ScenarioOpt = None,
     users: UsersOpt = 10,
-    load_time: TimeOpt = "5s",
+    load_time: TimeOpt = "3s",
     budgets_dir: BudgetsOpt = None,
     locustfile: LocustfileOpt = None,
     load: Annotated[bool, typer.Option("--load/--no-load", help="run the load scenarios")] = True,
+    compare_repeats: Annotated[int, typer.Option(
+        "--compare-repeats", min=0, max=10,
+        help="load runs per endpoint and scenario, old and new alternating (old,new,new,old "
+        "for 2); the old runs are the A/A noise floor; 0: load on new only, budgets alone")] = 2,
+    processes: ProcessesOpt = 0,
+    capacity: CapacityOpt = False,
     html: HtmlOpt = True,
     latency_factor: Annotated[str | None, typer.Option(
         "--latency-factor", help="a new p95 over old's by this factor (and the floor) is a NO-GO "
@@ -255,7 +271,7 @@ def signoff(
         "--latency-floor-ms", help="... and by more than this many ms (default: [harness] "
         "latency_floor_ms, 20)")] = None,
 ) -> None:
-    """Suites on old and new, load on new against budgets, report, parity and GO/NO-GO."""
+    """Suites on old and new, load on old vs new and against budgets, report, GO/NO-GO."""
     scenarios = list(scenario or DEFAULT_SCENARIOS) if load else []
     try:
         hc, names = _config(config, endpoints, pytest=True)
@@ -269,6 +285,7 @@ def signoff(
     plan = Plan(reports=reports, config=config, endpoints=names, paths=list(path or []),
                 keyword=keyword, scenarios=scenarios, users=users, run_time=load_time,
                 budgets_dir=budgets_dir, locustfile=locustfile, html=html,
+                compare_repeats=compare_repeats, processes=processes,
                 section_options=knobs)
     reports.mkdir(parents=True, exist_ok=True)
     _node_hint(html)
@@ -276,10 +293,79 @@ def signoff(
     suite = run_suites(plan, ui)
     if suite.usage:
         raise usage(suite.problem)
-    loads = [run_load(plan, name, ui) for name in scenarios]
+    loads = run_loads(plan, ui)
+    if capacity and scenarios:
+        plan.section_options["capacity"] = True
+        _capacity(plan, scenarios[0], ui, start=8, cap=128, resolution=0.1)
     outcome = finish(plan, suite, loads, ui, hc, load_expected=load)
     _show(outcome, reports)
     raise typer.Exit(EXIT_GO if outcome.verdict.go else EXIT_NO_GO)
+
+
+CapacityOpt = Annotated[bool, typer.Option(
+    "--capacity/--no-capacity", help="also search old's and new's capacity (im-harness "
+    "capacity with its defaults, on the first scenario): notes in the verdict, curve attached")]
+
+
+def _capacity(plan: Plan, scenario: str, ui: RichUI, *, start: int, cap: int,
+              resolution: float) -> dict[str, object]:
+    """Both searches, written to capacity.json (and capacity.png); returns the document."""
+    from harness.load.capacity import run_capacity
+    from harness.report.capacityreport import capacity_document, curve_plot, write_capacity
+
+    old, new = (run_capacity(plan, scenario, name, ui, start=start, cap=cap,
+                             resolution=resolution) for name in plan.endpoints)
+    document = capacity_document(scenario, old, new)
+    write_capacity(plan.reports, document)
+    png = curve_plot(document)
+    if png:
+        (plan.reports / "capacity.png").write_bytes(png)
+    return document
+
+
+@app.command()
+def capacity(
+    config: ConfigOpt = None,
+    reports: ReportsOpt = Path("reports"),
+    endpoints: EndpointsOpt = "old,new",
+    scenario: Annotated[str, typer.Option("--scenario", help="the load scenario")] = "chat",
+    start: Annotated[int, typer.Option("--start", min=1, help="users at the first step")] = 8,
+    max_users: Annotated[int, typer.Option("--max-users", min=1,
+                                           help="the user cap: never more")] = 128,
+    step_time: Annotated[str, typer.Option(
+        "--step-time", help="how long each step holds its load, e.g. 5s")] = "5s",
+    resolution: Annotated[float, typer.Option(
+        "--resolution", min=0.01, max=1.0,
+        help="bisect until the bracket is this fraction of the capacity")] = 0.1,
+    processes: ProcessesOpt = 0,
+    budgets_dir: BudgetsOpt = None,
+    locustfile: LocustfileOpt = None,
+) -> None:
+    """The most users old and new each hold within budget (double, then bisect), and new/old."""
+    try:
+        _hc, names = _config(config, endpoints)
+        _check_reports(reports)
+        _check_load(step_time, budgets_dir, [scenario], locustfile)
+        if start > max_users:
+            raise ConfigError(f"--start {start} is above --max-users {max_users}; start lower "
+                              "or raise the cap")
+    except ConfigError as exc:
+        raise usage(str(exc)) from None
+    plan = Plan(reports=reports, config=config, endpoints=names, scenarios=[scenario],
+                run_time=step_time, budgets_dir=budgets_dir, locustfile=locustfile,
+                processes=processes)
+    reports.mkdir(parents=True, exist_ok=True)
+    document = _capacity(plan, scenario, RichUI(console), start=start, cap=max_users,
+                         resolution=resolution)
+    failed = False
+    for side in ("old", "new"):
+        found = document[side]
+        assert isinstance(found, dict)
+        console.print(str(found["line"]), markup=False, soft_wrap=True)
+        failed = failed or found["status"] == "no_result"
+    console.print(str(document["ratio"]), markup=False, soft_wrap=True)
+    console.print(f"capacity: {reports / 'capacity.json'}", markup=False)
+    raise typer.Exit(EXIT_NO_GO if failed else EXIT_GO)
 
 
 @app.command()

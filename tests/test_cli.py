@@ -49,8 +49,9 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, words):
 
 
 def test_signoff_subset_is_go_with_parity_load_and_report(tmp_path):
+    # --compare-repeats 0: load on new only (old vs new: tests/test_load_compare_runs.py)
     done = cli("signoff", "-k", RECALL_ONLINE, "--scenario", "chat", "--load-time", "2s",
-               "--users", "4", cwd=tmp_path)
+               "--users", "4", "--compare-repeats", "0", cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     reports = tmp_path / "reports"
     doc = verdict(reports)

@@ -1,4 +1,4 @@
-"""`python -m harness.load compare`: one scenario, same load, against old and new, side by side.
+"""`python -m harness.load compare`: one scenario, the same load on old and new, judged.
 
 Example::
 
@@ -6,23 +6,26 @@ Example::
     python -m harness.load ramp --stages 5,20,50,100 --hold 10s --users 20   # canary ramp
     python -m harness.load list        # the registered scenarios, defaults and budgets
 
-Each endpoint runs as its own headless locust process (so no locust import here); the summaries,
-CSVs and HTML reports land under --report-dir. Exit code: 0 when every run is within budget,
-1 when one is over, 2 for a usage error.
+The scenario runs old,new,new,old (`--repeats 2`), each run its own headless locust process (so
+no locust import here); the old runs are an A/A pair, the noise floor. New regresses on a number
+only beyond that noise and the `[compare]` thresholds of the scenario's budgets file
+(`harness.load.compare`). Summaries and CSVs land under <--report-dir>/load. Exit code: 0 when
+new is no worse than old and within its budgets, 1 otherwise, 2 for a usage error. `ramp` is one
+locust run that moves users from old to new stage by stage (`harness.load.ramp`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from importlib.resources import files
 from pathlib import Path
 from typing import NoReturn
 
-from harness.load.summary import EXIT_OK, EXIT_OVER_BUDGET, EXIT_USAGE, compare_table
+from harness.load.summary import EXIT_OK, EXIT_OVER_BUDGET, EXIT_USAGE
 
 
 def default_locustfile() -> Path:
@@ -41,12 +44,15 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m harness.load")
     sub = parser.add_subparsers(dest="command", required=True)
-    cmp = sub.add_parser("compare", help="run a scenario against two endpoints, side by side")
+    cmp = sub.add_parser("compare", help="old vs new under the same load, alternating, with an "
+                         "A/A noise floor")
     cmp.add_argument("--scenario", default="chat")
     cmp.add_argument("--endpoints", default="old,new", help="two endpoint names, old first")
     cmp.add_argument("--users", type=int, default=10)
     cmp.add_argument("--spawn-rate", type=float, default=None, help="default: --users per s")
     cmp.add_argument("--run-time", default="10s")
+    cmp.add_argument("--repeats", type=int, default=2,
+                     help="runs per endpoint, alternating: 2 is old,new,new,old")
     cmp.add_argument("--processes", type=int, default=0, help="locust --processes per run")
     cmp.add_argument("--report-dir", default="reports")
     cmp.add_argument("--locustfile", default=None,
@@ -84,47 +90,65 @@ def list_scenarios() -> int:
     return EXIT_OK
 
 
+class _Lines:
+    """Progress as one stderr line per run (the CLI has rich bars; this has none)."""
+
+    @contextlib.contextmanager
+    def task(self, description: str, total: float | None = None
+             ) -> Iterator[Callable[[float], None]]:
+        print(f"== {description}", file=sys.stderr, flush=True)
+        yield lambda completed: None
+
+    def line(self, text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+
 def compare(args: argparse.Namespace) -> int:
-    if args.users < 1 or args.processes < 0 or (args.spawn_rate is not None and not (
-            0 < args.spawn_rate < float("inf"))):
-        print(f"im-harness load: --users {args.users} must be >= 1, --processes "
-              f"{args.processes} >= 0 and --spawn-rate {args.spawn_rate} a finite number > 0",
-              file=sys.stderr)
+    from harness.errors import ConfigError
+    from harness.load.compare import compare_rules
+    from harness.report.loadcompare import comparisons
+    from harness.report.signoff import Plan, run_compare
+
+    if args.users < 1 or args.processes < 0 or args.repeats < 1 or (
+            args.spawn_rate is not None and not (0 < args.spawn_rate < float("inf"))):
+        print(f"im-harness load: --users {args.users} must be >= 1, --repeats {args.repeats} "
+              f">= 1, --processes {args.processes} >= 0 and --spawn-rate {args.spawn_rate} a "
+              "finite number > 0", file=sys.stderr)
         return EXIT_USAGE
     names = [n.strip() for n in args.endpoints.split(",") if n.strip()]
     if len(names) != 2:
         print(f"im-harness load: --endpoints {args.endpoints!r} must name two endpoints, "
               "e.g. old,new", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        compare_rules(args.scenario)  # a bad [compare] table: before any run
+    except ConfigError as exc:
+        print(f"im-harness load: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     extra = [a for a in args.extra if a != "--"]
-    report = Path(args.report_dir)
-    summaries = []
-    for name in names:
-        stem = report / f"load-{args.scenario}-{name}"
-        locustfile = args.locustfile or str(default_locustfile())
-        cmd = [sys.executable, "-m", "locust", "-f", locustfile, "--headless",
-               "-u", str(args.users), "-r", str(args.spawn_rate or args.users),
-               "-t", args.run_time, "--scenario", args.scenario, "--endpoint", name,
-               "--summary-json", f"{stem}.json", "--csv", str(stem), "--html", f"{stem}.html",
-               "--only-summary", *extra]
-        if args.processes:
-            cmd += ["--processes", str(args.processes)]
-        print(f"== {name}: {' '.join(cmd[2:])}", file=sys.stderr, flush=True)
-        done = subprocess.run(cmd, check=False)
-        if done.returncode == EXIT_USAGE:
-            return EXIT_USAGE
-        try:
-            summaries.append(json.loads(Path(f"{stem}.json").read_text(encoding="utf-8")))
-        except (OSError, ValueError) as exc:
-            print(f"im-harness load: the {name} run wrote no summary ({exc}); see its output "
-                  "above", file=sys.stderr)
-            return EXIT_OVER_BUDGET
-    old, new = summaries
-    print(f"scenario {args.scenario}: {names[0]} = {old['endpoint']['describe']}, "
-          f"{names[1]} = {new['endpoint']['describe']}")
-    print(compare_table(old, new))
-    ok = old["within_budget"] and new["within_budget"]
-    return EXIT_OK if ok else EXIT_OVER_BUDGET
+    if args.spawn_rate is not None:
+        extra += ["-r", f"{args.spawn_rate:g}"]  # after run_load's own -r: this one wins
+    plan = Plan(reports=Path(args.report_dir), endpoints=(names[0], names[1]),
+                scenarios=[args.scenario], users=args.users, run_time=args.run_time,
+                locustfile=args.locustfile, compare_repeats=args.repeats,
+                processes=args.processes, locust_args=extra)
+    on_new = run_compare(plan, _Lines())
+    if any(lo.usage for lo, _, _ in on_new):
+        print(next(lo.problem for lo, _, _ in on_new if lo.usage), file=sys.stderr)
+        return EXIT_USAGE
+    found = comparisons(plan.reports / "load") or []
+    bad = False
+    for comparison in found:
+        print(comparison.text())
+        for what, blocking in comparison.findings():
+            print(("REGRESSION " if blocking else "note: ") + what)
+            bad = bad or blocking
+    for lo, _, _ in on_new:
+        if lo.summary is not None and not lo.ok:
+            print(f"new run {lo.run} over its budgets (SLA): "
+                  + ("; ".join(lo.failed_budgets()) or lo.void))
+            bad = True
+    return EXIT_OVER_BUDGET if bad else EXIT_OK
 
 
 def ramp(args: argparse.Namespace) -> int:

@@ -10,6 +10,11 @@ Example budgets file::
     [send_ack]
     p50_ms = 50
     p99_ms = 500
+
+    [compare]            # old vs new (harness.load.compare): a regression must beat all three
+    relative = 0.25      # new worse than old by more than 25 %,
+    absolute_ms = { p50 = 10, p95 = 25, p99 = 50 }   # by more than this (or one number),
+                         # and by more than the A/A noise (old against old again)
 """
 
 from __future__ import annotations
@@ -27,7 +32,11 @@ from harness.load.metrics import METRICS, LoadMetrics
 PERCENTILE_KEYS = ("p50_ms", "p75_ms", "p90_ms", "p95_ms", "p99_ms", "p999_ms", "max_ms")
 RATIO_KEYS = ("max_error_ratio", "min_connect_success_ratio", "max_behind_schedule_ratio")
 COUNT_KEYS = ("max_loss", "max_duplicates", "max_reordered", "max_other_violations")
-TOP_KEYS = ("scenario", *RATIO_KEYS, *COUNT_KEYS, *METRICS)
+COMPARE = "compare"
+TOP_KEYS = ("scenario", *RATIO_KEYS, *COUNT_KEYS, *METRICS, COMPARE)
+COMPARE_PERCENTILES = ("p50", "p75", "p90", "p95", "p99", "p999", "max")
+COMPARE_KEYS = ("metrics", "percentiles", "relative", "absolute_ms", "error_ratio_absolute",
+                "deliveries_drop", "cpu_growth", "rss_growth")
 DEFAULTS = {"max_loss": 0, "max_duplicates": 0}  # always judged, even when a file omits them
 
 
@@ -49,6 +58,36 @@ class Verdict:
 
 
 @dataclass(frozen=True)
+class CompareRules:
+    """When new is a regression against old under the same load (the `[compare]` table)."""
+
+    metrics: tuple[str, ...] = ("send_ack", "delivery")
+    percentiles: tuple[str, ...] = ("p50", "p95", "p99")
+    relative: float = 0.25  # new/old - 1 must exceed this
+    absolute_ms: Mapping[str, float] = field(
+        default_factory=lambda: {"p50": 10.0, "p95": 25.0, "p99": 50.0})  # per percentile
+    error_ratio_absolute: float = 0.005  # error ratio up by more than this
+    deliveries_drop: float = 0.2  # deliveries/s down by more than this fraction
+    cpu_growth: float = 1.5  # server CPU s per delivery new/old beyond this ratio
+    rss_growth: float = 1.5  # server peak RSS new/old beyond this ratio
+
+    def absolute(self, percentile: str) -> float:
+        return float(self.absolute_ms.get(percentile, max(self.absolute_ms.values(),
+                                                           default=0.0)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"metrics": list(self.metrics), "percentiles": list(self.percentiles),
+                "relative": self.relative, "absolute_ms": dict(self.absolute_ms),
+                "error_ratio_absolute": self.error_ratio_absolute,
+                "deliveries_drop": self.deliveries_drop, "cpu_growth": self.cpu_growth,
+                "rss_growth": self.rss_growth}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CompareRules:
+        return parse_compare(data, source="compare rules")
+
+
+@dataclass(frozen=True)
 class Budgets:
     """A validated budgets file."""
 
@@ -56,6 +95,7 @@ class Budgets:
     scenario: str | None = None
     limits: Mapping[str, float] = field(default_factory=dict)  # top-level ratio/count keys
     percentiles: Mapping[str, Mapping[str, float]] = field(default_factory=dict)  # metric -> key
+    compare: CompareRules = field(default_factory=CompareRules)
 
     def evaluate(self, metrics: LoadMetrics) -> list[Verdict]:
         """Judge every budget; a latency budget with no samples fails (nothing was measured)."""
@@ -99,6 +139,7 @@ def parse_budgets(data: Mapping[str, Any], *, source: str) -> Budgets:
     limits: dict[str, float] = {}
     percentiles: dict[str, dict[str, float]] = {}
     scenario = None
+    compare = CompareRules()
     for key, value in data.items():
         if key not in TOP_KEYS:
             raise ConfigError(
@@ -109,6 +150,8 @@ def parse_budgets(data: Mapping[str, Any], *, source: str) -> Budgets:
             if not isinstance(value, str):
                 raise ConfigError(f"budgets {source}: scenario = {value!r} must be a string")
             scenario = value
+        elif key == COMPARE:
+            compare = parse_compare(value, source=source)
         elif key in METRICS:
             if not isinstance(value, Mapping):
                 raise ConfigError(
@@ -130,7 +173,50 @@ def parse_budgets(data: Mapping[str, Any], *, source: str) -> Budgets:
                     f"budgets {source}: {key} = {value!r} must be a ratio between 0 and 1"
                 )
             limits[key] = number
-    return Budgets(source=source, scenario=scenario, limits=limits, percentiles=percentiles)
+    return Budgets(source=source, scenario=scenario, limits=limits, percentiles=percentiles,
+                   compare=compare)
+
+
+def parse_compare(value: Any, *, source: str) -> CompareRules:
+    """Validate a `[compare]` table; unset keys keep `CompareRules`' defaults."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"budgets {source}: compare must be a table like [compare] with "
+                          "relative = 0.25")
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        where = f"budgets {source}: [compare] {key}"
+        if key not in COMPARE_KEYS:
+            raise ConfigError(f"budgets {source}: [compare] {key!r} is not a compare key; "
+                              f"known: {', '.join(COMPARE_KEYS)}; remove or rename it")
+        if key in ("metrics", "percentiles"):
+            known = METRICS if key == "metrics" else COMPARE_PERCENTILES
+            if not isinstance(item, list) or not item or any(i not in known for i in item):
+                raise ConfigError(f"{where} = {item!r} must be a non-empty list from "
+                                  f"{', '.join(known)}; fix the value")
+            out[key] = tuple(item)
+        elif key == "absolute_ms":
+            if isinstance(item, Mapping):
+                bad = [k for k in item if k not in COMPARE_PERCENTILES]
+                if bad:
+                    raise ConfigError(f"{where}: {bad[0]!r} is not a percentile; known: "
+                                      f"{', '.join(COMPARE_PERCENTILES)}")
+                out[key] = {k: _number(source, f"compare.absolute_ms.{k}", v)
+                            for k, v in item.items()}
+            else:
+                number = _number(source, "compare.absolute_ms", item)
+                out[key] = {p: number for p in COMPARE_PERCENTILES}
+        elif key in ("cpu_growth", "rss_growth"):
+            number = _number(source, f"compare.{key}", item)
+            if number < 1:
+                raise ConfigError(f"{where} = {item!r} must be a ratio >= 1 (new/old); "
+                                  "e.g. 1.5")
+            out[key] = number
+        else:
+            number = _number(source, f"compare.{key}", item)
+            if key != "relative" and number > 1:
+                raise ConfigError(f"{where} = {item!r} must be a ratio between 0 and 1")
+            out[key] = number
+    return CompareRules(**out)
 
 
 def _number(source: str, key: str, value: Any) -> float:

@@ -17,6 +17,7 @@ from typing import Any
 
 from harness.contract import Credentials, IMClient, MessageReceived, Target
 from harness.errors import ConnectionLost, IMError, IMTimeout, LimitReached
+from harness.load.health import LoopProbe
 from harness.load.metrics import LoadMetrics
 from harness.load.scenarios import ScenarioPlan, scenarios
 from harness.oracle import Oracle
@@ -58,6 +59,7 @@ class LoadRun:
         self._pumps: set[asyncio.Task[None]] = set()
         self._units = itertools.count()
         self.state: dict[str, Any] = {}  # per-run state a scenario keeps (e.g. a counter)
+        self.probe = LoopProbe()  # generator health: loop lag and CPU while sends are scheduled
 
     def __repr__(self) -> str:
         return f"<LoadRun {self.plan.label} on {self.endpoint.name}: {self.metrics!r}>"
@@ -169,6 +171,7 @@ class LoadRun:
 
     async def schedule(self, rate: float, op: Callable[[float, int], Any]) -> None:
         """Call `op(intended, n)` at `rate` per second on a fixed schedule until stopped."""
+        self.probe.start()
         if rate <= 0:
             await asyncio.Event().wait()  # nothing scheduled: wait to be cancelled
         interval = 1.0 / rate
@@ -199,6 +202,7 @@ class LoadRun:
 
     async def unit(self, scenario: str) -> None:
         """Run one unit of the registered `scenario` until cancelled or stopped."""
+        self.probe.start()  # from the first unit's setup on: a generator too busy to connect too
         await scenarios.get(scenario).unit(self, self.plan.params[scenario], next(self._units))
 
     async def pair(self, name: str, protocols: tuple[str | None, str | None] = (None, None)
@@ -270,6 +274,7 @@ class LoadRun:
             pump.cancel()
         payload = self.metrics.encode()
         payload["cohorts"] = dict(self.cohorts)
+        payload["health"] = self.probe.stop()
         return payload
 
     def judge(self) -> None:

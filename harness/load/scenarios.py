@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 
 # unit(run, params, index): one user's share of the scenario, run until cancelled or stopped
 Unit = Callable[["LoadRun", Mapping[str, float], int], Awaitable[None]]
+# shape(params) -> (senders per unit, each sending `rate` per second; recipients per send)
+Shape = Callable[[Mapping[str, float]], tuple[float, float]]
 
 
 def packaged_budgets(name: str) -> Traversable:
@@ -49,6 +51,7 @@ class Scenario:
     defaults: Mapping[str, float]  # every parameter with its default; `weight` included
     description: str
     budgets: Traversable | Path | None = None  # judged when the run names no --budgets
+    shape: Shape | None = None  # what a unit sends, for the offered rate printed at start
 
 
 class _Scenarios(Registry[Scenario]):
@@ -71,23 +74,25 @@ scenarios: Registry[Scenario] = _Scenarios("scenario", group="im_harness.scenari
 
 @overload
 def scenario(name: str, *, unit: Unit, defaults: Mapping[str, float], description: str,
-             budgets: Traversable | Path | None = None) -> Scenario: ...
+             budgets: Traversable | Path | None = None, shape: Shape | None = None
+             ) -> Scenario: ...
 
 
 @overload
 def scenario(name: str, *, unit: None = None, defaults: Mapping[str, float], description: str,
-             budgets: Traversable | Path | None = None) -> Callable[[Unit], Unit]: ...
+             budgets: Traversable | Path | None = None, shape: Shape | None = None
+             ) -> Callable[[Unit], Unit]: ...
 
 
 def scenario(name: str, *, unit: Unit | None = None, defaults: Mapping[str, float],
-             description: str, budgets: Traversable | Path | None = None
-             ) -> Scenario | Callable[[Unit], Unit]:
+             description: str, budgets: Traversable | Path | None = None,
+             shape: Shape | None = None) -> Scenario | Callable[[Unit], Unit]:
     """Register a scenario: as a decorator on its unit, or at once with `unit=`."""
     values = {"weight": 1.0, **{k: float(v) for k, v in defaults.items()}}
 
     def register(fn: Unit) -> Scenario:
         item = Scenario(name=name, unit=fn, defaults=values, description=description,
-                        budgets=budgets)
+                        budgets=budgets, shape=shape)
         scenarios.register(name)(item)
         return item
 

@@ -24,9 +24,15 @@ def build_summary(
     duration_s: float | None = None,
     problems: Sequence[str] = (),
     extra: Mapping[str, Any] | None = None,
+    generator: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The JSON summary of one run; `problems` (e.g. a worker that sent nothing) fail it."""
-    ok = all(v.ok for v in verdicts) and not problems
+    """The JSON summary of one run; `problems` (e.g. a worker that sent nothing) fail it.
+
+    `generator` is `harness.load.health.judge`'s verdict: a void run (saturated generator) is
+    not within budget, and says so with its numbers instead of blaming the server.
+    """
+    void = bool(generator and generator.get("void"))
+    ok = all(v.ok for v in verdicts) and not problems and not void
     rate = None
     if duration_s:
         rate = round(metrics.counts["deliveries"] / duration_s, 3)
@@ -56,6 +62,8 @@ def build_summary(
             ],
         },
         "problems": list(problems),
+        "generator": dict(generator) if generator else None,
+        "void": void,
         "notes": list(metrics.notes),
         "within_budget": ok,
         "exit_code": EXIT_OK if ok else EXIT_OVER_BUDGET,
@@ -95,9 +103,14 @@ def render(summary: Mapping[str, Any]) -> str:
     lines.extend(resources_lines(summary.get("server_resources")))
     for problem in summary.get("problems", ()):
         lines.append(f"PROBLEM {problem}")
+    if summary.get("void"):
+        why = "; ".join((summary.get("generator") or {}).get("reasons", ()))
+        lines.append(f"VOID: the load generator was saturated ({why}); these numbers measure "
+                     "the generator, not the server: use fewer users or more --processes")
     for note in summary.get("notes", ()):
         lines.append(f"note: {note}")
-    lines.append("within budget" if summary["within_budget"] else "OVER BUDGET")
+    lines.append("within budget" if summary["within_budget"] else
+                 "VOID (not judged)" if summary.get("void") else "OVER BUDGET")
     return "\n".join(lines)
 
 

@@ -20,7 +20,24 @@ from harness.load.scenarios import packaged_budgets, scenario
 Params = Mapping[str, float]
 
 
+def _pair(params: Params) -> tuple[float, float]:
+    return 2.0, 1.0  # both ends send, each to the other
+
+
+def _fan_out(params: Params) -> tuple[float, float]:
+    return 1.0, max(2.0, float(params.get("group_size", 5))) - 1.0
+
+
+def _silent(params: Params) -> tuple[float, float]:
+    return 0.0, 0.0  # no messages (connects or history pages only)
+
+
+def _single(params: Params) -> tuple[float, float]:
+    return 1.0, 1.0  # one sender, one recipient a send
+
+
 @scenario("chat", defaults={"weight": 3, "rate": 2.0}, budgets=packaged_budgets("chat.toml"),
+          shape=_pair,
           description="1:1 chat between two peers in one process, both sending on a fixed "
                       "schedule")
 async def chat(run: LoadRun, params: Params, index: int) -> None:
@@ -30,7 +47,7 @@ async def chat(run: LoadRun, params: Params, index: int) -> None:
 
 
 @scenario("group", defaults={"rate": 1.0, "group_size": 5},
-          budgets=packaged_budgets("group.toml"),
+          budgets=packaged_budgets("group.toml"), shape=_fan_out,
           description="group fan-out: the owner sends to a group of group_size members")
 async def group(run: LoadRun, params: Params, index: int) -> None:
     size = max(2, int(params["group_size"]))
@@ -58,6 +75,7 @@ async def group(run: LoadRun, params: Params, index: int) -> None:
 
 
 @scenario("churn", defaults={"rate": 1.0, "hold_s": 0.5}, budgets=packaged_budgets("churn.toml"),
+          shape=_silent,
           description="connect/login churn: log in, hold hold_s, log out, on a fixed schedule "
                       "(rate: connects/s per user)")
 async def churn(run: LoadRun, params: Params, index: int) -> None:
@@ -76,7 +94,7 @@ async def churn(run: LoadRun, params: Params, index: int) -> None:
 
 
 @scenario("history", defaults={"rate": 2.0, "prefill": 30, "page": 10},
-          budgets=packaged_budgets("history.toml"),
+          budgets=packaged_budgets("history.toml"), shape=_silent,
           description="history paging through prefill messages, page messages a page")
 async def history(run: LoadRun, params: Params, index: int) -> None:
     ends = await run.setup(lambda: run.pair("history"))
@@ -118,7 +136,7 @@ async def history(run: LoadRun, params: Params, index: int) -> None:
 
 
 @scenario("storm", defaults={"rate": 4.0, "receivers": 8, "every_s": 3.0, "offline_s": 0.5},
-          budgets=packaged_budgets("storm.toml"),
+          budgets=packaged_budgets("storm.toml"), shape=_single,
           description="offline-reconnect storm: receivers drop and return together every "
                       "every_s")
 async def storm(run: LoadRun, params: Params, index: int) -> None:
@@ -163,6 +181,7 @@ async def storm(run: LoadRun, params: Params, index: int) -> None:
 
 
 @scenario("canary", defaults={"rate": 2.0, "cohort": 20}, budgets=packaged_budgets("canary.toml"),
+          shape=_pair,
           description="mixed old/new clients: cohort % of clients on v2, the rest on v1, "
                       "chatting")
 async def canary(run: LoadRun, params: Params, index: int) -> None:
@@ -181,6 +200,7 @@ async def canary(run: LoadRun, params: Params, index: int) -> None:
 
 
 @scenario("idle", defaults={"sessions": 10}, budgets=packaged_budgets("idle.toml"),
+          shape=_silent,
           description="idle connected sessions that only listen (capacity)")
 async def idle(run: LoadRun, params: Params, index: int) -> None:
     for _ in range(int(params["sessions"])):

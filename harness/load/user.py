@@ -52,6 +52,8 @@ from harness.errors import ConfigError, HarnessError
 from harness.load.bridge import AsyncBridge
 from harness.load.budgets import Budgets, load_budgets
 from harness.load.driver import LoadRun
+from harness.load.health import judge as judge_health
+from harness.load.health import offered_rate
 from harness.load.metrics import LoadMetrics
 from harness.load.ramp import (
     Outcome,
@@ -223,6 +225,7 @@ def _init(environment: Environment, runner: Any, **_kw: Any) -> None:
         _usage_error(str(exc))
     environment.user_classes = classes
     assert STATE.session is not None  # _usage_error exits otherwise
+    _print_offered(chosen, int(getattr(opts, "num_users", 0) or 0))
     settings = STATE.session.settings(opts.endpoint)
     drain = opts.drain_s if opts.drain_s is not None else units(3)
     STATE.setup = {"settings": _settings_dict(settings), "plan": chosen.to_dict(),
@@ -231,6 +234,15 @@ def _init(environment: Environment, runner: Any, **_kw: Any) -> None:
         STATE.setup["ramp"] = ramp.to_dict()
         assert STATE.ramp_session is not None
         STATE.setup["ramp_from"] = _settings_dict(STATE.ramp_session.settings(ramp.old))
+
+
+def _print_offered(chosen: ScenarioPlan, users: int) -> None:
+    offered = offered_rate(chosen.weights, chosen.params, users)
+    if offered is not None:
+        sends, deliveries = offered
+        sys.stderr.write(f"im-harness load: the plan offers {sends:g} sends/s and "
+                         f"{deliveries:g} deliveries/s in total ({users} users x rate x senders "
+                         "per user x fan-out)\n")
 
 
 def _budgets(path: str, chosen: ScenarioPlan) -> Budgets | None:
@@ -439,6 +451,7 @@ def _judge(environment: Environment, metrics: LoadMetrics, payloads: list[dict[s
     summary = build_summary(
         metrics, scenario=label, endpoint=endpoint, verdicts=verdicts, budgets=STATE.budgets,
         duration_s=round(duration, 3) if duration else None, problems=problems,
+        generator=judge_health(payloads, behind_ratio=metrics.behind_schedule_ratio()),
         extra={"plan": scenario, "cohorts": dict(cohorts), "users": _runner(environment).user_count
                if not isinstance(environment.runner, MasterRunner) else None,
                "server_resources": resources, **({"ramp": ramp} if ramp else {})},

@@ -251,9 +251,11 @@ def load_result(outcome: LoadOutcome, *, history_csv: str | Path | None = None,
     if not outcome.ok:
         labels.append((FAILURE_LABEL, "budget"))
     return Result(
-        name=f"load {outcome.scenario} on {endpoint.get('name', '?')}: "
-             + ("within budget" if outcome.ok else "OVER BUDGET"),
-        full_name=f"load.{outcome.scenario}.{endpoint.get('name', '?')}",
+        name=f"load {outcome.scenario} on {endpoint.get('name', '?')}"
+             + (f" (run {outcome.run})" if outcome.run else "") + ": "
+             + ("within budget" if outcome.ok else "VOID" if outcome.void else "OVER BUDGET"),
+        full_name=f"load.{outcome.scenario}.{endpoint.get('name', '?')}"
+                  + (f".{outcome.run}" if outcome.run else ""),
         status=status, labels=labels,
         parameters=[("endpoint", str(endpoint.get("name", "?"))),
                     ("describe", str(endpoint.get("describe", "?")))],

@@ -1,4 +1,7 @@
-"""The sign-off job: suites on old and new, load on new, Allure report, parity table, verdict.
+"""The sign-off job: suites on old and new, load on old and new, Allure report, parity, verdict.
+
+Each load scenario runs on old and new in alternating order with an A/A pair of old runs
+(`harness.load.compare`); the new runs are also judged against the absolute budgets (the SLA).
 
 Each step runs as a subprocess (pytest, locust, allure), so a crash in one still leaves the
 others' results, and the verdict names what is missing. No framework is imported here.
@@ -13,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from harness.config import HarnessConfig
+from harness.report import capacityreport, loadcompare
 from harness.report.allure import (
     Attachment,
     ReportError,
@@ -52,6 +57,11 @@ MAX_LOAD_S = 24 * 3600  # the longest --load-time: beyond that it is a typo, not
 LOAD_FILES = (".json", ".json.tmp", "_stats.csv", "_stats_history.csv", "_failures.csv",
               "_exceptions.csv", ".html")  # what one locust run writes under its stem
 STAGING = ".new-"  # prefix of what a step writes before it is swapped in
+# sections that also become an Allure result of their own (with their pictures)
+SECTION_RESULTS: dict[str, Callable[..., Result]] = {
+    loadcompare.KEY: loadcompare.comparison_result,
+    capacityreport.KEY: capacityreport.capacity_result,
+}
 
 
 class UI(Protocol):
@@ -91,6 +101,10 @@ class Plan:
     run_time: str = "5s"
     budgets_dir: str | None = None  # <dir>/<scenario>.toml; default: each scenario's registered
     locustfile: str | None = None  # default: the installed harness.loadtests locustfile
+    # old vs new: each scenario runs old,new,new,old (2 repeats); 0 = load on new only
+    compare_repeats: int = 2
+    processes: int = 0  # locust --processes per load run (0: one process)
+    locust_args: list[str] = field(default_factory=list)  # more locustfile options
     html: bool = True
     suite_timeout_s: float = 1800.0
     # knobs the section readers take (harness.report.sections.RunFiles.options)
@@ -286,15 +300,20 @@ def run_seconds(run_time: str) -> float:
 _seconds = run_seconds
 
 
-def run_load(plan: Plan, scenario: str, ui: UI, endpoint: str | None = None
+def run_load(plan: Plan, scenario: str, ui: UI, endpoint: str | None = None, *, tag: str = "",
+             users: int | None = None, folder: Path | None = None
              ) -> tuple[LoadOutcome, Path, str]:
-    """One headless locust run of `scenario` on the new endpoint, via the load layer."""
+    """One headless locust run of `scenario` on the new endpoint, via the load layer.
+
+    Its files are `<folder>/<scenario>-<endpoint>[-<tag>]*` (folder: reports/load).
+    """
     from harness.load.__main__ import default_locustfile
 
     name = endpoint or plan.endpoints[1]
-    folder = plan.reports / "load"
+    users = users or plan.users
+    folder = folder or plan.reports / "load"
     folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"{scenario}-{name}"
+    final = folder / (f"{scenario}-{name}" + (f"-{tag}" if tag else ""))
     # locust writes beside the previous run's files; they are replaced only by a run's own
     stem = _staged(final)
     for old in folder.glob(f"{stem.name}*"):
@@ -302,30 +321,36 @@ def run_load(plan: Plan, scenario: str, ui: UI, endpoint: str | None = None
     summary_path = Path(f"{stem}.json")
     cmd = [sys.executable, "-m", "locust", "-f", str(plan.locustfile or default_locustfile()),
            "--headless",
-           "-u", str(plan.users), "-r", str(plan.users), "-t", plan.run_time,
+           "-u", str(users), "-r", str(users), "-t", plan.run_time,
            "--scenario", scenario, "--endpoint", name, "--summary-json", str(summary_path),
            "--csv", str(stem), "--csv-full-history", "--only-summary"]
     if plan.config:
         cmd += ["--im-config", plan.config]
     if plan.budgets_dir:
         cmd += ["--budgets", str(Path(plan.budgets_dir) / f"{scenario}.toml")]
+    if plan.processes:
+        cmd += ["--processes", str(plan.processes)]
+    cmd += plan.locust_args
     limit = _seconds(plan.run_time)
     started = time.monotonic()
     started_ms = int(time.time() * 1000)
-    with ui.task(f"load {scenario} on {name} ({plan.run_time})", limit) as advance:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True)
-        try:
-            while proc.poll() is None:
-                advance(min(limit, time.monotonic() - started))
-                if time.monotonic() - started > limit + 120:
-                    proc.kill()
-                time.sleep(0.25)
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        text = proc.stdout.read() if proc.stdout else ""
+    what = f"load {scenario} on {name}" + (f" run {tag}" if tag else "")
+    with ui.task(f"{what} ({users} users, {plan.run_time})", limit) as advance:
+        # Into a file, not a pipe: a run that logs more than a pipe holds would block on it.
+        with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+            try:
+                while proc.poll() is None:
+                    advance(min(limit, time.monotonic() - started))
+                    if time.monotonic() - started > limit + 120:
+                        proc.kill()
+                    time.sleep(0.25)
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
+            out.seek(0)
+            text = out.read()
         advance(limit)
     stopped_ms = int(time.time() * 1000)
     produced = sorted(folder.glob(f"{stem.name}*"))
@@ -339,16 +364,56 @@ def run_load(plan: Plan, scenario: str, ui: UI, endpoint: str | None = None
             _discard(path)
         if proc.returncode == LOCUST_USAGE:
             return (LoadOutcome(scenario, None, _usage_line(text, "locust"), started_ms,
-                                stopped_ms, usage=True), history, text)
+                                stopped_ms, usage=True, run=tag), history, text)
         last = " | ".join(ln.strip() for ln in text.strip().splitlines()[-2:])
         problem = f"locust exited {proc.returncode} without a summary: {last or 'no output'}"
-        return (LoadOutcome(scenario, None, problem, started_ms, stopped_ms), history,
+        return (LoadOutcome(scenario, None, problem, started_ms, stopped_ms, run=tag), history,
                 text)
     for suffix in LOAD_FILES:
         _discard(folder / f"{final.name}{suffix}")  # the previous run's, also those not rewritten
     for path in produced:
         os.replace(path, folder / (final.name + path.name[len(stem.name):]))
-    return LoadOutcome(scenario, summary, "", started_ms, stopped_ms), history, text
+    return LoadOutcome(scenario, summary, "", started_ms, stopped_ms, run=tag), history, text
+
+
+COMPARE_FILE = "compare.json"  # under reports/load: which runs this sign-off compared
+
+
+def run_compare(plan: Plan, ui: UI) -> list[tuple[LoadOutcome, Path, str]]:
+    """Every scenario on old and new in alternating order; returns the runs on new (the SLA).
+
+    Writes `reports/load/compare.json`, naming each run's summary (or why it has none), and the
+    scenario's `[compare]` rules, for the sign-off's old-vs-new section to read back.
+    """
+    from harness.load.compare import NEW, compare_rules, run_order
+
+    order = run_order(plan.compare_repeats)
+    folder = plan.reports / "load"
+    manifest: dict[str, Any] = {"order": order, "endpoints": dict(zip(
+        ("old", "new"), plan.endpoints, strict=True)), "scenarios": {}}
+    on_new: list[tuple[LoadOutcome, Path, str]] = []
+    for scenario in plan.scenarios:
+        rules = compare_rules(scenario, plan.budgets_dir)
+        runs = []
+        for index, role in enumerate(order, 1):
+            name = plan.endpoints[1 if role == NEW else 0]
+            outcome, history, text = run_load(plan, scenario, ui, endpoint=name, tag=str(index))
+            runs.append({"index": index, "role": role, "endpoint": name,
+                         "summary": f"{scenario}-{name}-{index}.json" if outcome.summary
+                         else None, "problem": outcome.problem})
+            if role == NEW:
+                on_new.append((outcome, history, text))
+        manifest["scenarios"][scenario] = {"rules": rules.to_dict(), "runs": runs}
+    write_json(manifest, folder / COMPARE_FILE)
+    return on_new
+
+
+def run_loads(plan: Plan, ui: UI) -> list[tuple[LoadOutcome, Path, str]]:
+    """The sign-off's load step: old vs new when the plan compares, else new only."""
+    if plan.compare_repeats > 0 and plan.scenarios:
+        plan.section_options["load_compare"] = True
+        return run_compare(plan, ui)
+    return [run_load(plan, name, ui) for name in plan.scenarios]
 
 
 def _endpoints_info(plan: Plan) -> dict[str, Any]:
@@ -455,6 +520,12 @@ def finish(plan: Plan, suite: SuiteRun | None, loads: Sequence[tuple[LoadOutcome
     for outcome, history, text in loads:
         write_result(plan.results_dir, load_result(outcome, history_csv=history, text=text),
                      redactor)
+    started = min((lo.started_ms for lo, _, _ in loads), default=0)
+    stopped = max((lo.stopped_ms for lo, _, _ in loads), default=0)
+    for section in sections:
+        if section.key in SECTION_RESULTS:
+            write_result(plan.results_dir, SECTION_RESULTS[section.key](
+                section, start_ms=started, stop_ms=stopped), redactor)
     if decide_verdict:
         write_result(plan.results_dir,
                      verdict_result(verdict, table, endpoints, plan.started_ms,

@@ -28,6 +28,14 @@ class LoadOutcome:
     started_ms: int = 0  # wall clock of the run, for the report's timeline
     stopped_ms: int = 0
     usage: bool = False  # locust refused its input (exit 2): no run, earlier results kept
+    run: str = ""  # which run of the scenario on this endpoint ("" when it ran once)
+
+    @property
+    def void(self) -> str:
+        """Why the run is void (its load generator was saturated), else ''."""
+        gen = (self.summary or {}).get("generator") or {}
+        return "; ".join(gen.get("reasons", ())) if self.summary and self.summary.get(
+            "void") else ""
 
     @property
     def ok(self) -> bool:
@@ -131,6 +139,10 @@ def decide(
     for load in loads:
         if load.summary is None:
             reasons.append(f"load scenario {load.scenario!r} produced no result: {load.problem}")
+        elif load.void:
+            reasons.append(f"load scenario {load.scenario!r} is void, not judged: the load "
+                           f"generator was saturated ({load.void}), so its numbers measure the "
+                           "generator, not the server; use fewer --users or more processes")
         elif not load.ok:
             failed = "; ".join(load.failed_budgets()) or "over budget"
             reasons.append(f"budget exceeded in load scenario {load.scenario!r}: {failed}")
