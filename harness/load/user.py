@@ -53,6 +53,7 @@ from harness.load.bridge import AsyncBridge
 from harness.load.budgets import Budgets, load_budgets
 from harness.load.driver import LoadRun
 from harness.load.metrics import LoadMetrics
+from harness.load.phases import summarize as summarize_phases
 from harness.load.scenarios import ScenarioPlan, plan, scenarios
 from harness.load.summary import EXIT_USAGE, build_summary, render, write_summary
 from harness.report.redact import Redactor
@@ -246,6 +247,8 @@ def _test_start(environment: Environment, **_kw: Any) -> None:
     runner = _runner(environment)
     if isinstance(runner, MasterRunner):
         STATE.replies = {}
+        if STATE.setup is not None:  # the senders' phases interleave across the workers
+            STATE.setup["processes"] = max(1, len(runner.clients))
         runner.send_message("im_setup", STATE.setup)
         return
     setup = STATE.setup
@@ -255,13 +258,15 @@ def _test_start(environment: Environment, **_kw: Any) -> None:
     bridge = AsyncBridge.get()
     settings = EndpointSettings(**setup["settings"])
     session = STATE.session
+    process = runner.worker_index if isinstance(runner, WorkerRunner) else 0
 
     async def open_run() -> LoadRun:
         if session is not None:
             endpoint = await session.open(settings.name)
         else:
             endpoint = await open_endpoint(settings)
-        return LoadRun(endpoint, ScenarioPlan.from_dict(setup["plan"]), emit=_emit)
+        return LoadRun(endpoint, ScenarioPlan.from_dict(setup["plan"]), emit=_emit,
+                       process=process, processes=int(setup.get("processes", 1)))
 
     STATE.run = bridge.run(open_run(), timeout=units(30))
     _quiet_gc()
@@ -358,7 +363,10 @@ def _judge(environment: Environment, metrics: LoadMetrics, payloads: list[dict[s
     summary = build_summary(
         metrics, scenario=label, endpoint=endpoint, verdicts=verdicts, budgets=STATE.budgets,
         duration_s=round(duration, 3) if duration else None, problems=problems,
-        extra={"plan": scenario, "cohorts": dict(cohorts), "users": _runner(environment).user_count
+        extra={"plan": scenario, "cohorts": dict(cohorts),
+               "schedule": summarize_phases(part for payload in payloads
+                                            for part in payload.get("schedule", ())),
+               "users": _runner(environment).user_count
                if not isinstance(environment.runner, MasterRunner) else None},
     )
     path = opts.summary_json or f"reports/load-{label}-{opts.endpoint}.json"
