@@ -275,6 +275,49 @@ def expire(future: asyncio.Future[Any]) -> None:
 
 
 
+class Flag:
+    """An asyncio.Event without its per-instance deque (idle clients hold two of these)."""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self) -> None:
+        if self._set:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if self._waiters is not None:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            raise
+
+
+# Unseeded clients share one generator: a Random each costs ~2.5 KiB per idle session.
+_SHARED_RNG = random.Random()
+_SHARED_PARTS = ("features", "limits")  # login-answer parts equal for every client of an app
+
+
 class Connection(StreamClient):
     """A client's connection: login, requests and answers, reconnect and resend, close, drop."""
 
@@ -289,18 +332,18 @@ class Connection(StreamClient):
         self.login_answer: dict[str, Any] = {}
         self.reconnect_attempts: list[float] = []  # time.monotonic() of each automatic attempt
         self.reconnect_delays: list[float] = []  # the jittered delay drawn before each attempt
-        self.caught_up = asyncio.Event()
+        self.caught_up = Flag()
         self._ids = itertools.count(1)
         self._ws: Link | None = None
         self._reconnector: asyncio.Task[None] | None = None
-        self._connected = asyncio.Event()
+        self._connected = Flag()
         self._requests: dict[int, asyncio.Future[Any]] = {}  # other ops, by request id
         self._send_ids: dict[int, asyncio.Future[Any]] = {}  # sends, by request id
         self._sends: dict[int, PendingSend] = {}
         self._send_keys = itertools.count()
         opts = adapter.options
-        self._backoff = Backoff(opts.backoff_base_s, opts.backoff_cap_s,
-                                rng=random.Random(opts.jitter_seed))
+        rng = _SHARED_RNG if opts.jitter_seed is None else random.Random(opts.jitter_seed)
+        self._backoff = Backoff(opts.backoff_base_s, opts.backoff_cap_s, rng=rng)
 
     @property
     def user_id(self) -> str:
@@ -361,7 +404,7 @@ class Connection(StreamClient):
                 raise ConnectionLost(f"login to {self._url} failed: {type(exc).__name__}: {exc}")\
                     from exc
             raise
-        self.login_answer = frame
+        self.login_answer = self._share_parts(frame)
         self._ws = ws
         self._status = ClientState.CONNECTED
         self.caught_up.clear()
@@ -380,6 +423,20 @@ class Connection(StreamClient):
         for pending in list(self._sends.values()):
             if not pending.future.done():
                 self._transmit(pending)
+
+    def _share_parts(self, frame: dict[str, Any]) -> dict[str, Any]:
+        """The login answer, its app-wide parts replaced by equal ones already held (memory)."""
+        shared = self._adapter.login_parts
+        for key in _SHARED_PARTS:
+            value = frame.get(key)
+            if value is None:
+                continue
+            known = shared.get(key)
+            if known == value:
+                frame[key] = known
+            else:
+                shared[key] = value
+        return frame
 
     def _receive(self, raw: str | bytes) -> None:
         """One text message from the link: parse and dispatch (a failure drops the link)."""
