@@ -380,6 +380,7 @@ class PendingSend:
     frame: dict[str, Any]
     future: asyncio.Future[dict[str, Any]]  # the answer frame
     request_ids: list[int] = field(default_factory=list)
+    text: str = ""  # the frame's JSON after its opening brace, encoded at the first transmit
 
 
 class Expired(Exception):
@@ -754,7 +755,9 @@ class Connection(StreamClient):
         rid = next(self._ids)
         pending.request_ids.append(rid)
         self._send_ids[rid] = pending.future
+        if not pending.text:
+            pending.text = encode(pending.frame)[1:]
         try:
-            ws.send(encode({"id": rid, **pending.frame}))
+            ws.send(f'{{"id":{rid},{pending.text}')  # == encode({"id": rid, **pending.frame})
         except ConnectionClosed:
             pass  # the reconnect resends it
