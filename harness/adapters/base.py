@@ -32,6 +32,7 @@ Count = Annotated[int, Field(strict=True, ge=0)]
 
 _M = TypeVar("_M", bound=BaseModel)
 _END = object()  # the queue's end marker: the adapter was closed
+_NO_EVENTS: collections.deque[Any] = collections.deque(maxlen=0)  # shared, always empty
 
 
 class OptionsModel(BaseModel):
@@ -69,13 +70,15 @@ class StreamClient:
     def __init__(self) -> None:
         # A deque and the readers' wake-up futures, not an asyncio.Queue: its three deques
         # cost ~2 KiB per idle client, and its put/get twice the CPU per event.
-        self._queue: collections.deque[Any] = collections.deque()
+        self._queue: collections.deque[Any] = _NO_EVENTS  # its own deque from the first event
         self._readers: list[asyncio.Future[None]] | None = None  # events() calls waiting
         self._status = ClientState.NEW
 
     # -- the event stream -----------------------------------------------------------------
 
     def _emit(self, event: Event) -> None:
+        if self._queue is _NO_EVENTS:
+            self._queue = collections.deque()  # an empty deque is ~0.6 KiB per idle client
         self._queue.append(event)
         readers = self._readers
         if readers:
@@ -92,9 +95,8 @@ class StreamClient:
 
     async def events(self) -> AsyncIterator[Event]:
         """Events in arrival order; ends only when the adapter is closed."""
-        queue = self._queue
         while True:
-            while not queue:
+            while not self._queue:
                 reader = asyncio.get_running_loop().create_future()
                 if self._readers is None:
                     self._readers = []
@@ -105,6 +107,7 @@ class StreamClient:
                     with contextlib.suppress(ValueError):
                         self._readers.remove(reader)
                     raise
+            queue = self._queue
             item = queue.popleft()
             if item is _END:
                 queue.appendleft(_END)  # a later events() call ends too

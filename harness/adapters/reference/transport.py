@@ -120,6 +120,11 @@ class Link(asyncio.Protocol):
             # The handshake ended with this segment, at a frame boundary (the server speaks
             # only after our login): from here on this link splits frames itself.
             self._fast = True
+            # A fresh frame parser, as websockets swaps its own (`discard`): the handshake's
+            # one keeps the response and its headers alive for the link's life (~1.7 KiB).
+            parser = super(ClientProtocol, self.protocol).parse()
+            next(parser)
+            self.protocol.parser = parser
 
     def _feed(self, data: bytes) -> list[Any]:
         """Hand bytes to websockets' protocol and act on what it parsed (the general path)."""
