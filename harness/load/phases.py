@@ -1,5 +1,6 @@
 """Senders' schedule phases: where in its send interval each sender fires, set, not accidental.
 
+A sender is one schedule (`LoadRun.schedule`; both ends of a chat pair share their pair's).
 Every sender's intended send times lie on its own grid `(m + phase) * interval` of the monotonic
 clock. With `spread` (the default) the phases of a process's senders follow the base-2 van der
 Corput sequence 0, 1/2, 1/4, 3/4, 1/8, ...: the first N senders, however many there are, sit
