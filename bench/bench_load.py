@@ -96,7 +96,9 @@ def _tree_cpu(proc: Any) -> float:
     return total
 
 
-def _counter(service: Any, name: str) -> int:
+def _counter(service: Any, name: str, attempts: int = 5) -> int:
+    """The service's counter `name`; retried, as a saturated service answers admin calls late."""
+    from harness.errors import HarnessError
     from harness.session import run_sync
 
     async def read() -> int:
@@ -106,7 +108,13 @@ def _counter(service: Any, name: str) -> int:
         finally:
             await admin.aclose()
 
-    return run_sync(read())
+    for attempt in range(attempts):
+        try:
+            return run_sync(read())
+        except HarnessError:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
