@@ -134,7 +134,7 @@ def main() -> None:
                        "--headless", "-u", str(args.pairs), "-r", str(args.pairs), "-t", run_time,
                        "--only-summary", "--stop-timeout", "2", "--scenario", "chat",
                        "--rate", str(args.rate / 2), "--summary-json", str(work / "h.json"),
-                       "--drain-s", "1"]
+                       "--drain-s", "1", "--budgets", str(ROOT / "loadtests/budgets/chat.toml")]
         probe_cmd = [sys.executable, str(Path(__file__).resolve()), "--probe",
                      str(work / "p.json"), "--rate", str(args.rate)]
         got: dict[str, dict[str, list[float]]] = {

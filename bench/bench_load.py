@@ -198,6 +198,8 @@ def throughput(service: Any, app: Any, args: argparse.Namespace, work: Path) -> 
     harness_cmd = [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtests/locustfile.py"),
                    *common, "--scenario", "chat", "--rate", str(args.rate / 2),
                    "--scenarios-file", str(work / "shape.toml"),
+                   # this checkout's budgets (an editable install may point at another one)
+                   "--budgets", str(ROOT / "loadtests/budgets/chat.toml"),
                    "--summary-json", str(work / "harness.json"), "--drain-s", "1"]
     naive_cmd = [sys.executable, "-m", "locust", "-f", str(Path(__file__).resolve()), *common,
                  "NaiveChatUser"]
