@@ -61,6 +61,10 @@ def test_chat_within_budget_writes_summary_csv_and_html(tmp_path: Path) -> None:
     assert s["counts"]["sends"] > 0
     assert s["counts"]["acks"] == s["counts"]["sends"]
     assert s["counts"]["deliveries"] == s["counts"]["acks"]
+    # 2 chat pairs: 2 schedules, phases spread half an interval apart (reported)
+    assert s["schedule"] == {"mode": "spread", "senders": 2, "distinct_phases": 2,
+                             "largest_gap": 0.5}
+    assert "schedule: 2 senders, phases spread" in done.stderr
     assert {"p50", "p95", "p99", "p999", "max"} <= set(s["latency_ms"]["delivery"])
     assert {v["budget"] for v in s["budgets"]["verdicts"]} >= {
         "max_loss", "max_duplicates", "delivery.p99_ms", "min_connect_success_ratio"}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import itertools
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -19,6 +20,7 @@ from harness.contract import Credentials, IMClient, MessageReceived, Target
 from harness.errors import ConnectionLost, IMError, IMTimeout, LimitReached
 from harness.load.health import LoopProbe
 from harness.load.metrics import LoadMetrics
+from harness.load.phases import PhaseMode, Phases, first_at, mode_of
 from harness.load.scenarios import ScenarioPlan, scenarios
 from harness.oracle import Oracle
 from harness.session import Endpoint, describe, unique_id
@@ -33,6 +35,14 @@ _KIND_COUNTER = {"loss": "loss", "duplicate": "duplicates", "order": "reordered"
                  "group_order": "reordered", "causal_order": "reordered"}
 
 
+# The phase mode of the unit running in this task (set by LoadRun.unit from its scenario).
+_MODE: contextvars.ContextVar[PhaseMode] = contextvars.ContextVar("phase_mode",
+                                                                  default=PhaseMode.SPREAD)
+
+
+EARLY_S = 0.0005  # a timer firing more than this before its instant is re-armed (uvloop: ms)
+
+
 def ms(seconds: float) -> float:
     """Seconds as milliseconds, rounded for the request events."""
     return round(seconds * 1000.0, 3)
@@ -42,7 +52,7 @@ class LoadRun:
     """One process's load: units, their clients, metrics and the oracle that judges delivery."""
 
     def __init__(self, endpoint: Endpoint, plan: ScenarioPlan, *, emit: Emit | None = None,
-                 slack_s: float = BEHIND_SLACK_S) -> None:
+                 slack_s: float = BEHIND_SLACK_S, process: int = 0, processes: int = 1) -> None:
         self.endpoint = endpoint
         self.plan = plan
         self.metrics = LoadMetrics()
@@ -60,6 +70,9 @@ class LoadRun:
         self._units = itertools.count()
         self.state: dict[str, Any] = {}  # per-run state a scenario keeps (e.g. a counter)
         self.probe = LoopProbe()  # generator health: loop lag and CPU while sends are scheduled
+        # each sender's phase, per mode (see harness.load.phases)
+        self._phases = {mode: Phases(mode, process=process, processes=processes)
+                        for mode in PhaseMode}
 
     def __repr__(self) -> str:
         return f"<LoadRun {self.plan.label} on {self.endpoint.name}: {self.metrics!r}>"
@@ -170,24 +183,61 @@ class LoadRun:
         self.emit("send_ack", ms(time.monotonic() - intended), exc)
 
     async def schedule(self, rate: float, op: Callable[[float, int], Any]) -> None:
-        """Call `op(intended, n)` at `rate` per second on a fixed schedule until stopped."""
+        """Call `op(intended, n)` at `rate` per second on a fixed schedule until stopped.
+
+        This schedule is one sender: its intended times lie on its own phase's grid (see
+        `harness.load.phases`; the scenario's `lockstep` parameter chooses the mode). Sends are
+        fired from timer callbacks, not a sleeping coroutine; an `op` that returns a coroutine
+        is awaited before the next tick is armed.
+        """
         self.probe.start()
         if rate <= 0:
             await asyncio.Event().wait()  # nothing scheduled: wait to be cancelled
         interval = 1.0 / rate
-        start = time.monotonic()
-        for n in itertools.count():
+        phase = self._phases[_MODE.get()].next()
+        loop = asyncio.get_running_loop()
+        start = first_at(time.monotonic(), interval, phase)
+        done: asyncio.Future[None] = loop.create_future()
+        handle: list[asyncio.TimerHandle | None] = [None]
+        n = 0
+
+        def arm() -> None:
+            handle[0] = loop.call_later(start + n * interval - time.monotonic(), tick)
+
+        def tick() -> None:
+            nonlocal n
             if not self.sending:
+                if not done.done():
+                    done.set_result(None)
                 return
             intended = start + n * interval
-            delay = intended - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if not self.sending:
+            if intended - time.monotonic() > EARLY_S:
+                arm()  # latency is timed from the intended time: do not fire well before it
                 return
             result = op(intended, n)
+            n += 1
             if asyncio.iscoroutine(result):
-                await result
+                task = loop.create_task(result)
+                task.add_done_callback(resumed)
+                return
+            arm()
+
+        def resumed(task: asyncio.Task[Any]) -> None:
+            if done.done():
+                return
+            if task.cancelled():
+                done.cancel()
+            elif task.exception() is not None:
+                done.set_exception(task.exception())  # type: ignore[arg-type]
+            else:
+                arm()
+
+        arm()
+        try:
+            await done
+        finally:
+            if handle[0] is not None:
+                handle[0].cancel()
 
     async def setup(self, make: Callable[[], Awaitable[Any]]) -> Any:
         """Run a unit's setup, retrying on endpoint errors (counted) until it works or we stop."""
@@ -203,7 +253,9 @@ class LoadRun:
     async def unit(self, scenario: str) -> None:
         """Run one unit of the registered `scenario` until cancelled or stopped."""
         self.probe.start()  # from the first unit's setup on: a generator too busy to connect too
-        await scenarios.get(scenario).unit(self, self.plan.params[scenario], next(self._units))
+        params = self.plan.params[scenario]
+        _MODE.set(mode_of(params))  # this task's context: its schedules follow the scenario
+        await scenarios.get(scenario).unit(self, params, next(self._units))
 
     async def pair(self, name: str, protocols: tuple[str | None, str | None] = (None, None)
                    ) -> tuple[tuple[str, IMClient], tuple[str, IMClient]]:
@@ -222,11 +274,15 @@ class LoadRun:
         """Both ends of a pair send to each other at `rate` per second each."""
         (a, ca), (b, cb) = ends
         to_a, to_b = Target.to_user(a), Target.to_user(b)
+        ab, ba = (b,), (a,)
+        send = self.send
 
         def op(intended: float, n: int) -> None:
-            self.send(a, ca, to_b, (b,), intended, n)
-            self.send(b, cb, to_a, (a,), intended, n)
+            send(a, ca, to_b, ab, intended, n)
+            send(b, cb, to_a, ba, intended, n)
 
+        # One schedule (one phase) for the pair: both ends fire together. Two schedules would
+        # double the generator's timer wake-ups, its main cost at low rates.
         await self.schedule(rate, op)
 
     async def hold_and_close(self, client: IMClient, hold: float) -> None:
@@ -275,7 +331,12 @@ class LoadRun:
         payload = self.metrics.encode()
         payload["cohorts"] = dict(self.cohorts)
         payload["health"] = self.probe.stop()
+        payload["schedule"] = self.schedule_parts()
         return payload
+
+    def schedule_parts(self) -> list[dict[str, Any]]:
+        """Each mode's phases handed out so far (`phases.summarize` merges them)."""
+        return [p.encode() for p in self._phases.values() if p.assigned]
 
     def judge(self) -> None:
         """Fold the oracle's verdict into the counters (with a few explanations as notes)."""

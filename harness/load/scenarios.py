@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, overload
 
 from harness.config import read_toml
 from harness.errors import ConfigError
+from harness.load.phases import PARAM as PHASE_PARAM
 from harness.registry import Registry
 
 if TYPE_CHECKING:
@@ -88,7 +89,8 @@ def scenario(name: str, *, unit: Unit | None = None, defaults: Mapping[str, floa
              description: str, budgets: Traversable | Path | None = None,
              shape: Shape | None = None) -> Scenario | Callable[[Unit], Unit]:
     """Register a scenario: as a decorator on its unit, or at once with `unit=`."""
-    values = {"weight": 1.0, **{k: float(v) for k, v in defaults.items()}}
+    # every scenario takes `lockstep` (its senders' phases: 0 spread evenly, 1 in lock-step)
+    values = {"weight": 1.0, PHASE_PARAM: 0.0, **{k: float(v) for k, v in defaults.items()}}
 
     def register(fn: Unit) -> Scenario:
         item = Scenario(name=name, unit=fn, defaults=values, description=description,
@@ -180,6 +182,9 @@ def load_params(path: str | Path | None) -> dict[str, dict[str, float]]:
                     math.isfinite(value) and value >= 0):
                 raise ConfigError(f"scenarios {file}: [{name}] {key} = {value!r} must be a "
                                   "finite number >= 0; fix the value")
+            if key == PHASE_PARAM and value not in (0, 1):
+                raise ConfigError(f"scenarios {file}: [{name}] {key} = {value!r} must be 0 "
+                                  "(senders' phases spread evenly) or 1 (all in lock-step)")
             params[name][key] = float(value)
     return params
 

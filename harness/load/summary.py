@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from harness.load import phases
 from harness.load.budgets import Budgets, Verdict
 from harness.load.metrics import COUNTERS, METRICS, LoadMetrics
 
@@ -94,6 +95,8 @@ def render(summary: Mapping[str, Any]) -> str:
             continue
         lines.append(f"{metric:<10} {n:>8} " + " ".join(
             f"{pct.get(k, 0):>9.2f}" for k in ("p50", "p95", "p99", "max")))
+    if summary.get("schedule"):
+        lines.append(phases.line(summary["schedule"]))
     counts = summary["counts"]
     lines.append("counts: " + ", ".join(f"{k}={v}" for k, v in counts.items() if v))
     for v in summary["budgets"]["verdicts"]:

@@ -55,6 +55,7 @@ from harness.load.driver import LoadRun
 from harness.load.health import judge as judge_health
 from harness.load.health import offered_rate
 from harness.load.metrics import LoadMetrics
+from harness.load.phases import summarize as summarize_phases
 from harness.load.ramp import (
     Outcome,
     RampPlan,
@@ -303,6 +304,8 @@ def _test_start(environment: Environment, **_kw: Any) -> None:
         STATE.replies = {}
         if STATE.setup and STATE.setup.get("ramp"):
             STATE.setup["ramp_step"] = runner.worker_count  # worker i takes units i, i+n, ...
+        if STATE.setup is not None:  # the senders' phases interleave across the workers
+            STATE.setup["processes"] = max(1, len(runner.clients))
         runner.send_message("im_setup", STATE.setup)
         return
     setup = STATE.setup
@@ -312,6 +315,7 @@ def _test_start(environment: Environment, **_kw: Any) -> None:
     bridge = AsyncBridge.get()
     settings = EndpointSettings(**setup["settings"])
     session, ramp_session = STATE.session, STATE.ramp_session
+    process = runner.worker_index if isinstance(runner, WorkerRunner) else 0
 
     async def open_named(name: str) -> Any:
         if ramp_session is not None and name in ramp_session.names:
@@ -331,7 +335,8 @@ def _test_start(environment: Environment, **_kw: Any) -> None:
                                    drain_s=float(setup["drain_s"]), budgets=STATE.budgets,
                                    emit=_emit, first_index=worker,
                                    index_step=int(setup.get("ramp_step", 1)))
-        return LoadRun(await open_named(settings.name), plan, emit=_emit)
+        return LoadRun(await open_named(settings.name), plan, emit=_emit,
+                       process=process, processes=int(setup.get("processes", 1)))
 
     STATE.run = bridge.run(open_run(), timeout=units(30))
     _quiet_gc()
@@ -452,7 +457,10 @@ def _judge(environment: Environment, metrics: LoadMetrics, payloads: list[dict[s
         metrics, scenario=label, endpoint=endpoint, verdicts=verdicts, budgets=STATE.budgets,
         duration_s=round(duration, 3) if duration else None, problems=problems,
         generator=judge_health(payloads, behind_ratio=metrics.behind_schedule_ratio()),
-        extra={"plan": scenario, "cohorts": dict(cohorts), "users": _runner(environment).user_count
+        extra={"plan": scenario, "cohorts": dict(cohorts),
+               "schedule": summarize_phases(part for payload in payloads
+                                            for part in payload.get("schedule", ())),
+               "users": _runner(environment).user_count
                if not isinstance(environment.runner, MasterRunner) else None,
                "server_resources": resources, **({"ramp": ramp} if ramp else {})},
     )

@@ -85,6 +85,8 @@ class ReferenceAdapter(AdapterBase[ReferenceClient]):
         self.api_url = self.options.api_url.rstrip("/")
         self._app = AppHandle(settings.app_id, app_key)
         self.cursors: dict[str, int] = {}  # user -> last inbox pos any of its clients processed
+        # login-answer parts equal for every client (features, limits): held once, not per client
+        self.login_parts: dict[str, Any] = {}
         self._info: EndpointInfo | None = None
 
     def __repr__(self) -> str:
