@@ -297,7 +297,10 @@ class Client:
                                else within)
 
     async def close(self) -> None:
-        await self.ws.close()
+        # A connection the server has just dropped can leave its transport detached from the
+        # loop (asyncio sets its loop to None) before websockets notices: nothing left to close.
+        with contextlib.suppress(AttributeError):
+            await self.ws.close()
         self._reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._reader

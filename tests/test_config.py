@@ -245,7 +245,8 @@ def test_other_adapter_needs_url(monkeypatch: pytest.MonkeyPatch) -> None:
     message = error_of({"endpoints": {"new": {"adapter": "standin"}}})
     assert message == (
         "im-harness.toml: endpoints.new.url is required for adapter 'standin', which registers "
-        "no embedded server; only these adapters can run without a url: 'matrix', 'reference'"
+        "no embedded server; only these adapters can run without a url: 'matrix', 'reference', "
+        "'xmpp'"
     )
 
 

@@ -27,13 +27,14 @@ pytestmark = pytest.mark.slow
 PROPERTIES = "suites/test_properties.py"
 FAULTS = "suites/test_faults.py"
 PROPERTY_DEFECTS = [
-    "reorder_fanout", "duplicate_on_reconnect", "drop_delivery", "ack_before_persist",
-    "read_cursor_back",
+    "reorder_fanout", "duplicate_on_reconnect", "drop_delivery", "read_cursor_back",
 ]
+# ack_before_persist is the fault suites' (below): their kill lands right after an ack by
+# design. The property search reaches it only when a random kill lands inside the late-flush
+# window, which is timing, not logic: its whole search took 560 s on a loaded machine and missed
+# it on a quieter one, so it is not claimed here.
 FAULT_DEFECTS = ["keepalive_dead", "ack_before_persist", "duplicate_on_reconnect"]
-# The longest run: ack_before_persist's whole property search (its late flushes slow every
-# example) took 560 s on a loaded machine.
-RUN_TIMEOUT_S = 900.0
+RUN_TIMEOUT_S = 600.0
 PROPERTY_SEED = 0
 PROPERTY_ARGS = ["--im-endpoints=new", f"--hypothesis-seed={PROPERTY_SEED}",
                  "--hypothesis-profile=ci-full"]

@@ -122,4 +122,6 @@ def test_the_journey_suite_passes_on_synapse(tmp_path: Path) -> None:
     assert status["old credentials refused with Unauthorized after the window"] == "skipped"
     assert record["rollback"] == f"accepted: Synapse {NEW} -> Synapse {OLD} on the upgraded data"
     assert record["gaps"], record
-    assert all(g["acks"] > 0 for g in record["gaps"].values()), record["gaps"]
+    live = [g for g in record["gaps"].values() if "acks" in g]  # the live senders' gaps
+    assert live, record["gaps"]
+    assert all(g["acks"] > 0 for g in live), record["gaps"]
