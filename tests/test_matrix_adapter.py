@@ -608,8 +608,8 @@ def offline_client(answer: Callable[..., Any]) -> MatrixClient:
 
 def queued(client: MatrixClient) -> list[Event]:
     out: list[Event] = []
-    while not client._queue.empty():
-        out.append(client._queue.get_nowait())
+    while client._queue:
+        out.append(client._queue.popleft())
     return out
 
 

@@ -32,10 +32,10 @@ def chromium(url: str, profile: Path, *args: str) -> subprocess.CompletedProcess
     assert CHROMIUM is not None
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={profile}", "--virtual-time-budget=20000",
+             f"--user-data-dir={profile}", "--virtual-time-budget=60000",
              "--window-size=1400,1400"]
     return subprocess.run([CHROMIUM, *flags, *args, url], capture_output=True, text=True,
-                          timeout=units(90), check=False)
+                          timeout=units(180), check=False)
 
 
 def test_report_shows_verdict_and_parity_in_a_real_browser(tmp_path):
