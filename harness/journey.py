@@ -236,24 +236,26 @@ class UpgradePair:
             self.server = None
 
 
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A reported endpoint description with nested tables as dotted keys (`limits.max_...`)."""
+    items: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            items.update(flatten(value, f"{prefix}{key}."))
+        else:
+            items[f"{prefix}{key}"] = value
+    return items
+
+
 def differences(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
     """`key: old -> new` for each reported default that differs (nested limits flattened)."""
     out: list[str] = []
-
-    def flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-        items: dict[str, Any] = {}
-        for key, value in d.items():
-            if isinstance(value, Mapping):
-                items.update(flat(value, f"{prefix}{key}."))
-            else:
-                items[f"{prefix}{key}"] = value
-        return items
-
-    a, b = flat(before), flat(after)
+    a, b = flatten(before), flatten(after)
     for key in sorted(set(a) | set(b)):
         if a.get(key) != b.get(key):
             out.append(f"{key}: {a.get(key)!r} -> {b.get(key)!r}")
     return out
 
 
-__all__ = ["JOURNEY_FILE", "JourneyRecord", "Step", "UpgradePair", "differences", "info_dict"]
+__all__ = ["JOURNEY_FILE", "JourneyRecord", "Step", "UpgradePair", "differences", "flatten",
+           "info_dict"]

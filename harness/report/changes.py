@@ -10,24 +10,15 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Mapping
 from typing import Any
 
+from harness.journey import flatten
 from harness.report.journey import JOURNEY_FILE
 from harness.report.results import ENDPOINTS_FILE
 from harness.report.sections import Finding, RunFiles, Section
 
 TITLE = "What changed (old -> new)"
 
-
-def _flat(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, Mapping):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def _shown(value: Any) -> str:
@@ -62,7 +53,7 @@ def read_changes(files: RunFiles) -> Section | None:
     if sides is None:
         return None
     before, after, source, observed = sides
-    a, b = _flat(before), _flat(after)
+    a, b = flatten(before), flatten(after)
     keys = sorted((set(a) | set(b)) - {"describe", "url"})
     rows, changed = [], []
     for key in keys:
