@@ -198,7 +198,8 @@ HtmlOpt = Annotated[bool, typer.Option(
 
 
 def _check_load(run_time: str, budgets_dir: str | None, scenarios: list[str],
-                locustfile: str | None = None) -> None:
+                locustfile: str | None = None, *, endpoint: str = "new",
+                config: str | None = None) -> None:
     import re
     from importlib.resources import as_file
 
@@ -231,6 +232,13 @@ def _check_load(run_time: str, budgets_dir: str | None, scenarios: list[str],
             if packaged.is_file():
                 with as_file(packaged) as file:
                     load_budgets(file)
+    if locustfile and scenarios:
+        from harness.load.__main__ import locustfile_problem
+
+        # Its own scenarios are known only to locust: asked now, not after the suites ran.
+        if problem := locustfile_problem(locustfile, scenarios, endpoint=endpoint,
+                                         config=config):
+            raise ConfigError(problem)
 
 
 def _check_reports(reports: Path) -> None:
@@ -279,7 +287,8 @@ def signoff(
         check_paths(path)
         _check_reports(reports)
         budgets_dir = budgets_dir or hc.budgets_dir()
-        _check_load(load_time, budgets_dir, scenarios, locustfile)
+        _check_load(load_time, budgets_dir, scenarios, locustfile, endpoint=names[1],
+                    config=config)
     except ConfigError as exc:
         raise usage(str(exc)) from None
     plan = Plan(reports=reports, config=config, endpoints=names, paths=list(path or []),
@@ -345,7 +354,8 @@ def capacity(
     try:
         _hc, names = _config(config, endpoints)
         _check_reports(reports)
-        _check_load(step_time, budgets_dir, [scenario], locustfile)
+        _check_load(step_time, budgets_dir, [scenario], locustfile, endpoint=names[1],
+                    config=config)
         if start > max_users:
             raise ConfigError(f"--start {start} is above --max-users {max_users}; start lower "
                               "or raise the cap")
@@ -422,7 +432,8 @@ def load_cmd(
         hc.selected([endpoint])
         _check_reports(reports)
         budgets_dir = budgets_dir or hc.budgets_dir()
-        _check_load(load_time, budgets_dir, scenarios, locustfile)
+        _check_load(load_time, budgets_dir, scenarios, locustfile, endpoint=endpoint,
+                    config=config)
     except ConfigError as exc:
         raise usage(str(exc)) from None
     plan = Plan(reports=reports, config=config, scenarios=scenarios, users=users,

@@ -180,6 +180,11 @@ ROWS = [
         "the locustfile has no IMUser subclass for 'chat'", files={"mine.py": (
             "from harness.load.user import IMUser\n\n\nclass Mine(IMUser):\n"
             "    scenario = 'group'\n")}),
+    # a team's locustfile is asked about its scenarios before the suites run, not after
+    Row("signoff-locustfile-scenario", "cli", ("signoff", "--scenario", "nosuch",
+                                               "--locustfile", "mine.py"),
+        "--scenario 'nosuch' is not a scenario; known: chat", files={"mine.py": (
+            "from harness.load.user import IMUser\n\n\nclass Mine(IMUser):\n    pass\n")}),
     Row("load-time-2d", "cli", ("load", "--load-time", "48h"), "at most 24h"),
     Row("doctor-config-missing", "cli", ("doctor", "--config", "missing.toml"), "no such file"),
     Row("doctor-endpoint-unknown", "cli", ("doctor", "--endpoints", "old,staging"),

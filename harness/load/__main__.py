@@ -33,6 +33,35 @@ def default_locustfile() -> Path:
     return Path(str(files("harness.loadtests").joinpath("locustfile.py")))
 
 
+def locustfile_problem(locustfile: str | Path, scenarios: list[str], *, endpoint: str = "new",
+                       config: str | None = None, timeout_s: float = 120.0) -> str | None:
+    """What a team's locustfile makes of these scenarios, asked before any run starts.
+
+    Runs locust on it with `--im-check`: the harness's listeners check the scenario names (the
+    locustfile may register its own), their budgets and the config, start no server and exit.
+    Returns the one-line problem, or None when the file takes them.
+    """
+    import subprocess
+
+    cmd = [sys.executable, "-m", "locust", "-f", str(locustfile), "--headless", "--im-check",
+           "--scenario", ",".join(scenarios), "--endpoint", endpoint]
+    if config:
+        cmd += ["--im-config", config]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
+                              check=False)
+    except subprocess.TimeoutExpired:
+        return f"--locustfile {str(locustfile)!r} did not answer --im-check in {timeout_s:g} s"
+    if done.returncode == EXIT_OK:
+        return None
+    lines = [ln.strip() for ln in (done.stderr or done.stdout).strip().splitlines()]
+    mine = [ln for ln in lines if ln.startswith("im-harness load: ")]
+    if mine:
+        return mine[-1].removeprefix("im-harness load: ")
+    last = lines[-1] if lines else f"exit {done.returncode}"
+    return f"--locustfile {str(locustfile)!r} does not load: {last}"
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (and exit 2), as everywhere in the harness."""
 

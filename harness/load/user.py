@@ -67,7 +67,7 @@ from harness.load.ramp import (
 )
 from harness.load.resources import ResourceSampler, finish_sampling, sample_server
 from harness.load.scenarios import ScenarioPlan, plan, scenarios
-from harness.load.summary import EXIT_USAGE, build_summary, render, write_summary
+from harness.load.summary import EXIT_OK, EXIT_USAGE, build_summary, render, write_summary
 from harness.report.redact import Redactor
 from harness.session import HarnessSession, describe, open_endpoint
 from harness.timing import units
@@ -147,6 +147,9 @@ def _options(parser: Any) -> None:
                             "5,20,50,100 (the rest on --ramp-from); off when empty")
     group.add_argument("--ramp-hold", default="10s", help="ramp: how long each stage holds")
     group.add_argument("--ramp-from", default="old", help="ramp: the endpoint users move from")
+    group.add_argument("--im-check", action="store_true",
+                       help="check the options, scenarios, budgets and config, start nothing, "
+                            "and exit (0: fine; 2: the problem, in one line)")
     group.add_argument("--summary-json", default="",
                        help="JSON summary path (default reports/load-<scenario>-<endpoint>.json)")
 
@@ -219,6 +222,8 @@ def _init(environment: Environment, runner: Any, **_kw: Any) -> None:
         if not classes:
             raise ConfigError(f"the locustfile has no IMUser subclass for {chosen.label!r}; "
                               "subclass harness.load.user.IMUser in it")
+        if opts.im_check:
+            raise SystemExit(EXIT_OK)  # everything above held: nothing was started
         STATE.session = session.start()  # validation is done: only now start a server
         if old is not None:
             STATE.ramp_session = old.start()
