@@ -191,6 +191,19 @@ def test_load_result_draws_the_histogram_the_load_layer_measured():
     assert shots["latency histogram"].body.startswith(b"\x89PNG")
 
 
+def test_a_void_run_is_the_harness_s_broken_result_never_a_budget_failure():
+    summary = {**load_summary(), "within_budget": False, "void": True,
+               "generator": {"void": True, "reasons": ["event-loop lag p99 900 ms > 100 ms"]}}
+    result = load_result(LoadOutcome("chat", summary))
+    assert result.status == "broken"
+    assert ("im_failure", "harness") in result.labels
+    assert ("im_failure", "budget") not in result.labels
+    assert result.message == "void: event-loop lag p99 900 ms > 100 ms"
+    assert result.name.endswith(": VOID")
+    over = load_result(LoadOutcome("chat", {**load_summary(), "within_budget": False}))
+    assert (over.status, ("im_failure", "budget") in over.labels) == ("failed", True)
+
+
 def test_a_summary_without_histogram_gets_the_percentile_chart():
     summary = {k: v for k, v in load_summary().items() if k != "histogram_ms"}
     result = load_result(LoadOutcome("chat", summary))

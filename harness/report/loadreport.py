@@ -203,7 +203,8 @@ def _histogram_figure(plt: Any, scenario: str, buckets: Mapping[str, list[list[f
 
 def load_result(outcome: LoadOutcome, *, history_csv: str | Path | None = None,
                 text: str = "") -> Result:
-    """The Allure result of one scenario: passed within budget, failed (budget) otherwise."""
+    """The Allure result of one scenario: passed within budget, failed (budget) over it, broken
+    (harness) when the run is void because its generator was saturated."""
     summary = outcome.summary
     labels = [("epic", "Load"), ("feature", outcome.scenario), ("story", "budgets"),
               ("severity", "critical"), ("parentSuite", "load"), ("suite", outcome.scenario)]
@@ -216,8 +217,9 @@ def load_result(outcome: LoadOutcome, *, history_csv: str | Path | None = None,
             start_ms=outcome.started_ms, stop_ms=outcome.stopped_ms,
         )
     endpoint = summary.get("endpoint") or {}
-    failed = outcome.failed_budgets()
-    status = "passed" if outcome.ok else "failed"
+    # A void run measured its own generator, not the server: broken (the harness's), not failed
+    failed = [f"void: {outcome.void}"] if outcome.void else outcome.failed_budgets()
+    status = "broken" if outcome.void else "passed" if outcome.ok else "failed"
     rows = "".join(
         f"<tr><td>{'ok' if v.get('ok') else '<b>FAIL</b>'}</td><td>{html.escape(v['budget'])}"
         f"</td><td>{v['limit']:g}</td><td>{'-' if v.get('actual') is None else v['actual']}</td>"
@@ -248,7 +250,9 @@ def load_result(outcome: LoadOutcome, *, history_csv: str | Path | None = None,
     if text:
         attachments.append(Attachment("run output", text.encode()))
     labels.append(("im_endpoint_load", str(endpoint.get("name", "?"))))
-    if not outcome.ok:
+    if outcome.void:
+        labels.append((FAILURE_LABEL, "harness"))
+    elif not outcome.ok:
         labels.append((FAILURE_LABEL, "budget"))
     return Result(
         name=f"load {outcome.scenario} on {endpoint.get('name', '?')}"
