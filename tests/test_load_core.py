@@ -10,7 +10,7 @@ from harness.errors import ConfigError
 from harness.load.budgets import parse_budgets
 from harness.load.metrics import HIGHEST_US, LoadMetrics, new_histogram
 from harness.load.scenarios import plan
-from harness.load.summary import build_summary, compare_table
+from harness.load.summary import build_summary
 
 
 def _metrics(latencies_ms: list[float], **counts: int) -> LoadMetrics:
@@ -75,17 +75,6 @@ def test_scenario_selection_and_unknown_name() -> None:
     assert chosen.params["group"]["group_size"] == 5
     with pytest.raises(ConfigError, match="'chatt' is not a scenario; known: chat"):
         plan("chatt")
-
-
-def test_compare_table_has_ratios() -> None:
-    old = build_summary(_metrics([10.0] * 10, deliveries=10), scenario="chat",
-                        endpoint={"name": "old"})
-    new = build_summary(_metrics([5.0] * 10, deliveries=20), scenario="chat",
-                        endpoint={"name": "new"})
-    table = compare_table(old, new)
-    assert "send_ack p50 ms" in table
-    assert "0.50x" in table
-    assert "2.00x" in table
 
 
 def test_batched_recording_matches_hdrhistogram_exactly() -> None:
