@@ -8,14 +8,13 @@ live for one test, in that test's event loop. Nothing here imports pytest.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import contextlib
 import inspect
 import secrets
 import time
 import uuid
-from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -46,6 +45,7 @@ from harness.oracle import Oracle
 from harness.recorder import Recorder
 from harness.registry import adapters
 from harness.servers import AdminHandle, EmbeddedServer, servers
+from harness.syncrun import run_sync, threads_are_real
 
 T = TypeVar("T")
 
@@ -234,12 +234,6 @@ def apply_profile(info: EndpointInfo, ep: EndpointConfig) -> EndpointInfo:
     return replace(info, limits=limits, capabilities=caps, tier=info.tier or ep.tier.name)
 
 
-def run_sync(coro: Coroutine[Any, Any, T]) -> T:
-    """Run `coro` in a private event loop on a worker thread (safe under a running loop)."""
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coro).result()
-
-
 class HarnessSession:
     """The selected endpoints of one test session; embedded services started once.
 
@@ -288,13 +282,17 @@ class HarnessSession:
                 self._settings[name] = self.config.settings_for(name, self._environ)
 
     def start(self) -> HarnessSession:
-        """Start the embedded services (in parallel), resolve settings, learn every endpoint."""
+        """Start the embedded services (in parallel where threads are real), resolve settings,
+        learn every endpoint."""
         if self._started:
             return self
         self.resolve()
         embedded = [n for n in self.names if self.config.endpoints[n].embedded]
         try:
-            if embedded:
+            if embedded and not threads_are_real():
+                for name in embedded:  # greenlets, not threads: one private loop at a time
+                    self._start_one(name)
+            elif embedded:
                 with concurrent.futures.ThreadPoolExecutor(len(embedded)) as pool:
                     futures = [pool.submit(self._start_one, name) for name in embedded]
                     # Wait for every start, so a failed one never leaves another one running.
@@ -589,5 +587,6 @@ __all__ = [
     "describe",
     "new_user",
     "open_endpoint",
+    "run_sync",
     "unique_id",
 ]

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import collections
-import concurrent.futures
 import json
 import os
 import queue
@@ -23,6 +21,7 @@ from typing import Any, NoReturn
 from harness import procs
 from harness.errors import ConfigError, HarnessError
 from harness.reference.admin import AdminClient, AppHandle
+from harness.syncrun import run_sync
 
 LOG_TAIL_LINES = 20
 
@@ -273,9 +272,7 @@ class ReferenceService:
             finally:
                 await client.aclose()
 
-        # A worker thread, so this also works when the caller's thread runs an event loop.
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            return pool.submit(asyncio.run, call()).result()
+        return run_sync(call())
 
     def __enter__(self) -> ReferenceService:
         return self.start()
