@@ -68,7 +68,7 @@ class ManagedServer:
 
     def exited(self, code: int | None, where: str) -> HarnessError:
         """The error for a server that exited before answering (a plugin may say more)."""
-        return HarnessError(f"{self.title()} exited with code {code} before answering on "
+        return HarnessError(f"{self.title()} exited with code {code} before it answered "
                             f"{where}; last log lines:\n{self.log_tail()}")
 
     def wait_ready(self, answers: Callable[[], bool], *, limit: float, where: str,

@@ -46,7 +46,7 @@ class TinyServer(ManagedServer):
                                   *(["crash"] if self.crash else [])], name="tiny")
         self.wait_ready(lambda: self._proc is not None and not self.crash
                         and self.log_tail().count("started") > lines,
-                        limit=units(10), where="its log")
+                        limit=units(10), where="in its log")
         return self
 
 
@@ -111,8 +111,8 @@ def test_a_failed_start_removes_what_it_made() -> None:
 def test_a_server_that_exits_before_answering_is_named_with_its_code_and_log() -> None:
     server = TinyServer(crash=True)
     try:
-        with pytest.raises(HarnessError, match=r"TinyServer exited with code 3 before answering "
-                           r"on its log; last log lines:\nstarted"):
+        with pytest.raises(HarnessError, match=r"TinyServer exited with code 3 before it "
+                           r"answered in its log; last log lines:\nstarted"):
             server.start()
         assert server.pid is None
     finally:

@@ -15,7 +15,8 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from harness.contract import EndpointSettings
-from harness.errors import HarnessError, UpgradeRefused
+from harness.errors import UpgradeRefused
+from harness.managed import ManagedEndpoint
 from harness.servers import ServerRequest
 from harness.xmpp.launcher import DOMAIN, PROFILES, ProsodyExited, ProsodyServer
 
@@ -43,13 +44,14 @@ def _options(request: ServerRequest) -> ProsodyOptions:
     return ProsodyOptions.model_validate(options.model_dump())
 
 
-class ProsodyEmbedded:
+class ProsodyEmbedded(ManagedEndpoint):
     """One Prosody on loopback with its own data directory, removed at `stop()`."""
 
     Options: ClassVar[type[BaseModel]] = ProsodyOptions
     defects: ClassVar[tuple[str, ...]] = ()
     default_tier: ClassVar[str] = ""
     tiers: ClassVar[tuple[str, ...]] = ()
+    server: ProsodyServer
 
     def __init__(self, request: ServerRequest, options: ProsodyOptions) -> None:
         assert options.rate_profile in PROFILES
@@ -73,16 +75,6 @@ class ProsodyEmbedded:
         except OSError:
             return f"Prosody {self.server.version}"
 
-    @property
-    def pid(self) -> int | None:
-        return self.server.pid
-
-    @property
-    def settings(self) -> EndpointSettings:
-        if self._settings is None:
-            raise HarnessError(f"{self!r} is not started; call start() first")
-        return self._settings
-
     def _learn_settings(self) -> EndpointSettings:
         timeouts: dict[str, Any] = dict(self.request.timeouts)
         self._settings = EndpointSettings(
@@ -94,24 +86,6 @@ class ProsodyEmbedded:
         )
         self._settings = replace(self._settings, **timeouts)
         return self._settings
-
-    def start(self) -> EndpointSettings:
-        try:
-            self.server.start()
-        except BaseException:
-            self.server.cleanup()
-            raise
-        return self._learn_settings()
-
-    def stop(self) -> None:
-        self.server.cleanup()
-
-    def kill(self) -> None:
-        self.server.kill()
-
-    def restart(self, *, kill: bool = False) -> EndpointSettings:
-        self.server.restart(kill=kill)
-        return self._learn_settings()
 
     def upgrade(self, to: ServerRequest) -> EndpointSettings:
         """Stop this Prosody, start `to`'s version on the same data; see the module docstring."""

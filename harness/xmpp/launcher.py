@@ -12,20 +12,17 @@ given in `[endpoints.X.server] binary`.
 
 from __future__ import annotations
 
-import collections
-import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import procs
 from harness.errors import ConfigError, HarnessError
+from harness.managed import ManagedServer, free_port
 from harness.timing import units
 
-LOG_TAIL_LINES = 20
 DOMAIN = "localhost"
 MUC_DOMAIN = f"conference.{DOMAIN}"
 
@@ -75,19 +72,12 @@ class ProsodyExited(HarnessError):
     """Prosody exited before it answered; the message carries its own error lines."""
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _lua_list(items: tuple[str, ...] | list[str]) -> str:
     return "{ " + "; ".join(f'"{i}"' for i in items) + " }"
 
 
 @dataclass
-class ProsodyServer:
+class ProsodyServer(ManagedServer):
     """One Prosody on loopback; `with ProsodyServer("0.12") as p: p.port`."""
 
     version: str = "0.12"
@@ -108,10 +98,6 @@ class ProsodyServer:
                 raise ConfigError(f"prosody version {self.version!r} has no default binary; "
                                   f"use one of {sorted(DEFAULT_BINARIES)} or set server.binary")
             self.binary = DEFAULT_BINARIES[self.version]
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc and self._proc.running else None
 
     @property
     def log_path(self) -> Path:
@@ -228,26 +214,15 @@ Component "{MUC_DOMAIN}" "muc"
             return False
 
     def _wait_ready(self) -> None:
-        assert self._proc is not None
         limit = self.start_timeout if self.start_timeout is not None else units(20)
-        deadline = time.monotonic() + limit
-        while True:
-            if not self._proc.running:
-                code = self._proc.returncode
-                self._proc.forget()
-                self._proc = None
-                raise ProsodyExited(
-                    f"Prosody {self.version} exited with code {code} before answering on "
-                    f"port {self.port}: {self.refusal() or 'no error in its log'}")
-            if self._answers():
-                return
-            if time.monotonic() >= deadline:
-                self.stop()
-                raise HarnessError(
-                    f"Prosody {self.version} did not answer on 127.0.0.1:{self.port} within "
-                    f"{limit:.0f}s; raise IM_HARNESS_TIME_SCALE on a slow machine; last log "
-                    f"lines:\n{self.log_tail()}")
-            time.sleep(0.05)
+        self.wait_ready(self._answers, limit=limit, where=f"on 127.0.0.1:{self.port}")
+
+    def title(self) -> str:
+        return f"Prosody {self.version}"
+
+    def exited(self, code: int | None, where: str) -> HarnessError:
+        return ProsodyExited(f"{self.title()} exited with code {code} before it answered "
+                             f"{where}: {self.refusal() or 'no error in its log'}")
 
     def refusal(self) -> str:
         """Prosody's own words since the last start: its log's errors, else what it printed."""
@@ -263,45 +238,6 @@ Component "{MUC_DOMAIN}" "muc"
         errors = [ln for ln in said.get("prosody.log", [])
                   if "\terror\t" in ln or "fatal" in ln.lower()]
         return " | ".join(errors[-5:] or said.get("stdout.log", [])[:5])
-
-    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
-        """The last lines of the server's log (empty when there is none)."""
-        if self.data_dir is None or not self.log_path.exists():
-            return ""
-        with open(self.log_path, errors="replace") as fh:
-            return "".join(collections.deque(fh, maxlen=lines)).rstrip()
-
-    def stop(self) -> None:
-        """SIGTERM, wait, then SIGKILL; the data directory stays for `restart()`."""
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            proc.stop()
-
-    def kill(self) -> None:
-        """SIGKILL (a crash); the database stays."""
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            proc.kill()
-
-    def restart(self, *, kill: bool = False) -> None:
-        """Stop (or kill) and start again on the same port and database."""
-        if kill:
-            self.kill()
-        else:
-            self.stop()
-        self.start()
-
-    def cleanup(self) -> None:
-        """Stop and remove the data directory when this server created it."""
-        self.stop()
-        if self._own_dir and self.data_dir is not None:
-            shutil.rmtree(self.data_dir, ignore_errors=True)
-
-    def __enter__(self) -> ProsodyServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.cleanup()
 
     def on_same_data(self, version: str, binary: str | None = None) -> ProsodyServer:
         """A stopped server of `version` on this one's data and port (in-place upgrade).
