@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +164,25 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
+def _start(cmd: list[str], env: dict[str, str], cwd: Path,
+           args: argparse.Namespace) -> subprocess.Popen[bytes]:
+    """A locust child, on the generators' core when pinned."""
+    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,
+                            preexec_fn=(lambda: os.sched_setaffinity(0, {GENERATOR_CPU}))
+                            if getattr(args, "pin", False) else None)
+
+
+def _first_delivery(proc: subprocess.Popen[bytes], service: Any, name: str) -> None:
+    """Wait until the service counts a delivery more (the child is up and sending)."""
+    base = _counter(service, "deliveries")
+    give_up = time.monotonic() + 60
+    while _counter(service, "deliveries") == base:
+        if proc.poll() is not None or time.monotonic() > give_up:
+            raise SystemExit(f"bench: {name} delivered nothing; run it by hand to see why")
+        time.sleep(0.1)
+
+
 def _measure(cmd: list[str], env: dict[str, str], cwd: Path, service: Any,
              args: argparse.Namespace) -> tuple[int, float, float]:
     """Run a locust child; (deliveries, generator CPU-s, wall s) over its steady-state window.
@@ -171,29 +191,32 @@ def _measure(cmd: list[str], env: dict[str, str], cwd: Path, service: Any,
     imports and logins excluded) and lasts `--window` seconds; deliveries are the service's own
     counter, CPU the child's (and its children's) psutil times, both read at the window's edges.
     """
+    return _measure_together([(cmd, env, service)], cwd, args)[0]
+
+
+def _measure_together(runs: list[tuple[list[str], dict[str, str], Any]], cwd: Path,
+                      args: argparse.Namespace) -> list[tuple[int, float, float]]:
+    """`_measure` for several children at once, each on its own service, over one window."""
     import psutil
 
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL,
-                            preexec_fn=(lambda: os.sched_setaffinity(0, {GENERATOR_CPU}))
-                            if getattr(args, "pin", False) else None)
+    procs = [_start(cmd, env, cwd, args) for cmd, env, _ in runs]
     try:
-        tree = psutil.Process(proc.pid)
-        base = _counter(service, "deliveries")
-        give_up = time.monotonic() + 60
-        while _counter(service, "deliveries") == base:
-            if proc.poll() is not None or time.monotonic() > give_up:
-                raise SystemExit(f"bench: {cmd[4]} delivered nothing; run it by hand to see why")
-            time.sleep(0.1)
+        trees = [psutil.Process(proc.pid) for proc in procs]
+        for proc, (cmd, _, service) in zip(procs, runs, strict=True):
+            _first_delivery(proc, service, cmd[4])
         time.sleep(args.warmup)
-        d0, c0, t0 = _counter(service, "deliveries"), _tree_cpu(tree), time.monotonic()
+        start = [(_counter(service, "deliveries"), _tree_cpu(tree), time.monotonic())
+                 for tree, (_, _, service) in zip(trees, runs, strict=True)]
         time.sleep(args.window)
-        d1, c1, t1 = _counter(service, "deliveries"), _tree_cpu(tree), time.monotonic()
-        if proc.poll() is not None:
-            raise SystemExit("bench: the locust run ended inside the window; raise its -t")
+        end = [(_counter(service, "deliveries"), _tree_cpu(tree), time.monotonic())
+               for tree, (_, _, service) in zip(trees, runs, strict=True)]
+        if any(proc.poll() is not None for proc in procs):
+            raise SystemExit("bench: a locust run ended inside the window; raise its -t")
     finally:
-        _stop(proc)
-    return d1 - d0, c1 - c0, t1 - t0
+        for proc in procs:
+            _stop(proc)
+    return [(d1 - d0, c1 - c0, t1 - t0) for (d0, c0, t0), (d1, c1, t1) in zip(start, end,
+                                                                               strict=True)]
 
 
 def _mint(service: Any, app: Any, count: int, prefix: str) -> list[tuple[str, str]]:
@@ -213,8 +236,10 @@ def _mint(service: Any, app: Any, count: int, prefix: str) -> list[tuple[str, st
     return run_sync(mint())
 
 
-def throughput(service: Any, app: Any, args: argparse.Namespace, work: Path) -> None:
-    """Alternate the two users on the same load; print delivered msg per generator CPU-second."""
+def throughput(service: Any, app: Any, args: argparse.Namespace, work: Path,
+               twin: tuple[Any, Any] | None = None) -> None:
+    """Alternate the two users on the same load (or, given a `twin` service and app for the
+    naive user, run both at once); print delivered msg per generator CPU-second."""
     env = {**os.environ, "BENCH_WS": service.ws_url, "BENCH_RATE": str(args.rate),
            "BENCH_NAIVE_OUT": str(work / "naive.json"), "BENCH_APP_KEY": app.app_key,
            "BENCH_SHAPE": args.shape}
@@ -236,17 +261,25 @@ def throughput(service: Any, app: Any, args: argparse.Namespace, work: Path) -> 
     bound: set[int] = set()  # rounds in which the service, not a generator, set the pace
     print(f"throughput: {args.users} users x {args.rate:g} msg/s ({offered:g} msg/s offered), "
           f"phases {args.shape}, warm-up {args.warmup:g}s, window {args.window:g}s, "
-          f"{args.rounds} alternating rounds, "
-          f"{'service on CPU 0, generators on CPU 1' if args.pin else 'not pinned'}; "
+          f"{args.rounds} {'rounds, both users at once' if twin else 'alternating rounds'}, "
+          f"{'service(s) on CPU 0, generators on CPU 1' if args.pin else 'not pinned'}; "
           f"{load_average()}", flush=True)
+    naive_service, naive_app = twin or (service, app)
     for r in range(args.rounds):
-        order = (("harness", harness_cmd), ("naive", naive_cmd))
-        for kind, cmd in order if r % 2 == 0 else order[::-1]:
-            run_env = env
-            if kind == "naive":  # fresh users: no inbox replayed from an earlier round
-                tokens = _mint(service, app, 2 * args.users, f"naive{r}")
-                run_env = {**env, "BENCH_TOKENS": json.dumps(tokens)}
-            delivered, cpu, wall = _measure(cmd, run_env, work, service, args)
+        # fresh naive users every round: no inbox replayed from an earlier round
+        tokens = _mint(naive_service, naive_app, 2 * args.users, f"naive{r}")
+        naive_env = {**env, "BENCH_TOKENS": json.dumps(tokens), "BENCH_WS": naive_service.ws_url}
+        measured: Iterable[tuple[str, tuple[int, float, float]]]
+        if twin:  # the same moment of the machine for both: its load drifts between runs
+            measured = zip(("harness", "naive"), _measure_together(
+                [(harness_cmd, env, service), (naive_cmd, naive_env, naive_service)], work, args),
+                strict=True)
+        else:
+            order = (("harness", harness_cmd, env, service),
+                     ("naive", naive_cmd, naive_env, naive_service))
+            measured = ((kind, _measure(cmd, run_env, work, svc, args)) for kind, cmd, run_env, svc
+                        in (order if r % 2 == 0 else order[::-1]))
+        for kind, (delivered, cpu, wall) in measured:
             per_cpu = delivered / cpu if cpu else 0.0
             results[kind].append(per_cpu)
             served = delivered / wall / offered
@@ -332,6 +365,9 @@ def main() -> None:
                         help="both users' send phases: spread evenly, or all in lock-step")
     parser.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True,
                         help="service on CPU 0, generators on CPU 1 (when there are two)")
+    parser.add_argument("--together", action="store_true",
+                        help="run both users at once, each on its own service (one window of "
+                             "the machine for both), instead of alternating")
     args = parser.parse_args()
     args.pin = pinning(args.pin)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -348,7 +384,14 @@ def main() -> None:
             'app_key_env = "BENCH_APP_KEY"\nprotocol = "v2"\ntier = "pro"\n'
             f'options = {{ api_url = "{service.api_url}" }}\n')
         if args.skip != "throughput":
-            throughput(service, app, args, work)
+            if args.together:
+                with ReferenceService() as second:
+                    if args.pin and second.pid is not None:
+                        pin(second.pid, SERVICE_CPU)
+                    throughput(service, app, args, work, twin=(second, second.create_app_sync(
+                        tier="pro", limits={"max_connections": 4 * args.users})))
+            else:
+                throughput(service, app, args, work)
         if args.skip != "capacity":
             capacity(service, app, args, work)
 

@@ -2,7 +2,7 @@
 
 A saturated generator measures itself: its sends leave late, its event loop answers late and
 every latency grows, whatever the server does. Each load process measures, while it runs,
-its event loop's lag (a probe that sleeps `PROBE_S` and notes how late it woke), its own CPU
+its event loop's lag (a timer every `PROBE_S` notes how late it fired), its own CPU
 time over the wall time, and (in the driver) the sends that left behind their schedule. The
 master judges the merged numbers against `Bounds`; a run beyond one is void, with the numbers,
 and is never judged as the server's fault.
@@ -26,7 +26,7 @@ from typing import Any
 
 from harness.timing import unit
 
-PROBE_S = 0.05  # the lag probe's sleep
+PROBE_S = 0.05  # the lag probe's interval
 MAX_SAMPLES = 100_000  # lag samples kept per process (an hour and a half at 20 per second)
 MIN_CPU_WINDOW_S = 1.0  # a CPU share over less wall time than this says nothing (two threads)
 
@@ -69,7 +69,7 @@ class LoopProbe:
         self._arm(asyncio.get_running_loop())
 
     def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
-        # A timer callback, not a sleeping task: the same lateness, a third of the wake-up cost.
+        # A timer callback, not a sleeping task: the same lateness, no task step per sample.
         self._armed_at = time.monotonic()
         self._timer = loop.call_later(self.interval_s, self._fired, loop)
 
