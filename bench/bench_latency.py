@@ -5,10 +5,15 @@ The same traffic against the same reference service, alternating: the harness's 
 pair's spread phase) and a raw asyncio `websockets` probe (ProbeRun below) that opens the same pairs
 and sends on the same phases, timing each delivery from its intended send time exactly as the
 harness does. For each round it prints both p50 and p99, then each one's mean and its spread
-between identical runs, the harness/probe ratios, and both generators' CPU per delivered message
+between identical runs, the harness/probe ratios (of the means, and each round's pair of runs
+side by side, which cancels the machine's drift), and both generators' CPU per delivered message
 over the same steady-state window (bench_load's `_measure`).
 
-Usage: python bench/bench_latency.py [--pairs 10] [--rate 20] [--seconds 20] [--rounds 3]
+Noise control: the service runs pinned to CPU 0 and both generators to CPU 1 (`--pin`, as in
+bench_load), the order alternates every round, and every run prints the load average.
+
+Usage: python bench/bench_latency.py [--pairs 10] [--rate 20] [--seconds 30] [--rounds 6]
+                                     [--pin | --no-pin]
 """
 
 from __future__ import annotations
@@ -106,9 +111,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=10)
     parser.add_argument("--rate", type=float, default=20.0, help="msg/s per pair (both ends)")
-    parser.add_argument("--seconds", type=float, default=20.0, help="measured window")
+    parser.add_argument("--seconds", type=float, default=30.0, help="measured window")
     parser.add_argument("--warmup", type=float, default=3.0)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True,
+                        help="service on CPU 0, generators on CPU 1 (when there are two)")
     parser.add_argument("--probe", help=argparse.SUPPRESS)  # internal: run the probe, write here
     args = parser.parse_args()
     if args.probe:
@@ -120,15 +127,18 @@ def main() -> None:
 
     from harness.reference.launcher import ReferenceService
 
+    pinned = bench_load.pinning(args.pin)
     with tempfile.TemporaryDirectory() as tmp, ReferenceService() as service:
         work = Path(tmp)
+        if pinned and service.pid is not None:
+            bench_load.pin(service.pid, bench_load.SERVICE_CPU)
         app = service.create_app_sync(tier="pro")
         (work / "im-harness.toml").write_text(
             f'[endpoints.new]\nurl = "{service.ws_url}"\napp_id = "{app.app_id}"\n'
             'app_key_env = "BENCH_APP_KEY"\nprotocol = "v2"\ntier = "pro"\n'
             f'options = {{ api_url = "{service.api_url}" }}\n')
         env = {**os.environ, "BENCH_WS": service.ws_url, "BENCH_APP_KEY": app.app_key}
-        timing = argparse.Namespace(warmup=args.warmup, window=args.seconds)
+        timing = argparse.Namespace(warmup=args.warmup, window=args.seconds, pin=pinned)
         run_time = f"{int(args.warmup + args.seconds + 30)}s"  # ended by SIGTERM
         harness_cmd = [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtests/locustfile.py"),
                        "--headless", "-u", str(args.pairs), "-r", str(args.pairs), "-t", run_time,
@@ -140,7 +150,9 @@ def main() -> None:
         got: dict[str, dict[str, list[float]]] = {
             k: {"p50": [], "p99": [], "cpu_us": []} for k in ("harness", "probe")}
         print(f"latency truth: {args.pairs} pairs x {args.rate:g} msg/s, {args.rounds} "
-              f"alternating rounds, window {args.seconds:g}s", flush=True)
+              f"alternating rounds, window {args.seconds:g}s, "
+              f"{'service on CPU 0, generators on CPU 1' if pinned else 'not pinned'}; "
+              f"{bench_load.load_average()}", flush=True)
         for r in range(args.rounds):
             order = (("harness", harness_cmd), ("probe", probe_cmd))
             for kind, cmd in order if r % 2 == 0 else order[::-1]:
@@ -163,14 +175,19 @@ def main() -> None:
                 got[kind]["p99"].append(p99)
                 got[kind]["cpu_us"].append(1e6 * cpu / delivered if delivered else float("nan"))
                 print(f"  {kind:<8} p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  "
-                      f"{got[kind]['cpu_us'][-1]:6.1f} us CPU per delivered message", flush=True)
+                      f"{got[kind]['cpu_us'][-1]:6.1f} us CPU per delivered message; "
+                      f"{bench_load.load_average()}", flush=True)
         for kind, res in got.items():
             print(f"{kind:<8} p50 {_spread(res['p50'])}, p99 {_spread(res['p99'])}")
         h, p = got["harness"], got["probe"]
+        for q in ("p50", "p99"):  # each round's two runs, next to each other in time
+            pairs = [a / b for a, b in zip(h[q], p[q], strict=True)]
+            print(f"harness/probe {q} per round: " + " ".join(f"{x:.3f}" for x in pairs)
+                  + f" (median {statistics.median(pairs):.3f})")
         print(f"harness/probe: p50 {statistics.fmean(h['p50']) / statistics.fmean(p['p50']):.3f}"
               f", p99 {statistics.fmean(h['p99']) / statistics.fmean(p['p99']):.3f}, CPU per "
               f"message {statistics.fmean(h['cpu_us']) / statistics.fmean(p['cpu_us']):.2f}x "
-              "(target: p50 and p99 within 5 %)")
+              f"(target: p50 and p99 within 5 %); {bench_load.load_average()}")
 
 
 if __name__ == "__main__":

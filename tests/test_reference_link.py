@@ -13,8 +13,10 @@ import hashlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from harness.adapters.reference.transport import Link
+from harness.adapters.reference.transport import Link, _MaskKeys
 from harness.timing import units, until
+
+KEYS_PER_BLOCK = _MaskKeys.KEYS_PER_BLOCK
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -121,4 +123,38 @@ async def test_invalid_utf8_fails_the_connection_with_1007() -> None:
         [(opcode, payload)] = unmask(bytes(got))[:1]
         assert opcode == 8  # close
         assert int.from_bytes(payload[:2], "big") == 1007  # invalid data
+        link.abort()
+
+
+def masking_keys(data: bytes) -> list[bytes]:
+    """The masking key of each client frame in `data`."""
+    keys, at = [], 0
+    while at + 2 <= len(data):
+        n = data[at + 1] & 0x7F
+        at += 2
+        if n == 126:
+            n, at = int.from_bytes(data[at:at + 2], "big"), at + 2
+        elif n == 127:
+            n, at = int.from_bytes(data[at:at + 8], "big"), at + 8
+        keys.append(data[at:at + 4])
+        at += 4 + n
+    return keys
+
+
+async def test_every_frame_gets_its_own_masking_key_across_key_blocks() -> None:
+    async def quiet(writer: asyncio.StreamWriter) -> None:
+        return None
+
+    count = 2 * KEYS_PER_BLOCK + KEYS_PER_BLOCK // 2  # keys come from urandom a block at a time
+    got = bytearray()
+    async with server(quiet, got) as url:
+        link, _ = await _open(url)
+        for i in range(count):
+            link.send(f'{{"n":{i}}}')
+        await until(lambda: len(masking_keys(bytes(got))) >= count, timeout=units(10),
+                    what=f"{count} frames")
+        keys = masking_keys(bytes(got))[:count]
+        assert [p for _, p in unmask(bytes(got))][:3] == [b'{"n":0}', b'{"n":1}', b'{"n":2}']
+        # random 4-byte keys: two equal among 2,560 has a chance of ~1 in 1,300
+        assert len(set(keys)) >= count - 2, "masking keys repeat"
         link.abort()

@@ -2,7 +2,7 @@
 
 A saturated generator measures itself: its sends leave late, its event loop answers late and
 every latency grows, whatever the server does. Each load process measures, while it runs,
-its event loop's lag (a probe that sleeps `PROBE_S` and notes how late it woke), its own CPU
+its event loop's lag (a timer every `PROBE_S` notes how late it fired), its own CPU
 time over the wall time, and (in the driver) the sends that left behind their schedule. The
 master judges the merged numbers against `Bounds`; a run beyond one is void, with the numbers,
 and is never judged as the server's fault.
@@ -26,7 +26,7 @@ from typing import Any
 
 from harness.timing import unit
 
-PROBE_S = 0.05  # the lag probe's sleep
+PROBE_S = 0.05  # the lag probe's interval
 MAX_SAMPLES = 100_000  # lag samples kept per process (an hour and a half at 20 per second)
 MIN_CPU_WINDOW_S = 1.0  # a CPU share over less wall time than this says nothing (two threads)
 
@@ -50,34 +50,43 @@ class LoopProbe:
     def __init__(self, interval_s: float = PROBE_S) -> None:
         self.interval_s = interval_s
         self.lags_ms: list[float] = []
-        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed_at = 0.0
+        self._started = False
         self._cpu0 = 0.0
         self._wall0 = 0.0
 
     @property
     def started(self) -> bool:
-        return self._task is not None
+        return self._started
 
     def start(self) -> None:
         """Start measuring (idempotent); must be called inside the running loop."""
-        if self._task is not None:
+        if self._started:
             return
+        self._started = True
         self._cpu0, self._wall0 = time.process_time(), time.monotonic()
-        self._task = asyncio.get_running_loop().create_task(self._probe())
+        self._arm(asyncio.get_running_loop())
 
-    async def _probe(self) -> None:
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        # A timer callback, not a sleeping task: the same lateness, no task step per sample.
+        self._armed_at = time.monotonic()
+        self._timer = loop.call_later(self.interval_s, self._fired, loop)
+
+    def _fired(self, loop: asyncio.AbstractEventLoop) -> None:
         lags = self.lags_ms
-        while True:
-            before = time.monotonic()
-            await asyncio.sleep(self.interval_s)
-            if len(lags) < MAX_SAMPLES:
-                lags.append(max(0.0, (time.monotonic() - before - self.interval_s) * 1000.0))
+        if len(lags) < MAX_SAMPLES:
+            late = time.monotonic() - self._armed_at - self.interval_s
+            lags.append(max(0.0, late * 1000.0))
+        self._arm(loop)
 
     def stop(self) -> dict[str, Any] | None:
         """The numbers of this process (None when it never started)."""
-        if self._task is None:
+        if not self._started:
             return None
-        self._task.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         wall = time.monotonic() - self._wall0
         cpu = time.process_time() - self._cpu0
         lags = sorted(self.lags_ms)

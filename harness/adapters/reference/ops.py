@@ -35,7 +35,8 @@ class Operations(Connection):
             raise ConnectionLost(f"{self}: send: not connected; call reconnect() first")
         cid = client_id or f"c-{uuid.uuid4().hex}"
         frame = translate.send_frame(to, body, custom, cid)
-        loop = asyncio.get_running_loop()
+        ws = self._ws  # its loop is the running one (get_running_loop costs a getpid() in 3.11)
+        loop = ws.loop if ws is not None else asyncio.get_running_loop()
         future = loop.create_future()
         pending = PendingSend(frame, future)
         key = next(self._send_keys)
@@ -45,7 +46,6 @@ class Operations(Connection):
         timer = loop.call_later(limit, expire, future)
         try:
             self._transmit(pending)
-            ws = self._ws
             if ws is not None and ws._paused:
                 await ws.drain()
             try:

@@ -47,6 +47,31 @@ MAX_FRAME = 4 * 2**20
 CLOSE_TIMEOUT_S = 2.0
 
 
+class _MaskKeys:
+    """Masking keys for client frames, drawn from os.urandom a block at a time.
+
+    RFC 6455 wants each key unpredictable, which a block of urandom output is; one system call
+    per KEYS_PER_BLOCK frames instead of one per frame (every send's path).
+    """
+
+    __slots__ = ("_block", "_at")
+    KEYS_PER_BLOCK = 1024
+
+    def __init__(self) -> None:
+        self._block = b""
+        self._at = 0
+
+    def __call__(self) -> bytes:
+        at = self._at
+        if at >= len(self._block):
+            self._block, at = os.urandom(4 * self.KEYS_PER_BLOCK), 0
+        self._at = at + 4
+        return self._block[at:at + 4]
+
+
+_mask_key = _MaskKeys()
+
+
 class Link(asyncio.Protocol):
     """One WebSocket connection: websockets' sans-I/O client on an asyncio transport.
 
@@ -348,7 +373,7 @@ class Link(asyncio.Protocol):
             head = bytes((0x81, 0xFE)) + length.to_bytes(2, "big")
         else:
             head = bytes((0x81, 0xFF)) + length.to_bytes(8, "big")
-        key = os.urandom(4)
+        key = _mask_key()
         transport.write(head + key + apply_mask(payload, key))
 
     async def drain(self) -> None:
