@@ -412,12 +412,14 @@ def unexpected(ing: Ingest, complete: bool) -> list[Violation]:
     for name, part in ing._parts.items():
         if not part.unchecked and not part.watched:
             continue
-        watched: list[str] = []
+        events = part.events
+        watched: list[int] = []
         for batch in (part.watched, part.unchecked):
-            for mid in batch:
+            for index in batch:
+                msg = events[index - 1].message  # type: ignore[union-attr]
+                mid = msg.message_id
                 record = sent.get(mid)
                 if record is not None:
-                    msg = part.events[part.seen[mid] - 1].message  # type: ignore[union-attr]
                     if name != record.sender and name not in record.recipients:
                         whom = ", ".join(sorted(record.recipients)) or "nobody"
                         out.append(Violation(
@@ -441,10 +443,9 @@ def unexpected(ing: Ingest, complete: bool) -> list[Violation]:
                         ))
                     else:
                         continue  # settled: fine for good
-                    watched.append(mid)
+                    watched.append(index)
                     continue
-                watched.append(mid)  # its ack may still be on its way
-                msg = part.events[part.seen[mid] - 1].message  # type: ignore[union-attr]
+                watched.append(index)  # its ack may still be on its way
                 if not complete or (msg.sender, msg.client_id) in ing._unacked:
                     continue
                 if msg.sender in ing._senders or ing.report_untracked:
@@ -513,7 +514,7 @@ def group_order(ing: Ingest) -> Iterable[Violation]:
 def recalls(ing: Ingest, complete: bool) -> Iterable[Violation]:
     """Receivers of a recalled message (but the recaller) who never learned of the recall."""
     for mid, recall in ing._recalls.items():
-        for name in ing._receivers.get(mid, ()):
+        for name in ing.receivers(mid):
             part = ing._parts[name]
             if name == recall.by or not part.observed:
                 continue

@@ -66,6 +66,8 @@ class SentRecord(Standing):
     acked_at: float
     ack: Ack  # the first sent()'s ack, and `first_to` its recipients: its transcript entry
     first_to: set[str]
+    known_first: bool = True  # this record is what the oracle first knew of the message
+    receivers: tuple[str, ...] = ()  # who saw the message, in order (before: Ingest._receivers)
 
     def entry(self) -> SentEntry:
         return SentEntry(self.ack, tuple(sorted(self.first_to)))
@@ -161,8 +163,10 @@ class Participant:
     # seen before their sent(): id -> (conversation, position in its order, frontier before it)
     hb_late: dict[str, tuple[str, int, Frontier | None]] = field(default_factory=dict)
     hb_pages: dict[str, list[PageSpan]] = field(default_factory=dict)  # conversation -> pages
-    unchecked: list[str] = field(default_factory=list)  # first sightings not yet judged whole-run
-    watched: list[str] = field(default_factory=list)  # judged, but a later fact may change that
+    # first sightings (event #s) not yet judged by checks.unexpected, and those judged but
+    # not settled: a later fact may still change what they are
+    unchecked: list[int] = field(default_factory=list)
+    watched: list[int] = field(default_factory=list)
     no_recall_events: bool = False
     observed: bool = True  # False: events not fed to the oracle, no loss/recall checks
     hides: frozenset[str] = frozenset()  # what its client's real SDKs would hide (ClientHides)
@@ -206,7 +210,8 @@ class Ingest:
         self._unacked: dict[tuple[str, str], str | None] = {}
         self._senders: set[str] = set()
         self._info: dict[str, Known] = {}  # id -> its ack's record, or the message first seen
-        self._receivers: dict[str, tuple[str, ...]] = {}  # id -> who saw it, in order
+        # id -> who saw it, in order, until its ack's record holds that (`receivers()`)
+        self._receivers: dict[str, tuple[str, ...]] = {}
         # conversation -> (sorted seqs, seq -> id) of acked messages
         self._acked: dict[str, tuple[list[int], dict[int, str]]] = {}
         self._recalls: dict[str, RecallRecord] = {}
@@ -225,6 +230,13 @@ class Ingest:
             if self._t0 is None:
                 self._t0 = time.monotonic()
         return part
+
+    def receivers(self, message_id: str) -> tuple[str, ...]:
+        """Who saw the message, in the order of their first sightings."""
+        record = self._sent.get(message_id)
+        if record is not None:
+            return record.receivers
+        return self._receivers.get(message_id, ())
 
     def describe(self, message_id: str) -> str:
         """`m17 (seq 5 in d:alice:bob, sent by alice)`, as far as the oracle knows it."""
@@ -308,10 +320,13 @@ class Ingest:
                     self._found.append(resent)
         if fresh:  # index the new record
             info = self._info
-            if mid not in info:
+            if mid in info:
+                record.known_first = False
+            else:
                 info[mid] = record
-            seen_by = self._receivers.get(mid)
+            seen_by = self._receivers.pop(mid, None)
             if seen_by is not None:  # seen before its ack reached the oracle: judge it now
+                record.receivers = seen_by
                 for name in seen_by:
                     self._late_times(parts[name], mid, started_at, acked_at)
             cv = sender_part.convs.get(ack.conversation)
@@ -434,11 +449,17 @@ class Ingest:
         seen[mid] = index
         if part.pending:
             part.pending.pop(mid, None)
-        known = self._info.get(mid)
-        if known is None:
-            known = self._info[mid] = msg
-        receivers = self._receivers.get(mid)
-        self._receivers[mid] = (part.name,) if receivers is None else (*receivers, part.name)
+        record = self._sent.get(mid)
+        known: Known
+        if record is None:
+            known = self._info.get(mid) or msg
+            if known is msg:
+                self._info[mid] = msg
+            receivers = self._receivers.get(mid)
+            self._receivers[mid] = (part.name,) if receivers is None else (*receivers, part.name)
+        else:
+            known = record if record.known_first else self._info[mid]
+            record.receivers = (*record.receivers, part.name)
         conv = msg.conversation
         cv = part.convs.get(conv)
         if cv is None:
@@ -449,10 +470,9 @@ class Ingest:
         ids.append(mid)
         seq = msg.seq
         top = cv.hb_top
-        record = self._sent.get(mid)
         if record is None:  # its sent() has not arrived (yet): judged when it does
             part.hb_late[mid] = (conv, len(ids) - 1, top)
-            part.unchecked.append(mid)
+            part.unchecked.append(index)
         else:
             if top is not None and record.acked_at < top[0]:
                 self._found.append(checks.causal_seen(self, part, mid, top[1]))
@@ -464,7 +484,7 @@ class Ingest:
                 or conv != record.conversation
                 or (part.name not in record.recipients and part.name != record.sender)
             ):  # unexpected, or still may be: judged by checks.unexpected
-                part.unchecked.append(mid)
+                part.unchecked.append(index)
         if cv.fits:  # group order: the sightings still rise in each message's one seq
             if known.seq > cv.fits_seq:
                 cv.fits_seq = known.seq
