@@ -414,31 +414,11 @@ class Ingest:
         events = part.events
         events.append(event)  # EventEntry(index, event) when read back
         index = len(events)
-        if isinstance(event, MessageReceived):
-            self._observe_message(part, index, event)
+        if not isinstance(event, MessageReceived):
+            self._observe_other(part, index, event)
             return
-        self._clock += 1
-        if isinstance(event, MessageRecalled):
-            part.recalls.setdefault(event.message_id, index)
-            self._learn_recall(
-                event.conversation,
-                event.message_id,
-                event.by,
-                f"{participant} got a recall by {event.by} at {checks.how(index, event.offline)}",
-            )
-        elif isinstance(event, ReceiptUpdated):
-            key = (event.conversation, event.reader)
-            last = part.receipts.get(key)
-            if last is None:
-                part.receipts[key] = (event.up_to_seq, index)
-                return
-            found = checks.receipt(part, index, event, last)
-            if found is not None:
-                self._found.append(found)
-            else:
-                part.receipts[key] = (event.up_to_seq, index)
-
-    def _observe_message(self, part: Participant, index: int, event: MessageReceived) -> None:
+        # A message sighting, the hot path of a load run: kept in one body, no calls but where
+        # a check finds something.
         msg = event.message
         mid = msg.message_id
         seen = part.seen
@@ -521,6 +501,30 @@ class Ingest:
         if seq > cv.top_seq:
             cv.top_seq = seq
             cv.top_id = mid
+
+    def _observe_other(self, part: Participant, index: int, event: Event) -> None:
+        """A recall or a receipt (or a connection event, which only the log keeps)."""
+        participant = part.name
+        self._clock += 1
+        if isinstance(event, MessageRecalled):
+            part.recalls.setdefault(event.message_id, index)
+            self._learn_recall(
+                event.conversation,
+                event.message_id,
+                event.by,
+                f"{participant} got a recall by {event.by} at {checks.how(index, event.offline)}",
+            )
+        elif isinstance(event, ReceiptUpdated):
+            key = (event.conversation, event.reader)
+            last = part.receipts.get(key)
+            if last is None:
+                part.receipts[key] = (event.up_to_seq, index)
+                return
+            found = checks.receipt(part, index, event, last)
+            if found is not None:
+                self._found.append(found)
+            else:
+                part.receipts[key] = (event.up_to_seq, index)
 
     def observe_history(
         self,
