@@ -4,7 +4,10 @@ Two sorts: incremental checks, which `Ingest` calls with the fact it was just fe
 already knew (O(1) each, a history page O(its length + what it must contain); happens-before
 is one of them, `causal_seen` for sightings and `causal_page`/`causal_pages` for history); and
 whole-run checks over everything fed so far (`losses`, `unexpected`, `group_order`, `recalls`),
-which `Oracle.violations()` runs, O(n log n) in all. None of them changes what the oracle keeps.
+which `Oracle.violations()` runs. Those are incremental where the run is large: `unexpected`
+judges each sighting once unless a later fact may still change it, and group order reads
+`ConvView.fits`, kept as sightings arrive. None of them changes what they judge: calling
+them again gives the same verdict.
 """
 
 from __future__ import annotations
