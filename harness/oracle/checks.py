@@ -417,7 +417,7 @@ def unexpected(ing: Ingest, complete: bool) -> list[Violation]:
             continue
         events = part.events
         watched: list[int] = []
-        for batch in (part.watched, part.unchecked):
+        for batch in (part.watched, part.unchecked.values()):
             for index in batch:
                 msg = events[index - 1].message  # type: ignore[union-attr]
                 mid = msg.message_id
@@ -462,7 +462,7 @@ def unexpected(ing: Ingest, complete: bool) -> list[Violation]:
                         (mid,),
                     ))
         part.watched = watched
-        part.unchecked = []
+        part.unchecked = {}
     return out
 
 

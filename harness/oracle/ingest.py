@@ -165,7 +165,7 @@ class Participant:
     hb_pages: dict[str, list[PageSpan]] = field(default_factory=dict)  # conversation -> pages
     # first sightings (event #s) not yet judged by checks.unexpected, and those judged but
     # not settled: a later fact may still change what they are
-    unchecked: list[int] = field(default_factory=list)
+    unchecked: dict[str, int] = field(default_factory=dict)  # message id -> event #
     watched: list[int] = field(default_factory=list)
     no_recall_events: bool = False
     observed: bool = True  # False: events not fed to the oracle, no loss/recall checks
@@ -328,7 +328,13 @@ class Ingest:
             if seen_by is not None:  # seen before its ack reached the oracle: judge it now
                 record.receivers = seen_by
                 for name in seen_by:
-                    self._late_times(parts[name], mid, started_at, acked_at)
+                    part = parts[name]
+                    self._late_times(part, mid, started_at, acked_at)
+                    index = part.unchecked.get(mid)
+                    if index is not None and (name in wanted or name == sender):
+                        seen = part.events[index - 1].message  # type: ignore[union-attr]
+                        if seen.seq == ack.seq and seen.conversation == ack.conversation:
+                            del part.unchecked[mid]  # settled: checks.unexpected need not look
             cv = sender_part.convs.get(ack.conversation)
             if cv is None:
                 cv = sender_part.convs[ack.conversation] = ConvView()
@@ -452,7 +458,7 @@ class Ingest:
         top = cv.hb_top
         if record is None:  # its sent() has not arrived (yet): judged when it does
             part.hb_late[mid] = (conv, len(ids) - 1, top)
-            part.unchecked.append(index)
+            part.unchecked[mid] = index
         else:
             if top is not None and record.acked_at < top[0]:
                 self._found.append(checks.causal_seen(self, part, mid, top[1]))
@@ -464,7 +470,7 @@ class Ingest:
                 or conv != record.conversation
                 or (part.name not in record.recipients and part.name != record.sender)
             ):  # unexpected, or still may be: judged by checks.unexpected
-                part.unchecked.append(index)
+                part.unchecked[mid] = index
         if cv.fits:  # group order: the sightings still rise in each message's one seq
             if known.seq > cv.fits_seq:
                 cv.fits_seq = known.seq
