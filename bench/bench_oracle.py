@@ -8,12 +8,20 @@ events are built before the clock starts, so only the oracle is timed, in proces
 and, for an oracle whose `sent()` takes `started_at`/`acked_at`, `timed` and `timed-late`
 (every send started after the previous ack: each pair of messages is happens-before).
 
+Each line gives the cost per observed event of feeding and of the one `violations()` at the
+end, together (the figure the oracle's budget is stated in, issue #15: <= 3 us per event).
+
 A baseline is measured in the same run, alternating rounds, so both see the same machine load:
 `--baseline-ref main` reads `harness/oracle/` at that git ref into a temporary package;
 `--baseline FILE` loads one module file, such as the oracle before the package split
 (`git show f2bf19f~1:harness/oracle.py > /tmp/oracle_old.py`).
 
+`--scaling` measures each candidate at a tenth of `--events` too and prints the per-event cost
+at the full size over that at the tenth: about 1 for an oracle linear in the events (memory
+that outgrows the caches adds some), about 10 for a quadratic one.
+
 Usage: python bench/bench_oracle.py [--events 300000] [--rounds 5] [--baseline-ref main]
+       [--scenarios plain,late] [--scaling]
 """
 
 from __future__ import annotations
@@ -127,6 +135,9 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=300_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated")
+    parser.add_argument(
+        "--scaling", action="store_true", help="also measure at a tenth of --events: the ratio"
+    )
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--baseline", help="path of another oracle module to measure alongside")
     source.add_argument("--baseline-ref", help="git ref whose harness/oracle/ to measure alongside")
@@ -159,12 +170,37 @@ def main() -> None:
         print(
             f"{scenario:<10} {name:<9} {result['events']} events: feed {result['feed_s']:.3f} "
             f"CPU s ({rate:,.0f} events/s incl. sent()), violations() "
-            f"{result['judge_s']:.3f} CPU s (best of {args.rounds})"
+            f"{result['judge_s']:.3f} CPU s: {per_event(result):.2f} us per event in all "
+            f"(best of {args.rounds})"
         )
     for scenario in scenarios:
         if (scenario, "baseline") in best and (scenario, "current") in best:
-            ratio = best[scenario, "baseline"]["feed_s"] / best[scenario, "current"]["feed_s"]
-            print(f"{scenario:<10} current/baseline feed throughput: {ratio:.3f}")
+            base, cur = best[scenario, "baseline"], best[scenario, "current"]
+            print(
+                f"{scenario:<10} current/baseline: feed throughput "
+                f"{base['feed_s'] / cur['feed_s']:.3f}x, feed + violations() "
+                f"{per_event(base) / per_event(cur):.3f}x"
+            )
+    if args.scaling:
+        small = script(args.events // 10)
+        for scenario in scenarios:
+            for name, cls in candidates.items():
+                if scenario.startswith("timed") and not timed_sent(cls):
+                    continue
+                tenth = min(
+                    (run(cls, small, scenario) for _ in range(args.rounds)), key=per_event
+                )
+                full = best[scenario, name]
+                print(
+                    f"{scenario:<10} {name:<9} scaling: {per_event(tenth):.2f} us per event at "
+                    f"{tenth['events']} events, {per_event(full):.2f} at {full['events']}: "
+                    f"{per_event(full) / per_event(tenth):.2f}x per event for 10x the events"
+                )
+
+
+def per_event(result: dict) -> float:
+    """Microseconds of CPU per observed event, feeding and judging together."""
+    return 1e6 * (result["feed_s"] + result["judge_s"]) / result["events"]
 
 
 if __name__ == "__main__":

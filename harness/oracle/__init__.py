@@ -15,8 +15,10 @@ catch-up and in history pages (in page order: oldest first), whatever their seqs
 overlap in time are concurrent and may arrive in either order, but every member of a group sees
 one order, judged on the orders of sighting, not on seqs.
 
-`observe()` is O(1) amortised per event; the whole-run checks in `violations()` are
-O(n log n).
+`observe()` is O(1) amortised per event (what a participant saw of a conversation is one
+`ConvView`); `violations()` and `missing()` may be called as often as wanted: they consume
+nothing, and a repeated `violations()` judges only what arrived since (and what a later fact
+may still change). `bench/bench_oracle.py` measures the cost per event.
 
 The package's seams: `ingest` (what the oracle is fed and keeps), `checks` (what decides a
 violation and explains it), `violations` (`Violation`, `ViolationKind`, `OracleViolation`),

@@ -4,7 +4,10 @@ Two sorts: incremental checks, which `Ingest` calls with the fact it was just fe
 already knew (O(1) each, a history page O(its length + what it must contain); happens-before
 is one of them, `causal_seen` for sightings and `causal_page`/`causal_pages` for history); and
 whole-run checks over everything fed so far (`losses`, `unexpected`, `group_order`, `recalls`),
-which `Oracle.violations()` runs, O(n log n) in all. None of them changes what the oracle keeps.
+which `Oracle.violations()` runs. Those are incremental where the run is large: `unexpected`
+judges each sighting once unless a later fact may still change it, and group order reads
+`ConvView.fits`, kept as sightings arrive. None of them changes what they judge: calling
+them again gives the same verdict.
 """
 
 from __future__ import annotations
@@ -44,10 +47,9 @@ def how(index: int, offline: bool) -> str:
 
 
 def got(part: Participant, message_id: str) -> str:
-    first = part.seen.get(message_id)
-    if first is None:
+    if message_id not in part.seen:
         return "sent"
-    return f"received at {how(*first)}"
+    return f"received at {how(*part.sighting(message_id))}"
 
 
 # -- incremental: called as facts arrive ----------------------------------------------------------
@@ -111,7 +113,7 @@ def stored_twice(
         msg.conversation,
         f"{part.name} received two messages for {msg.sender}'s single send "
         f"with client id {msg.client_id!r}{unknown}: {ing.describe(other)} at "
-        f"event #{part.seen[other][0]} and {ing.describe(mid)} at "
+        f"event #{part.sighting(other)[0]} and {ing.describe(mid)} at "
         f"{how(index, event.offline)}; a send must be stored at most once.",
         (mid, other),
     )
@@ -172,15 +174,15 @@ def named(ing: Ingest, part: Participant, mid: str) -> str:
     record = ing._sent.get(mid)
     body = record.body if record is not None else None
     if body is None:
-        msg = part.seen_msg.get(mid)
+        msg = part.message(mid)
         body = msg.body if msg is not None else None
     return ing.describe(mid) if body is None else f"{ing.describe(mid)} {body!r}"
 
 
 def happens_before(ing: Ingest, a: str, b: str) -> str:
     """Why `a` happens before `b`, in the harness's clock, and what that requires."""
-    acked = ing._times[a][1]
-    started = ing._times[b][0]
+    acked = ing._sent[a].acked_at
+    started = ing._sent[b].started_at
     assert started is not None
     return (
         f"though {a} happens before {b}: the ack of {a} arrived at {ing.at(acked)} and the "
@@ -195,9 +197,9 @@ def causal_seen(ing: Ingest, part: Participant, a: str, b: str) -> Violation:
     return Violation(
         CAUSAL_ORDER,
         part.name,
-        ing._info[a][0],
-        f"{part.name} saw {named(ing, part, b)} at {how(*part.seen[b])} before "
-        f"{named(ing, part, a)} at {how(*part.seen[a])}, {happens_before(ing, a, b)}",
+        ing._info[a].conversation,
+        f"{part.name} saw {named(ing, part, b)} at {how(*part.sighting(b))} before "
+        f"{named(ing, part, a)} at {how(*part.sighting(a))}, {happens_before(ing, a, b)}",
         (a, b),
     )
 
@@ -206,15 +208,15 @@ def causal_page(
     ing: Ingest, part: Participant, number: int, page: HistoryPage
 ) -> tuple[list[Violation], tuple[float, str] | None, tuple[float, str] | None]:
     """Happens-before in one page's order; also its latest start and earliest ack, with ids."""
-    times = ing._times
+    sent = ing._sent
     found: list[Violation] = []
     top: tuple[float, str] | None = None
     bottom: tuple[float, str] | None = None
     for m in page.messages:
-        t = times.get(m.message_id)
-        if t is None:
+        record = sent.get(m.message_id)
+        if record is None:
             continue
-        started, acked = t
+        started, acked = record.started_at, record.acked_at
         if top is not None and acked < top[0]:
             found.append(Violation(
                 CAUSAL_ORDER,
@@ -282,6 +284,8 @@ def history_page(
     if seqs:
         where += f" (seq {lo}..{hi})"
     found: list[tuple[str, tuple[str, ...]]] = []  # explanation, message ids
+    cv = part.convs.get(conv)
+    view_ids = {} if cv is None else cv.view_ids
     for prev, cur in zip(msgs, msgs[1:], strict=False):
         if cur.seq <= prev.seq:
             found.append((
@@ -298,13 +302,13 @@ def history_page(
                 (m.message_id,),
             ))
         info = ing._info.get(m.message_id)
-        if info is not None and (info[0], info[1]) != (m.conversation, m.seq):
+        if info is not None and (info.conversation, info.seq) != (m.conversation, m.seq):
             found.append((
                 f"{where} shows {m.message_id} as seq {m.seq} in {m.conversation}, but it is "
                 f"{ing.describe(m.message_id)}.",
                 (m.message_id,),
             ))
-        mine = part.view_ids.get(conv, {}).get(m.seq)
+        mine = view_ids.get(m.seq)
         if mine is not None and mine != m.message_id:
             found.append((
                 f"{where} shows {m.message_id} at seq {m.seq}, but {participant} "
@@ -323,7 +327,7 @@ def history_page(
                 f"{m.message_id} (seq {m.seq}); consecutive pages must not overlap.",
                 (m.message_id,),
             ))
-    view = part.view_seqs.get(conv, [])
+    view = [] if cv is None else cv.view_seqs
     ranges: list[tuple[int, int, str]] = []  # inclusive seq ranges that must all be on the page
     if seqs:
         ranges.append((lo, hi, "within its range"))
@@ -344,7 +348,7 @@ def history_page(
             if s in page_ids or s in missing_seen:
                 continue
             missing_seen.add(s)
-            mid = part.view_ids[conv][s]
+            mid = view_ids[s]
             found.append((
                 f"{where} lacks {ing.describe(mid)} {label}, which {participant} "
                 f"{got(part, mid)}; history must show exactly what was delivered.",
@@ -399,46 +403,67 @@ def losses(ing: Ingest) -> Iterable[Violation]:
             )
 
 
-def unexpected(ing: Ingest, complete: bool) -> Iterable[Violation]:
-    """Deliveries to non-recipients, at another place than acked, or of messages nobody sent."""
+def unexpected(ing: Ingest, complete: bool) -> list[Violation]:
+    """Deliveries to non-recipients, at another place than acked, or of messages nobody sent.
+
+    Incremental: a sighting whose ack names the participant (or it as the sender) at the seq
+    it was seen at can never become unexpected (recipients only grow, an ack's place is its
+    first), so each is judged once and dropped; the rest stay watched, judged on every call.
+    """
+    out: list[Violation] = []
+    sent = ing._sent
     for name, part in ing._parts.items():
-        for mid, msg in part.seen_msg.items():
-            record = ing._sent.get(mid)
-            at = how(*part.seen[mid])
-            if record is not None:
-                if name != record.sender and name not in record.recipients:
-                    whom = ", ".join(sorted(record.recipients)) or "nobody"
-                    yield Violation(
+        if not part.unchecked and not part.watched:
+            continue
+        events = part.events
+        watched: list[int] = []
+        for batch in (part.watched, part.unchecked.values()):
+            for index in batch:
+                msg = events[index - 1].message  # type: ignore[union-attr]
+                mid = msg.message_id
+                record = sent.get(mid)
+                if record is not None:
+                    if name != record.sender and name not in record.recipients:
+                        whom = ", ".join(sorted(record.recipients)) or "nobody"
+                        out.append(Violation(
+                            UNEXPECTED,
+                            name,
+                            msg.conversation,
+                            f"{name} received {ing.describe(mid)} at "
+                            f"{how(*part.sighting(mid))} but is not one of its "
+                            f"recipients ({whom}).",
+                            (mid,),
+                        ))
+                    elif msg.seq != record.seq or msg.conversation != record.conversation:
+                        out.append(Violation(
+                            UNEXPECTED,
+                            name,
+                            msg.conversation,
+                            f"{name} received {mid} as seq {msg.seq} in {msg.conversation} at "
+                            f"{how(*part.sighting(mid))}, but {record.sender}'s ack said seq "
+                            f"{record.seq} in {record.conversation}.",
+                            (mid,),
+                        ))
+                    else:
+                        continue  # settled: fine for good
+                    watched.append(index)
+                    continue
+                watched.append(index)  # its ack may still be on its way
+                if not complete or (msg.sender, msg.client_id) in ing._unacked:
+                    continue
+                if msg.sender in ing._senders or ing.report_untracked:
+                    out.append(Violation(
                         UNEXPECTED,
                         name,
                         msg.conversation,
-                        f"{name} received {ing.describe(mid)} at {at} but is not one of its "
-                        f"recipients ({whom}).",
+                        f"{name} received {ing.describe(mid)} at {how(*part.sighting(mid))}, "
+                        f"but nobody sent it through the oracle (no ack or unknown-outcome "
+                        f"send from {msg.sender} with client id {msg.client_id!r}).",
                         (mid,),
-                    )
-                elif (msg.conversation, msg.seq) != (record.conversation, record.seq):
-                    yield Violation(
-                        UNEXPECTED,
-                        name,
-                        msg.conversation,
-                        f"{name} received {mid} as seq {msg.seq} in {msg.conversation} at "
-                        f"{at}, but {record.sender}'s ack said seq {record.seq} in "
-                        f"{record.conversation}.",
-                        (mid,),
-                    )
-                continue
-            if not complete or (msg.sender, msg.client_id) in ing._unacked:
-                continue  # its ack may still be on its way
-            if msg.sender in ing._senders or ing.report_untracked:
-                yield Violation(
-                    UNEXPECTED,
-                    name,
-                    msg.conversation,
-                    f"{name} received {ing.describe(mid)} at {at}, but nobody sent it "
-                    f"through the oracle (no ack or unknown-outcome send from "
-                    f"{msg.sender} with client id {msg.client_id!r}).",
-                    (mid,),
-                )
+                    ))
+        part.watched = watched
+        part.unchecked = {}
+    return out
 
 
 def group_order(ing: Ingest) -> Iterable[Violation]:
@@ -446,27 +471,34 @@ def group_order(ing: Ingest) -> Iterable[Violation]:
 
     Judged on the orders of sighting alone, never on the seqs members saw (an adapter may
     number by arrival): when one order fits every member's, no two members can disagree. That
-    is tried first with each message's one acked seq as the order, then exactly (the members'
-    sightings chained together have no cycle), O(sightings) either way; only when no order
-    fits are members compared in pairs.
+    is tried first with each message's one acked seq as the order (`ConvView.fits`, kept up to
+    date as sightings arrive, so a repeated call costs nothing per event), then
+    exactly (the members' sightings chained together have no cycle), O(sightings); only when
+    no order fits are members compared in pairs.
     """
     by_conv: dict[str, list[Participant]] = {}
     for part in ing._parts.values():
-        for conv in part.order:
+        for conv in part.sighted:
             by_conv.setdefault(conv, []).append(part)
     for conv, parts in by_conv.items():
-        if len(parts) < 2 or one_order_fits(ing, [p.order[conv] for p in parts]):
+        if len(parts) < 2:
+            continue
+        views = [p.sighted[conv] for p in parts]
+        if all(cv.fits for cv in views):
+            continue  # the acked seqs are one order that fits every member's
+        orders = [cv.order for cv in views]
+        if chains_acyclic(orders):
             continue
         reported: set[frozenset[str]] = set()
         # members out of seq order first: where seqs are honest, one of them is the culprit
-        parts.sort(key=lambda p: in_seq_order(p, p.order[conv]))
+        parts.sort(key=lambda p: in_seq_order(p, p.sighted[conv].order))
         for part in parts:
-            ids = part.order[conv]
+            ids = part.sighted[conv].order
             for other in parts:
                 pair = frozenset((part.name, other.name))
                 if other is part or pair in reported:
                     continue
-                clash = first_disagreement(ids, other.order[conv])
+                clash = first_disagreement(ids, other.sighted[conv].order)
                 if clash is not None:
                     reported.add(pair)
                     a, b = clash
@@ -485,7 +517,7 @@ def group_order(ing: Ingest) -> Iterable[Violation]:
 def recalls(ing: Ingest, complete: bool) -> Iterable[Violation]:
     """Receivers of a recalled message (but the recaller) who never learned of the recall."""
     for mid, recall in ing._recalls.items():
-        for name in ing._receivers.get(mid, ()):
+        for name in ing.receivers(mid):
             part = ing._parts[name]
             if name == recall.by or not part.observed:
                 continue
@@ -497,7 +529,7 @@ def recalls(ing: Ingest, complete: bool) -> Iterable[Violation]:
                 RECALL,
                 name,
                 recall.conversation,
-                f"{name} received {ing.describe(mid)} at {how(*part.seen[mid])} but never "
+                f"{name} received {ing.describe(mid)} at {how(*part.sighting(mid))} but never "
                 f"got a recall for it, though it was recalled ({recall.source}); a recalled "
                 "message must be recalled for everyone who received it.",
                 (mid,),
@@ -505,20 +537,8 @@ def recalls(ing: Ingest, complete: bool) -> Iterable[Violation]:
 
 
 def in_seq_order(part: Participant, ids: list[str]) -> bool:
-    seqs = [part.seen_msg[mid].seq for mid in ids]
+    seqs = [part.events[part.seen[mid] - 1].message.seq for mid in ids]  # type: ignore[union-attr]
     return all(a < b for a, b in zip(seqs, seqs[1:], strict=False))
-
-
-def one_order_fits(ing: Ingest, orders: list[list[str]]) -> bool:
-    """Whether one total order contains every given order of message ids."""
-    info = ing._info  # one seq per message, whatever each member was shown
-    for ids in orders:
-        seqs = [info[mid][1] for mid in ids]
-        if not all(a < b for a, b in zip(seqs, seqs[1:], strict=False)):
-            break
-    else:
-        return True  # the acked seqs are such an order
-    return chains_acyclic(orders)
 
 
 def chains_acyclic(orders: list[list[str]]) -> bool:

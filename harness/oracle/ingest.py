@@ -7,6 +7,12 @@ conversation since), a history page its length plus what it must contain plus on
 per page of that conversation read before. Where a fed fact can break a guarantee on its own,
 `checks` is asked right away and the violation kept.
 
+The hot path is a load run's: one `sent()` per message and one `observe()` per recipient. What
+a participant saw of one conversation lives in one `ConvView` (its order of sightings, the
+highest seqs, the seqs it holds, the happens-before frontier), so an event costs one lookup of
+that view plus a few comparisons and appends; what is kept per message is the message itself,
+its `SentRecord` and plain ints and strings, which the garbage collector need not walk again.
+
 Happens-before comes from the harness's own monotonic clock, never from the endpoint's seq: A
 happens before B when A's ack arrived before B's send was started into the same conversation
 (`A.acked_at < B.started_at`); then everyone must see A before B. Per participant and
@@ -36,25 +42,35 @@ from harness.contract import (
 from harness.oracle import checks
 from harness.oracle.transcript import (
     HistoryEntry,
+    OwnEntry,
     RecalledEntry,
     SentEntry,
-    StoredEntry,
+    Standing,
     UnackedEntry,
 )
 from harness.oracle.violations import Violation
 
 
-@dataclass
-class SentRecord:
-    """An acked message and everyone it was acked for."""
+@dataclass(slots=True, eq=False)
+class SentRecord(Standing):
+    """An acked message, everyone it was acked for, and its first `sent()`'s harness times."""
 
     message_id: str
     conversation: str
     seq: int
     sender: str
     client_id: str
-    recipients: set[str]
+    recipients: set[str]  # the union over every sent() of it
     body: str | None
+    started_at: float | None  # None: never the later one of a happens-before pair
+    acked_at: float
+    ack: Ack  # the first sent()'s ack, and `first_to` its recipients: its transcript entry
+    first_to: set[str]
+    known_first: bool = True  # this record is what the oracle first knew of the message
+    receivers: tuple[str, ...] = ()  # who saw the message, in order (before: Ingest._receivers)
+
+    def entry(self) -> SentEntry:
+        return SentEntry(self.ack, tuple(sorted(self.first_to)))
 
 
 @dataclass
@@ -88,10 +104,41 @@ class PageSpan:
     bottom: tuple[float, str] | None  # the earliest ack on the page, and its message
 
 
-# A message's send as the harness's clock saw it: (started_at or None, acked_at).
-Times = tuple[float | None, float]
 # The latest send start among what a participant saw of a conversation: (started_at, message id).
 Frontier = tuple[float, str]
+# Where a message first stands in what the oracle knows: an ack's record, or the message itself
+# as first seen; both have `.conversation`, `.seq` and `.sender`.
+Known = SentRecord | Message
+NO_SEQ = float("-inf")  # below every seq: "nothing seen yet" without a None check
+
+
+@dataclass(slots=True, eq=False)
+class ConvView:
+    """What one participant saw of one conversation (and, for its own sends, holds in it)."""
+
+    order: list[str] = field(default_factory=list)  # ids in order of first sighting
+    top_seq: float = NO_SEQ  # the highest seq seen, and its message (strict order)
+    top_id: str = ""
+    sender_max: dict[str, tuple[int, str]] = field(default_factory=dict)  # sender -> (seq, id)
+    # seqs of messages delivered to or sent by the participant: sorted, and seq -> id
+    view_seqs: list[int] = field(default_factory=list)
+    view_ids: dict[int, str] = field(default_factory=dict)
+    hb_top: Frontier | None = None  # happens-before: the latest send start among those seen
+    # group order: whether `order` rises in each message's one seq (the first known), up to
+    # fits_seq; the acked seqs are then one order that fits this member's
+    fits_seq: float = NO_SEQ
+    fits: bool = True
+
+    def add_view(self, seq: int, message_id: str) -> None:
+        ids = self.view_ids
+        if seq in ids:
+            return
+        ids[seq] = message_id
+        seqs = self.view_seqs
+        if not seqs or seqs[-1] < seq:
+            seqs.append(seq)
+        else:
+            bisect.insort(seqs, seq)
 
 
 @dataclass
@@ -99,48 +146,55 @@ class Participant:
     """Everything one participant was fed, indexed the way the checks look it up."""
 
     name: str
-    count: int = 0  # events observed so far; event #n is the n-th
-    # message id -> (event index, offline) of its first sighting
-    seen: dict[str, tuple[int, bool]] = field(default_factory=dict)
-    seen_msg: dict[str, Message] = field(default_factory=dict)
-    order: dict[str, list[str]] = field(default_factory=dict)  # conversation -> ids, first sighting
-    conv_max: dict[str, tuple[int, str, int]] = field(default_factory=dict)  # (seq, id, index)
-    sender_max: dict[tuple[str, str], tuple[int, str, int]] = field(default_factory=dict)
-    by_client: dict[tuple[str, str], str] = field(default_factory=dict)  # (sender, client id) -> id
-    # conversation -> sorted seqs and seq -> id of messages delivered to or sent by this participant
-    view_seqs: dict[str, list[int]] = field(default_factory=dict)
-    view_ids: dict[str, dict[int, str]] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)  # what it observed: event #n is [n - 1]
+    # its own entries (sends, recalls, history pages) and how many events came before each
+    own: list[OwnEntry] = field(default_factory=list)
+    own_at: list[int] = field(default_factory=list)
+    seen: dict[str, int] = field(default_factory=dict)  # message id -> its first sighting's #
+    convs: dict[str, ConvView] = field(default_factory=dict)  # conversation -> view
+    sighted: dict[str, ConvView] = field(default_factory=dict)  # the views with sightings
+    by_client: dict[str, dict[str, str]] = field(default_factory=dict)  # sender -> client -> id
     recalls: dict[str, int] = field(default_factory=dict)  # message id -> event index
     receipts: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)  # seq, index
     history: dict[str, tuple[bool, int]] = field(default_factory=dict)  # id -> (recalled, clock)
     pages: dict[str, PageMark] = field(default_factory=dict)  # conversation -> last page read
     page_count: int = 0
     pending: dict[str, None] = field(default_factory=dict)  # acked for us, not yet seen
-    # happens-before: conversation -> the latest send start among the messages seen in it
-    hb_top: dict[str, Frontier] = field(default_factory=dict)
-    # seen before their sent(): id -> (conversation, position in order[conv], frontier before it)
+    # seen before their sent(): id -> (conversation, position in its order, frontier before it)
     hb_late: dict[str, tuple[str, int, Frontier | None]] = field(default_factory=dict)
     hb_pages: dict[str, list[PageSpan]] = field(default_factory=dict)  # conversation -> pages
-    log: list[StoredEntry] = field(default_factory=list)  # timeline; see transcript.entries()
+    # first sightings (event #s) not yet judged by checks.unexpected, and those judged but
+    # not settled: a later fact may still change what they are
+    unchecked: dict[str, int] = field(default_factory=dict)  # message id -> event #
+    watched: list[int] = field(default_factory=list)
     no_recall_events: bool = False
     observed: bool = True  # False: events not fed to the oracle, no loss/recall checks
     hides: frozenset[str] = frozenset()  # what its client's real SDKs would hide (ClientHides)
 
-    def add_view(self, conversation: str, seq: int, message_id: str) -> None:
-        # get-then-insert, not setdefault: no throwaway dict and list per message
-        ids = self.view_ids.get(conversation)
-        if ids is None:
-            ids = self.view_ids[conversation] = {}
-            seqs = self.view_seqs[conversation] = []
-        elif seq in ids:
-            return
-        else:
-            seqs = self.view_seqs[conversation]
-        ids[seq] = message_id
-        if not seqs or seqs[-1] < seq:
-            seqs.append(seq)
-        else:
-            bisect.insort(seqs, seq)
+    @property
+    def count(self) -> int:
+        """Events observed so far."""
+        return len(self.events)
+
+    def sighting(self, message_id: str) -> tuple[int, bool]:
+        """(event index, offline) of the participant's first sighting of the message."""
+        index = self.seen[message_id]
+        event = self.events[index - 1]
+        assert isinstance(event, MessageReceived)
+        return index, event.offline
+
+    def message(self, message_id: str) -> Message | None:
+        """The message as the participant first saw it, if it did."""
+        index = self.seen.get(message_id)
+        if index is None:
+            return None
+        event = self.events[index - 1]
+        assert isinstance(event, MessageReceived)
+        return event.message
+
+    def add_own(self, entry: OwnEntry) -> None:
+        self.own.append(entry)
+        self.own_at.append(len(self.events))
 
 
 class Ingest:
@@ -152,16 +206,16 @@ class Ingest:
         self._clock = 0
         self._parts: dict[str, Participant] = {}
         self._sent: dict[str, SentRecord] = {}
-        self._acked_by_client: dict[tuple[str, str], str] = {}
+        self._acked_by_client: dict[str, dict[str, str]] = {}  # sender -> client id -> id
         self._unacked: dict[tuple[str, str], str | None] = {}
         self._senders: set[str] = set()
-        self._info: dict[str, tuple[str, int, str]] = {}  # id -> (conversation, seq, sender)
-        self._receivers: dict[str, list[str]] = {}  # id -> participants who saw it, in order
+        self._info: dict[str, Known] = {}  # id -> its ack's record, or the message first seen
+        # id -> who saw it, in order, until its ack's record holds that (`receivers()`)
+        self._receivers: dict[str, tuple[str, ...]] = {}
         # conversation -> (sorted seqs, seq -> id) of acked messages
         self._acked: dict[str, tuple[list[int], dict[int, str]]] = {}
         self._recalls: dict[str, RecallRecord] = {}
         self._found: list[Violation] = []  # violations detected as events arrive
-        self._times: dict[str, Times] = {}  # id -> its first sent()'s (started_at, acked_at)
         self._t0: float | None = None  # the oracle's first event on the monotonic clock
         self._timed = False  # has a sent() set _t0 from its own times yet
 
@@ -177,12 +231,19 @@ class Ingest:
                 self._t0 = time.monotonic()
         return part
 
+    def receivers(self, message_id: str) -> tuple[str, ...]:
+        """Who saw the message, in the order of their first sightings."""
+        record = self._sent.get(message_id)
+        if record is not None:
+            return record.receivers
+        return self._receivers.get(message_id, ())
+
     def describe(self, message_id: str) -> str:
         """`m17 (seq 5 in d:alice:bob, sent by alice)`, as far as the oracle knows it."""
         info = self._info.get(message_id)
         if info is None:
             return message_id
-        return f"{message_id} (seq {info[1]} in {info[0]}, sent by {info[2]})"
+        return f"{message_id} (seq {info.seq} in {info.conversation}, sent by {info.sender})"
 
     # -- declarations --------------------------------------------------------------------------
 
@@ -235,40 +296,67 @@ class Ingest:
         self._senders.add(sender)
         wanted = set(recipients)
         wanted.discard(sender)
-        sender_part = self._part(sender)
-        sender_part.log.append(SentEntry(ack, tuple(sorted(wanted))))
-        if ack.client_id:
-            first = self._acked_by_client.setdefault((sender, ack.client_id), ack.message_id)
-            found = checks.ack_resend(self, sender, ack, first)
-            if found is not None:
-                self._found.append(found)
-        record = self._sent.get(ack.message_id)
+        parts = self._parts
+        sender_part = parts.get(sender) or self._part(sender)
+        mid = ack.message_id
+        record = self._sent.get(mid)
+        fresh = record is None
         if record is None:
-            record = self._sent[ack.message_id] = SentRecord(
-                ack.message_id, ack.conversation, ack.seq, sender, ack.client_id, set(), body
+            record = self._sent[mid] = SentRecord(
+                mid, ack.conversation, ack.seq, sender, ack.client_id, wanted, body,
+                started_at, acked_at, ack, wanted,
             )
-            self._info.setdefault(ack.message_id, (ack.conversation, ack.seq, sender))
-            self._times[ack.message_id] = (started_at, acked_at)
-            seen_by = self._receivers.get(ack.message_id)
+            sender_part.add_own(record)  # its first sent()'s entry: record.entry()
+        else:
+            sender_part.add_own(SentEntry(ack, tuple(sorted(wanted))))
+        if ack.client_id:
+            by_client = self._acked_by_client.get(sender)
+            if by_client is None:
+                by_client = self._acked_by_client[sender] = {}
+            first = by_client.setdefault(ack.client_id, mid)
+            if first != mid:
+                resent = checks.ack_resend(self, sender, ack, first)
+                if resent is not None:
+                    self._found.append(resent)
+        if fresh:  # index the new record
+            info = self._info
+            if mid in info:
+                record.known_first = False
+            else:
+                info[mid] = record
+            seen_by = self._receivers.pop(mid, None)
             if seen_by is not None:  # seen before its ack reached the oracle: judge it now
+                record.receivers = seen_by
                 for name in seen_by:
-                    self._late_times(self._parts[name], ack.message_id, started_at, acked_at)
-            sender_part.add_view(ack.conversation, ack.seq, ack.message_id)
+                    part = parts[name]
+                    self._late_times(part, mid, started_at, acked_at)
+                    index = part.unchecked.get(mid)
+                    if index is not None and (name in wanted or name == sender):
+                        seen = part.events[index - 1].message  # type: ignore[union-attr]
+                        if seen.seq == ack.seq and seen.conversation == ack.conversation:
+                            del part.unchecked[mid]  # settled: checks.unexpected need not look
+            cv = sender_part.convs.get(ack.conversation)
+            if cv is None:
+                cv = sender_part.convs[ack.conversation] = ConvView()
+            cv.add_view(ack.seq, mid)
             acked = self._acked.get(ack.conversation)
             if acked is None:
                 acked = self._acked[ack.conversation] = ([], {})
             seqs, ids = acked
             if ack.seq not in ids:
-                ids[ack.seq] = ack.message_id
+                ids[ack.seq] = mid
                 if not seqs or seqs[-1] < ack.seq:
                     seqs.append(ack.seq)
                 else:
                     bisect.insort(seqs, ack.seq)
-        for name in wanted - record.recipients:
-            part = self._part(name)
-            if part.observed and ack.message_id not in part.seen:
-                part.pending[ack.message_id] = None
-        record.recipients |= wanted
+            new = wanted
+        else:
+            new = wanted - record.recipients
+            record.recipients = record.recipients | wanted
+        for name in new:
+            part = parts.get(name) or self._part(name)
+            if part.observed and mid not in part.seen:
+                part.pending[mid] = None
 
     def _late_times(
         self, part: Participant, mid: str, started: float | None, acked: float
@@ -282,21 +370,23 @@ class Ingest:
             self._found.append(checks.causal_seen(self, part, mid, before[1]))
         if started is None:
             return
-        ids = part.order[conv]
+        cv = part.convs[conv]
+        ids = cv.order
+        sent = self._sent
         reported = False
         for i in range(pos + 1, len(ids)):  # what part saw since mid: one ack's latency, mostly
             later = ids[i]
-            times = self._times.get(later)
-            if times is None:  # still waiting for its own times: mid now stands before it
+            record = sent.get(later)
+            if record is None:  # still waiting for its own times: mid now stands before it
                 wait = part.hb_late.get(later)
                 if wait is not None and (wait[2] is None or started > wait[2][0]):
                     part.hb_late[later] = (wait[0], wait[1], (started, mid))
-            elif not reported and times[1] < started:
+            elif not reported and record.acked_at < started:
                 self._found.append(checks.causal_seen(self, part, later, mid))
                 reported = True
-        top = part.hb_top.get(conv)
+        top = cv.hb_top
         if top is None or started > top[0]:
-            part.hb_top[conv] = (started, mid)
+            cv.hb_top = (started, mid)
 
     def sent_unacked(
         self, sender: str, client_id: str, conversation_hint: str | None = None
@@ -305,12 +395,12 @@ class Ingest:
         self._clock += 1
         self._senders.add(sender)
         self._unacked[(sender, client_id)] = conversation_hint
-        self._part(sender).log.append(UnackedEntry(client_id, conversation_hint))
+        self._part(sender).add_own(UnackedEntry(client_id, conversation_hint))
 
     def recalled(self, conversation: str, message_id: str, by: str) -> None:
         """Record a recall the test performed and got ok for."""
         self._clock += 1
-        self._part(by).log.append(RecalledEntry(conversation, message_id))
+        self._part(by).add_own(RecalledEntry(conversation, message_id))
         self._learn_recall(conversation, message_id, by, f"{by} recalled it")
 
     def _learn_recall(self, conversation: str, message_id: str, by: str | None, src: str) -> None:
@@ -324,14 +414,105 @@ class Ingest:
 
     def observe(self, participant: str, event: Event) -> None:
         """Record one event a participant received, in arrival order."""
+        # The oracle's clock orders recalls against history pages; a message sighting is
+        # neither, so the hot path below leaves it alone.
+        part = self._parts.get(participant) or self._part(participant)
+        events = part.events
+        events.append(event)  # EventEntry(index, event) when read back
+        index = len(events)
+        if not isinstance(event, MessageReceived):
+            self._observe_other(part, index, event)
+            return
+        # A message sighting, the hot path of a load run: kept in one body, no calls but where
+        # a check finds something.
+        msg = event.message
+        mid = msg.message_id
+        seen = part.seen
+        if mid in seen:
+            first = part.sighting(mid)
+            self._found.append(checks.repeated_sighting(self, part, index, event, first))
+            return
+        seen[mid] = index
+        if part.pending:
+            part.pending.pop(mid, None)
+        record = self._sent.get(mid)
+        known: Known
+        if record is None:
+            known = self._info.get(mid) or msg
+            if known is msg:
+                self._info[mid] = msg
+            receivers = self._receivers.get(mid)
+            self._receivers[mid] = (part.name,) if receivers is None else (*receivers, part.name)
+        else:
+            known = record if record.known_first else self._info[mid]
+            record.receivers = (*record.receivers, part.name)
+        conv = msg.conversation
+        cv = part.convs.get(conv)
+        if cv is None:
+            cv = part.convs[conv] = ConvView()
+        ids = cv.order
+        if not ids:
+            part.sighted[conv] = cv
+        ids.append(mid)
+        seq = msg.seq
+        top = cv.hb_top
+        if record is None:  # its sent() has not arrived (yet): judged when it does
+            part.hb_late[mid] = (conv, len(ids) - 1, top)
+            part.unchecked[mid] = index
+        else:
+            if top is not None and record.acked_at < top[0]:
+                self._found.append(checks.causal_seen(self, part, mid, top[1]))
+            started = record.started_at
+            if started is not None and (top is None or started > top[0]):
+                cv.hb_top = (started, mid)
+            if (
+                seq != record.seq
+                or conv != record.conversation
+                or (part.name not in record.recipients and part.name != record.sender)
+            ):  # unexpected, or still may be: judged by checks.unexpected
+                part.unchecked[mid] = index
+        if cv.fits:  # group order: the sightings still rise in each message's one seq
+            if known.seq > cv.fits_seq:
+                cv.fits_seq = known.seq
+            else:
+                cv.fits = False  # for good: the order only grows and the seqs stay
+        view_ids = cv.view_ids
+        if seq not in view_ids:  # ConvView.add_view, inlined: this runs once per event
+            view_ids[seq] = mid
+            view_seqs = cv.view_seqs
+            if not view_seqs or view_seqs[-1] < seq:
+                view_seqs.append(seq)
+            else:
+                bisect.insort(view_seqs, seq)
+        sender = msg.sender
+        if msg.client_id:
+            by_client = part.by_client.get(sender)
+            if by_client is None:
+                by_client = part.by_client[sender] = {}
+            other = by_client.setdefault(msg.client_id, mid)
+            if other != mid:
+                self._found.append(checks.stored_twice(self, part, index, event, other))
+        smax = cv.sender_max.get(sender)
+        if (smax is not None and seq < smax[0]) or (self.strict_order and seq < cv.top_seq):
+            found = checks.order(
+                self, part, index, event,
+                None if smax is None else (smax[0], smax[1], part.sighting(smax[1])[0]),
+                None if cv.top_seq == NO_SEQ else (
+                    int(cv.top_seq), cv.top_id, part.sighting(cv.top_id)[0]),
+            )
+            if found is not None:
+                self._found.append(found)
+        if smax is None or seq > smax[0]:
+            cv.sender_max[sender] = (seq, mid)
+        if seq > cv.top_seq:
+            cv.top_seq = seq
+            cv.top_id = mid
+
+    def _observe_other(self, part: Participant, index: int, event: Event) -> None:
+        """A recall or a receipt (or a connection event, which only the log keeps)."""
+        participant = part.name
         self._clock += 1
-        part = self._part(participant)
-        part.count += 1
-        index = part.count
-        part.log.append(event)  # EventEntry(index, event) when read back
-        if isinstance(event, MessageReceived):
-            self._observe_message(part, index, event)
-        elif isinstance(event, MessageRecalled):
+        if isinstance(event, MessageRecalled):
             part.recalls.setdefault(event.message_id, index)
             self._learn_recall(
                 event.conversation,
@@ -350,56 +531,6 @@ class Ingest:
                 self._found.append(found)
             else:
                 part.receipts[key] = (event.up_to_seq, index)
-
-    def _observe_message(self, part: Participant, index: int, event: MessageReceived) -> None:
-        msg = event.message
-        mid = msg.message_id
-        first = part.seen.get(mid)
-        if first is not None:
-            self._found.append(checks.repeated_sighting(self, part, index, event, first))
-            return
-        part.seen[mid] = (index, event.offline)
-        part.seen_msg[mid] = msg
-        part.pending.pop(mid, None)
-        if mid not in self._info:
-            self._info[mid] = (msg.conversation, msg.seq, msg.sender)
-        receivers = self._receivers.get(mid)
-        if receivers is None:
-            self._receivers[mid] = [part.name]
-        else:
-            receivers.append(part.name)
-        conv = msg.conversation
-        ids = part.order.get(conv)
-        if ids is None:
-            ids = part.order[conv] = [mid]
-        else:
-            ids.append(mid)
-        top = part.hb_top.get(conv)
-        times = self._times.get(mid)
-        if times is None:  # its sent() has not arrived (yet): judged when it does
-            part.hb_late[mid] = (conv, len(ids) - 1, top)
-        else:
-            if top is not None and times[1] < top[0]:
-                self._found.append(checks.causal_seen(self, part, mid, top[1]))
-            started = times[0]
-            if started is not None and (top is None or started > top[0]):
-                part.hb_top[conv] = (started, mid)
-        part.add_view(msg.conversation, msg.seq, mid)
-        if msg.client_id:
-            key = (msg.sender, msg.client_id)
-            other = part.by_client.setdefault(key, mid)
-            if other != mid:
-                self._found.append(checks.stored_twice(self, part, index, event, other))
-        skey = (msg.conversation, msg.sender)
-        smax = part.sender_max.get(skey)
-        cmax = part.conv_max.get(msg.conversation)
-        found = checks.order(self, part, index, event, smax, cmax)
-        if found is not None:
-            self._found.append(found)
-        if smax is None or msg.seq > smax[0]:
-            part.sender_max[skey] = (msg.seq, mid, index)
-        if cmax is None or msg.seq > cmax[0]:
-            part.conv_max[msg.conversation] = (msg.seq, mid, index)
 
     def observe_history(
         self,
@@ -420,7 +551,7 @@ class Ingest:
         number = part.page_count
         msgs = page.messages
         lo, hi = (msgs[0].seq, msgs[-1].seq) if msgs else (0, -1)
-        part.log.append(HistoryEntry(number, page.conversation, lo, hi, len(msgs), page.has_more))
+        part.add_own(HistoryEntry(number, page.conversation, lo, hi, len(msgs), page.has_more))
         found = checks.history_page(self, part, number, page, before=before, after=after)
         for m in msgs:
             self._history_recall(part, number, m)

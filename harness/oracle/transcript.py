@@ -127,11 +127,21 @@ class EventEntry:
 LogEntry: TypeAlias = SentEntry | UnackedEntry | RecalledEntry | HistoryEntry | EventEntry
 """One line of a participant's timeline."""
 
-# What a participant's log stores: an observed event stands for itself (it is a frozen contract
-# dataclass already) and becomes an `EventEntry` with its index when read back, so the hot path
-# of `observe()` allocates nothing for the log.
-StoredEntry: TypeAlias = SentEntry | UnackedEntry | RecalledEntry | HistoryEntry | Event
-_OWN = (SentEntry, UnackedEntry, RecalledEntry, HistoryEntry)
+
+class Standing:
+    """Something the oracle keeps anyway that also stands for a `SentEntry` in a log."""
+
+    __slots__ = ()
+
+    def entry(self) -> SentEntry:
+        raise NotImplementedError
+
+
+# What a participant's log keeps besides its events (which stand for themselves, frozen contract
+# dataclasses already, and become `EventEntry`s with their index when read back): a message's
+# first acked send is its `SentRecord` (a `Standing`), so the hot paths of `observe()` and
+# `sent()` allocate nothing for the log.
+OwnEntry: TypeAlias = SentEntry | UnackedEntry | RecalledEntry | HistoryEntry | Standing
 
 
 def _mode(offline: bool) -> str:
@@ -149,17 +159,18 @@ def format_event(event: Event, index: int) -> str:
 
 def entries(part: Participant, *, limit: int | None = None) -> list[LogEntry]:
     """The participant's log as typed entries, the last `limit` of them when given."""
-    log = part.log
-    if limit is not None and len(log) > limit:
-        log = log[-limit:]
+    events, own, own_at = part.events, part.own, part.own_at
+    e, o = len(events), len(own)
+    want = e + o if limit is None else min(limit, e + o)
     out: list[LogEntry] = []
-    index = part.count + 1  # events are numbered 1..count in arrival order; walk back from the end
-    for stored in reversed(log):
-        if isinstance(stored, _OWN):
-            out.append(stored)
+    while len(out) < want:  # walk back from the end, merging the two lists in arrival order
+        if o and own_at[o - 1] >= e:  # own[o - 1] came after event #e
+            o -= 1
+            stored = own[o]
+            out.append(stored.entry() if isinstance(stored, Standing) else stored)
         else:
-            index -= 1
-            out.append(EventEntry(index, stored))
+            out.append(EventEntry(e, events[e - 1]))
+            e -= 1
     out.reverse()
     return out
 
@@ -175,7 +186,8 @@ def render_transcript(parts: Iterable[Participant], *, limit: int) -> str:
             flags.append("not observed")
         extra = f" ({', '.join(flags)})" if flags else ""
         lines.append(f"== {part.name}{extra}: {part.count} events ==")
-        if len(part.log) > limit:
-            lines.append(f"  ... {len(part.log) - limit} earlier entries omitted")
+        total = len(part.events) + len(part.own)
+        if total > limit:
+            lines.append(f"  ... {total - limit} earlier entries omitted")
         lines.extend("  " + entry.render() for entry in entries(part, limit=limit))
     return "\n".join(lines)
