@@ -43,6 +43,7 @@ class XmppAdapter(AdapterBase["XmppClient"]):
         self.options = options_from(XmppOptions, settings.options, where)
         self.host, self.port = parts.hostname, parts.port
         self.domain = self.options.domain
+        self.muc_domain = self.options.muc_domain or f"conference.{self.domain}"
         self._users: dict[str, UserState] = {}
         self.send_timeout_s = float(self.options.send_timeout_s
                                     if self.options.send_timeout_s is not None
