@@ -5,6 +5,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 from harness.contract import Capability
+from harness.errors import Forbidden
 from harness.xmpp.adapter import muc, translate
 
 OWN = "bob@localhost"
@@ -27,7 +28,8 @@ def test_a_removal_names_the_affiliation_change_and_its_actor() -> None:
     assert occ is not None
     assert (occ.room, occ.nick, occ.available, occ.affiliation, occ.jid, occ.actor) == (
         ROOM, "bob", False, "none", OWN, "alice")
-    assert occ.own and muc.AFFILIATION_GONE in occ.codes
+    assert occ.own
+    assert muc.AFFILIATION_GONE in occ.codes
 
 
 def test_a_refused_entry_is_an_error_even_without_the_muc_element() -> None:
@@ -36,8 +38,9 @@ def test_a_refused_entry_is_an_error_even_without_the_muc_element() -> None:
         '<registration-required xmlns="urn:ietf:params:xml:ns:xmpp-stanzas"/></error>'
         '</presence>')
     occ = muc.parse_presence(el)
-    assert occ is not None and occ.error == ("registration-required", "")
-    assert translate.map_error(*occ.error, "entering").__class__.__name__ == "Forbidden"
+    assert occ is not None
+    assert occ.error == ("registration-required", "")
+    assert isinstance(translate.map_error(*occ.error, "entering"), Forbidden)
 
 
 def test_a_presence_that_is_not_a_rooms_is_ignored() -> None:

@@ -101,8 +101,8 @@ async def test_the_non_member_check_fails_on_a_room_open_to_all(adapter: XmppAda
 
 async def _resend_after_lost_ack(prosody: EndpointSettings, *, blind: bool) -> list[str]:
     """Send with the ack lost (the server->client direction held), reconnect, send again with
-    the same client id; the client ids of the conversation's history (blind: the resend
-    comes from a client that does not know of the first attempt)."""
+    the same client id, and once more after its ack; the client ids of the conversation's
+    history (blind: the resends come from a client that does not know of the first attempt)."""
     direct = await XmppAdapter.open(prosody)
     async with FaultLink("127.0.0.1", int(prosody.url.rsplit(":", 1)[1])) as link:
         linked = await XmppAdapter.open(replace(prosody, url=link.url_for(prosody.url)))
@@ -127,6 +127,8 @@ async def _resend_after_lost_ack(prosody: EndpointSettings, *, blind: bool) -> l
                         if isinstance(event, Reconnected):
                             break
             ack = await alice.send(to, "once", client_id="c-once")
+            again = await alice.send(to, "once", client_id="c-once")  # acked, sent once more
+            assert again.message_id == ack.message_id
             page = await bob.history(ack.conversation)
             return [m.client_id for m in page.messages]
         finally:

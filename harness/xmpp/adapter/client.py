@@ -461,21 +461,20 @@ class XmppClient(StreamClient):
         message_id = translate.message_id(self._jid, origin)
         try:
             async with asyncio.timeout(limit):
-                if origin in self._state.unacked:  # did the server store the last attempt?
+                if origin in self._state.sent:  # did the server store an earlier attempt?
                     conv = await self._sync(conv_id)
                     if message_id in conv.seqs:
                         return self._stored(origin, message_id, conv_id, conv)
                 MessageStanza(xmpp, xml=el).send()
-                self._state.unacked[origin] = conv_id  # its outcome unknown until acked
+                self._state.sent[origin] = conv_id
                 ts = await self._barrier(limit)
                 bounce = self._bounces.pop(origin, None)
                 if bounce is not None:
-                    self._state.unacked.pop(origin, None)
+                    self._state.sent.pop(origin, None)  # refused: not stored
                     raise translate.map_error(*bounce, f"{self!r}: send to {to.user!r}")
                 conv = await self._sync(conv_id)
         except TimeoutError:
             raise IMTimeout(f"{self!r}: send {origin!r} not acknowledged in {limit}s") from None
-        self._state.unacked.pop(origin, None)
         seq = conv.place(message_id)  # one the archive does not hold goes last
         stamp = conv.stamps.get(message_id, ts)
         return Ack(origin, message_id, conv_id, seq, stamp)
@@ -483,7 +482,6 @@ class XmppClient(StreamClient):
     def _stored(self, origin: str, message_id: str, conv_id: str, conv: Conversation, *,
                 key: str | None = None) -> Ack:
         """The ack of an earlier attempt the archive shows was stored (not sent again)."""
-        self._state.unacked.pop(origin, None)
         key = key or message_id
         return Ack(origin, message_id, conv_id, conv.seqs[key],
                    conv.stamps.get(key, time.time()))
@@ -689,14 +687,14 @@ class XmppClient(StreamClient):
             async with asyncio.timeout(limit):
                 if room not in self._occupants:  # one posts from inside the room (§7.2)
                     await self._enter(room)
-                if origin in self._state.unacked:  # did the room store the last attempt?
+                if origin in self._state.sent:  # did the room store an earlier attempt?
                     conv = await self._sync_room(room)
                     stored = conv.origins.get(f"{self._nick}/{origin}")
                     if stored is not None:
                         return self._stored(origin, muc.group_message_id(group_id, stored),
                                             conv_id, conv, key=stored)
                 MessageStanza(xmpp, xml=muc.groupchat(room, text, custom, origin)).send()
-                self._state.unacked[origin] = conv_id
+                self._state.sent[origin] = conv_id
                 reflected = await echo
                 conv = await self._sync_room(room)
         except TimeoutError:
@@ -705,11 +703,10 @@ class XmppClient(StreamClient):
         except (ConnectionLost, IMTimeout):
             raise  # the outcome is unknown: a resend reads the archive first
         except IMError:
-            self._state.unacked.pop(origin, None)  # refused: its outcome is known
+            self._state.sent.pop(origin, None)  # refused: not stored
             raise
         finally:
             self._echoes.pop(origin, None)
-        self._state.unacked.pop(origin, None)
         key = reflected.stanza_id or f"{self._nick}/{origin}"
         seq = conv.place(key)
         stamp = conv.stamps.get(key, time.time())

@@ -64,7 +64,9 @@ ABSENT_BECAUSE: Mapping[Capability, str] = {
     "revocation: voice is one occupant's role (§8.4), a moderated room silences only "
     "unaffiliated visitors",
     Capability.RECALL: "XEP-0424 message retraction / XEP-0425 moderation are not in Prosody",
-    Capability.IDEMPOTENT_SEND: "Prosody does not deduplicate on XEP-0359 origin-id",
+    Capability.IDEMPOTENT_SEND: "Prosody does not deduplicate on XEP-0359 origin-id (the "
+    "adapter reads its archive before sending a client id again, so one client's resends "
+    "are stored once; another client's, or a fresh adapter's, are stored twice)",
     Capability.PUSH: "XEP-0357 push is not wired to a webhook",
     Capability.TIER_ADMIN: "XMPP has no tiers",
 }
@@ -332,10 +334,11 @@ class UserState:
     # creations, each with where its reading of the room's archive got to: the last archive
     # id processed, or the time it was added (the archive is read from there on first entry).
     rooms: dict[str, str | float] = field(default_factory=dict)
-    # Sends whose ack never came (origin-id -> conversation): a resend first reads the
-    # archive, since Prosody stores a second copy of a resent message (XEP-0359 ids are kept,
-    # not deduplicated on).
-    unacked: dict[str, str] = field(default_factory=dict)
+    # The client ids (origin-ids) this user sent, with their conversation. Prosody stores a
+    # second copy of a resent message (it keeps XEP-0359 ids but does not deduplicate on
+    # them), so a send with one of these reads the archive first: an attempt stored there
+    # (its ack lost, or acked) is answered with that message's ack, not sent again.
+    sent: dict[str, str] = field(default_factory=dict)
 
     def conversation(self, conv: str) -> Conversation:
         return self.conversations.setdefault(conv, Conversation())
