@@ -534,7 +534,9 @@ class XmppClient(StreamClient):
                 join.set_exception(translate.map_error(
                     *occ.error, f"{self!r}: entering {room} (XEP-0045 §7.2)"))
             return
-        view = self._occupants.setdefault(room, {})
+        view = self._occupants.get(room)
+        if view is None:
+            return  # a room we are not in (any more): an entry that timed out, say
         before = view.get(occ.nick)
         if occ.available:
             view[occ.nick] = occ
