@@ -62,6 +62,12 @@ NS_TIME = "urn:xmpp:time"
 NS_DISCO_INFO = "http://jabber.org/protocol/disco#info"
 
 
+def _retrieved(job: asyncio.Future[Any]) -> None:
+    """Mark a shared read's outcome seen (its callers may all have stopped waiting)."""
+    if not job.cancelled():
+        job.exception()
+
+
 class XmppClient(StreamClient):
     """One resource of one XMPP user on the adapter's server."""
 
@@ -92,6 +98,9 @@ class XmppClient(StreamClient):
         self._present = False  # initial presence sent: rooms can be entered
         self._tasks: set[asyncio.Future[None]] = set()
         self._reconnecting: asyncio.Future[None] | None = None  # the client's own reconnect
+        # Archive reads per conversation: the one running and the one queued after it.
+        self._reads: dict[str, asyncio.Future[Any]] = {}
+        self._next_reads: dict[str, asyncio.Future[Conversation]] = {}
         self._backoff = Backoff(adapter.options.backoff_base_s, adapter.options.backoff_cap_s)
 
     def __repr__(self) -> str:
@@ -165,6 +174,7 @@ class XmppClient(StreamClient):
         self._status = ClientState.CONNECTED
         self._live_ids = set()
         self._occupants, self._caught, self._present = {}, set(), False
+        self._reads, self._next_reads = {}, {}  # the last session's reads wait on nothing now
         self._pump_task = asyncio.ensure_future(self._pump())
         await self._in_order(self._catch_up)  # before presence: Prosody sends no offline flood
         xmpp.send_presence()
@@ -348,6 +358,32 @@ class XmppClient(StreamClient):
                                        else time.time())
         self._emit(MessageReceived(message, offline=offline))
 
+    async def _coalesced(self, conv_id: str,
+                         read: Callable[[], Awaitable[Conversation]]) -> Conversation:
+        """Run `read` (an archive read of one conversation) for a caller, sharing it: while
+        one read runs, everyone who asks meanwhile waits for the one after it (it starts after
+        they asked, so it sees what they sent). Two reads at most, not one per send."""
+        running = self._reads.get(conv_id)
+        job: asyncio.Future[Conversation]
+        if running is None or running.done():
+            job = asyncio.ensure_future(read())
+            self._reads[conv_id] = job
+        else:
+            job = self._next_reads.get(conv_id) or asyncio.ensure_future(
+                self._read_after(conv_id, running, read))
+            self._next_reads[conv_id] = job
+        job.add_done_callback(_retrieved)
+        return await asyncio.shield(job)
+
+    async def _read_after(self, conv_id: str, before: asyncio.Future[Conversation],
+                          read: Callable[[], Awaitable[Conversation]]) -> Conversation:
+        await asyncio.wait([before])
+        self._next_reads.pop(conv_id, None)
+        current = asyncio.current_task()
+        assert current is not None
+        self._reads[conv_id] = current
+        return await read()
+
     async def _sync(self, conv_id: str) -> Conversation:
         """Number the conversation's messages in the order of our archive (the server's).
 
@@ -355,6 +391,9 @@ class XmppClient(StreamClient):
         as it routes it), so both sides give it the same seq; a message the archive holds
         twice keeps the seq it got first, as in history.
         """
+        return await self._coalesced(conv_id, lambda: self._sync_once(conv_id))
+
+    async def _sync_once(self, conv_id: str) -> Conversation:
         conv = self._state.conversation(conv_id)
         peer = self._peer(conv_id)
         for archive_id, item in await self._mam(with_jid=peer, after=conv.archive_cursor):
@@ -664,6 +703,10 @@ class XmppClient(StreamClient):
 
     async def _sync_room(self, room: str) -> Conversation:
         """Number the room's messages in its archive's order (read on from the last read)."""
+        return await self._coalesced(muc.group_conversation(translate.local(room)),
+                                     lambda: self._sync_room_once(room))
+
+    async def _sync_room_once(self, room: str) -> Conversation:
         conv = self._state.conversation(muc.group_conversation(translate.local(room)))
         for archive_id, item in await self._mam(to=room, after=conv.archive_cursor):
             conv.archive_cursor = archive_id
