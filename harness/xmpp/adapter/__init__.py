@@ -39,7 +39,7 @@ How the contract maps onto XMPP:
   mute-all, which XEP-0045 has no room-wide form of).
 
 The package along its seams: `translate` (stanzas <-> contract, no I/O), `muc` (the room
-stanzas, no I/O), `client` (one
+stanzas, no I/O), `speedups` (slixmpp's login costs), `client` (one
 connection: the pump, catch-up, operations), `adapter` (`XmppAdapter`: registration, connect),
 `options` (`XmppOptions`).
 """
