@@ -25,5 +25,6 @@ def test_the_xmpp_adapter_conforms() -> None:
     for clause in ("send.ack", "events.message", "errors.unauthorized", "errors.not_found",
                    "lifecycle.drop", "lifecycle.close", "history.paging",
                    "capability.offline", "capability.history", "capability.recall",
-                   "capability.receipts"):
+                   "capability.receipts", "capability.groups", "capability.roles",
+                   "capability.mute"):
         assert got[clause].outcome is Outcome.PASS, got[clause]

@@ -3,7 +3,8 @@
 Runs `python -m pytest --pyargs harness.suites --im-config examples/prosody.toml` as a
 subprocess (the command a user types, with the asyncio ini flags the sign-off passes) and reads
 its junit xml: no failure, both endpoints exercised, every skip explained by a capability the
-endpoint lacks or a limitation it declares.
+endpoint lacks or a limitation it declares. In three parts (old, new, the parity test of the
+two) so that `pytest -n 2` runs them side by side: the Prosody part of CI stays under 5 minutes.
 """
 
 from __future__ import annotations
@@ -33,15 +34,27 @@ LIMITATION = re.compile(
 )
 
 
-def test_suites_pass_on_prosody_with_declared_skips_only(tmp_path: Path) -> None:
+PARITY = "test_same_conversation_reads_the_same_on_old_and_new"  # needs both endpoints
+# The suites in three parts that `pytest -n 2` runs side by side: each endpoint's, and the
+# one test that compares the two.
+PARTS = {
+    "old": (["--im-endpoints", "old", "-k", f"not {PARITY}"], {"old": 12}),
+    "new": (["--im-endpoints", "new", "-k", f"not {PARITY}"], {"new": 12}),
+    "parity": (["-k", PARITY], {"": 1}),  # one test of both endpoints: no [name] in its id
+}
+
+
+@pytest.mark.parametrize("part", sorted(PARTS))
+def test_suites_pass_on_prosody_with_declared_skips_only(tmp_path: Path, part: str) -> None:
     missing = [b for b in DEFAULT_BINARIES.values() if not Path(b).exists()]
     if missing:
         pytest.skip(f"Prosody is not installed here ({', '.join(missing)}); .ci/run installs it")
+    selection, least = PARTS[part]
     junit = tmp_path / "suites.xml"
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "--pyargs", "harness.suites", "--im-config",
          str(ROOT / "examples" / "prosody.toml"), *ASYNCIO_INI, "-q", "-p", "no:cacheprovider",
-         "-m", "not slow", f"--junitxml={junit}"],
+         "-m", "not slow", *selection, f"--junitxml={junit}"],
         cwd=tmp_path, capture_output=True, text=True, timeout=units(600), check=False,
     )
     tail = "\n".join(proc.stdout.splitlines()[-40:])
@@ -58,6 +71,6 @@ def test_suites_pass_on_prosody_with_declared_skips_only(tmp_path: Path) -> None
             unexplained.append(f"{case.get('classname')}::{case.get('name')}: {reason}")
     assert not unexplained, "skips that name no capability or limitation:\n" + "\n".join(
         unexplained)
-    for endpoint in ("old", "new"):
-        ran = [n for n in passed if n.endswith(f"[{endpoint}]")]
-        assert len(ran) >= 12, f"only {len(ran)} tests passed on {endpoint!r}:\n{tail}"
+    for endpoint, at_least in least.items():
+        ran = [n for n in passed if n.endswith(f"[{endpoint}]" if endpoint else PARITY)]
+        assert len(ran) >= at_least, f"only {len(ran)} tests passed on {endpoint!r}:\n{tail}"

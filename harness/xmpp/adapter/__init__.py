@@ -24,11 +24,22 @@ How the contract maps onto XMPP:
   more after presence for what was archived in between; all of it is marked `offline=True`.
 - receipts: not offered. Prosody relays and archives XEP-0333 markers but keeps no read
   cursor, so the contract's "a read mark never moves back" is nobody's to keep.
+- groups = XEP-0045 rooms on the MUC service (`muc`): members-only, moderated, non-anonymous,
+  persistent, archived (muc_mam). Roles are affiliations (owner, admin, member); adding a
+  member sets its affiliation and sends the room's invitation, on which the member's client
+  enters and reads the room archive from the invitation's time; removing one sets it to none
+  (the server ends its visit: status 321); leaving cancels one's registration with the room
+  (the last owner is refused: conflict). Group messages are numbered by the room archive,
+  whose stanza-id every occupant shares; the room's reflection of a send is its ack.
+- resends: Prosody does not deduplicate on origin-id, so a send with a client id this user
+  sent before first reads the archive; an attempt stored there (its ack lost to a restart, or
+  acked) is answered with its ack and not sent again (see `UserState.sent`).
 - what Prosody 0.12 and 13 do not offer is absent from the capabilities, named in
-  `translate.ABSENT_BECAUSE` (recall: XEP-0424/0425). Groups (MUC, XEP-0045) are not
-  implemented by this adapter yet.
+  `translate.ABSENT_BECAUSE` (recall: XEP-0424/0425; mute: the contract's mute includes
+  mute-all, which XEP-0045 has no room-wide form of).
 
-The package along its seams: `translate` (stanzas <-> contract, no I/O), `client` (one
+The package along its seams: `translate` (stanzas <-> contract, no I/O), `muc` (the room
+stanzas, no I/O), `speedups` (slixmpp's login costs), `client` (one
 connection: the pump, catch-up, operations), `adapter` (`XmppAdapter`: registration, connect),
 `options` (`XmppOptions`).
 """

@@ -43,6 +43,7 @@ class XmppAdapter(AdapterBase["XmppClient"]):
         self.options = options_from(XmppOptions, settings.options, where)
         self.host, self.port = parts.hostname, parts.port
         self.domain = self.options.domain
+        self.muc_domain = self.options.muc_domain or f"conference.{self.domain}"
         self._users: dict[str, UserState] = {}
         self.send_timeout_s = float(self.options.send_timeout_s
                                     if self.options.send_timeout_s is not None
@@ -75,9 +76,13 @@ class XmppAdapter(AdapterBase["XmppClient"]):
         import slixmpp
         from slixmpp.exceptions import IqError, IqTimeout
 
+        from harness.xmpp.adapter import speedups
+
+        speedups.install()
         localpart = translate.local(user_id) if user_id else f"imh-{secrets.token_hex(4)}"
         password = secrets.token_urlsafe(18)
-        xmpp = slixmpp.ClientXMPP(f"{localpart}@{self.domain}/register", password)
+        xmpp = slixmpp.ClientXMPP(f"{localpart}@{self.domain}/register", password,
+                                  ssl_context=speedups.shared_context())
         xmpp.enable_plaintext, xmpp.enable_starttls, xmpp.enable_direct_tls = True, False, False
         xmpp.register_plugin("xep_0077")
         xmpp.plugin["xep_0077"].force_registration = True

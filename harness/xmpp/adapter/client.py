@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import slixmpp
 from slixmpp.exceptions import IqError, IqTimeout
 from slixmpp.stanza import Message as MessageStanza
+from slixmpp.stanza import Presence
 from slixmpp.xmlstream import StanzaBase
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
@@ -34,20 +35,23 @@ from harness.contract import (
     Credentials,
     GroupInfo,
     HistoryPage,
+    MembershipChanged,
     Message,
     MessageReceived,
     Target,
 )
 from harness.errors import (
+    BadRequest,
     ConnectionLost,
     Forbidden,
     IMError,
     IMTimeout,
+    NotFound,
     TooLarge,
     Unauthorized,
     Unsupported,
 )
-from harness.xmpp.adapter import translate
+from harness.xmpp.adapter import muc, speedups, translate
 from harness.xmpp.adapter.translate import Conversation, Incoming, UserState
 
 if TYPE_CHECKING:
@@ -55,6 +59,13 @@ if TYPE_CHECKING:
 
 logging.getLogger("slixmpp").setLevel(logging.CRITICAL)  # it logs every failed attempt
 NS_TIME = "urn:xmpp:time"
+NS_DISCO_INFO = "http://jabber.org/protocol/disco#info"
+
+
+def _retrieved(job: asyncio.Future[Any]) -> None:
+    """Mark a shared read's outcome seen (its callers may all have stopped waiting)."""
+    if not job.cancelled():
+        job.exception()
 
 
 class XmppClient(StreamClient):
@@ -75,6 +86,21 @@ class XmppClient(StreamClient):
         self._queries: dict[str, list[tuple[str, Incoming]]] = {}
         self._bounces: dict[str, tuple[str, str]] = {}  # origin-id -> error of its bounce
         self._live_ids: set[str] = set()  # archive ids received live in this session
+        # Rooms: this session's view of each room's occupants (from their presences), the
+        # entries waiting for the room's answer, the sends waiting for their reflection, the
+        # rooms this client is leaving, and room archive ids its catch-up delivered.
+        self._occupants: dict[str, dict[str, muc.Occupancy]] = {}
+        self._joins: dict[str, asyncio.Future[None]] = {}
+        self._echoes: dict[str, asyncio.Future[Incoming]] = {}
+        self._leaving: set[str] = set()
+        self._caught: set[str] = set()
+        self._nick = translate.local(self._jid)  # one nick per user in every room
+        self._present = False  # initial presence sent: rooms can be entered
+        self._tasks: set[asyncio.Future[None]] = set()
+        self._reconnecting: asyncio.Future[None] | None = None  # the client's own reconnect
+        # Archive reads per conversation: the one running and the one queued after it.
+        self._reads: dict[str, asyncio.Future[Any]] = {}
+        self._next_reads: dict[str, asyncio.Future[Conversation]] = {}
         self._backoff = Backoff(adapter.options.backoff_base_s, adapter.options.backoff_cap_s)
 
     def __repr__(self) -> str:
@@ -95,12 +121,12 @@ class XmppClient(StreamClient):
     # -- connection -------------------------------------------------------------------------
 
     def _connection(self) -> slixmpp.ClientXMPP:
-        """The client's one slixmpp stream, made once and connected again on reconnect
-        (making one costs a TLS context: a third of a second on a busy machine)."""
+        """The client's one slixmpp stream, made once and connected again on reconnect."""
         if self._conn is not None:
             return self._conn
+        speedups.install()
         xmpp = slixmpp.ClientXMPP(f"{self._jid}/{self._state.resource}",
-                                  self._credentials.token)
+                                  self._credentials.token, ssl_context=speedups.shared_context())
         xmpp.enable_plaintext, xmpp.enable_starttls, xmpp.enable_direct_tls = True, False, False
         xmpp.whitespace_keepalive = False
         xmpp.plugin["feature_mechanisms"].unencrypted_scram = True
@@ -124,6 +150,8 @@ class XmppClient(StreamClient):
         # results, markers). Run in the stream, so it comes before a later iq's answer.
         xmpp.register_handler(Callback("imh-messages", MatchXPath(
             f"{{{translate.NS_CLIENT}}}message"), self._on_stanza, instream=True))
+        xmpp.register_handler(Callback("imh-presence", MatchXPath(
+            f"{{{translate.NS_CLIENT}}}presence"), self._on_presence, instream=True))
         self._conn = xmpp
         return xmpp
 
@@ -145,10 +173,15 @@ class XmppClient(StreamClient):
             raise
         self._status = ClientState.CONNECTED
         self._live_ids = set()
+        self._occupants, self._caught, self._present = {}, set(), False
+        self._reads, self._next_reads = {}, {}  # the last session's reads wait on nothing now
         self._pump_task = asyncio.ensure_future(self._pump())
         await self._in_order(self._catch_up)  # before presence: Prosody sends no offline flood
         xmpp.send_presence()
         await self._in_order(self._catch_up_again)  # what came between the query and presence
+        self._present = True
+        for room in list(self._state.rooms):  # back into every room, each caught up
+            await self._rejoin(room)
         if self._adapter.options.keepalive_s:
             every = self._adapter.options.keepalive_s
             name = f"imh-ping-{id(self)}"
@@ -178,7 +211,7 @@ class XmppClient(StreamClient):
             return
         self._status = ClientState.RECONNECTING
         self._disconnected("connection lost")
-        asyncio.ensure_future(self._reconnect_loop())
+        self._reconnecting = asyncio.ensure_future(self._reconnect_loop())
 
     async def _cut(self) -> None:
         """Abort the stream at once and wait (briefly) until slixmpp has seen it go."""
@@ -232,6 +265,18 @@ class XmppClient(StreamClient):
         await self._stop_pump()
 
     async def _resume(self) -> None:
+        running = self._reconnecting
+        if running is not None and not running.done():
+            # Its own reconnect is under way: wait for it (one login at a time on one stream).
+            limit = self._adapter.settings.connect_timeout_s * 2
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(running), limit)
+            if self._status is ClientState.CONNECTED:
+                return
+            if self._status is ClientState.FAILED:
+                raise Unauthorized(f"{self!r}: the server refused the credentials of {self._jid}")
+            if not running.done():
+                raise ConnectionLost(f"{self!r}: still reconnecting after {limit}s")
         await self._stop_pump()
         await self._login()
         self._reconnected(1)
@@ -249,8 +294,15 @@ class XmppClient(StreamClient):
             return
         item = translate.parse_message(el, self._jid)
         if item.error is not None:
+            echo = self._echoes.pop(item.origin_id, None)
+            if echo is not None and not echo.done():
+                echo.set_exception(translate.map_error(*item.error, f"{self!r}: group send"))
             self._bounces[item.origin_id] = item.error
             return
+        if item.nick is not None and item.nick == self._nick:
+            echo = self._echoes.pop(item.origin_id, None)
+            if echo is not None and not echo.done():
+                echo.set_result(item)  # the room's reflection of our send: the ack
         if item.stanza_id:
             self._live_ids.add(item.stanza_id)
         self._inbox.put_nowait(item)
@@ -282,12 +334,18 @@ class XmppClient(StreamClient):
 
     async def _deliver(self, item: Incoming, *, offline: bool) -> None:
         """Turn one received chat message into a contract event, numbered as archived."""
+        if item.nick is not None:
+            return await self._deliver_group(item, offline=offline)
+        if item.invite is not None:
+            await self._on_invite(item)
+        elif item.body is not None:  # else a marker or another message the contract names not
+            await self._deliver_chat(item, offline=offline)
+        if item.stanza_id:  # only once it is handled: a reconnect's catch-up starts after it
+            self._state.cursor = item.stanza_id
+
+    async def _deliver_chat(self, item: Incoming, *, offline: bool) -> None:
         conv_id = translate.pair_conversation(item.sender, item.recipient)
         conv = self._state.conversation(conv_id)
-        if item.stanza_id:
-            self._state.cursor = item.stanza_id
-        if item.body is None:
-            return  # a marker or another bodiless message: nothing the contract names
         key = translate.message_id(item.sender, item.origin_id)
         if key not in conv.seqs:
             with contextlib.suppress(IMError):  # unanswered: it goes last, stamped on arrival
@@ -300,6 +358,32 @@ class XmppClient(StreamClient):
                                        else time.time())
         self._emit(MessageReceived(message, offline=offline))
 
+    async def _coalesced(self, conv_id: str,
+                         read: Callable[[], Awaitable[Conversation]]) -> Conversation:
+        """Run `read` (an archive read of one conversation) for a caller, sharing it: while
+        one read runs, everyone who asks meanwhile waits for the one after it (it starts after
+        they asked, so it sees what they sent). Two reads at most, not one per send."""
+        running = self._reads.get(conv_id)
+        job: asyncio.Future[Conversation]
+        if running is None or running.done():
+            job = asyncio.ensure_future(read())
+            self._reads[conv_id] = job
+        else:
+            job = self._next_reads.get(conv_id) or asyncio.ensure_future(
+                self._read_after(conv_id, running, read))
+            self._next_reads[conv_id] = job
+        job.add_done_callback(_retrieved)
+        return await asyncio.shield(job)
+
+    async def _read_after(self, conv_id: str, before: asyncio.Future[Conversation],
+                          read: Callable[[], Awaitable[Conversation]]) -> Conversation:
+        await asyncio.wait([before])
+        self._next_reads.pop(conv_id, None)
+        current = asyncio.current_task()
+        assert current is not None
+        self._reads[conv_id] = current
+        return await read()
+
     async def _sync(self, conv_id: str) -> Conversation:
         """Number the conversation's messages in the order of our archive (the server's).
 
@@ -307,6 +391,9 @@ class XmppClient(StreamClient):
         as it routes it), so both sides give it the same seq; a message the archive holds
         twice keeps the seq it got first, as in history.
         """
+        return await self._coalesced(conv_id, lambda: self._sync_once(conv_id))
+
+    async def _sync_once(self, conv_id: str) -> Conversation:
         conv = self._state.conversation(conv_id)
         peer = self._peer(conv_id)
         for archive_id, item in await self._mam(with_jid=peer, after=conv.archive_cursor):
@@ -358,8 +445,9 @@ class XmppClient(StreamClient):
         return stamp if stamp is not None else time.time()
 
     async def _mam(self, *, with_jid: str | None = None, after: str | None = None,
-                   ids: Sequence[str] = ()) -> list[tuple[str, Incoming]]:
-        """Every item of the user's own archive that matches (all pages)."""
+                   ids: Sequence[str] = (), to: str | None = None, start: float | None = None,
+                   ) -> list[tuple[str, Incoming]]:
+        """Every item of the user's own archive (or room `to`'s) that matches (all pages)."""
         items: list[tuple[str, Incoming]] = []
         while True:
             queryid = uuid.uuid4().hex
@@ -367,7 +455,8 @@ class XmppClient(StreamClient):
             self._queries[queryid] = page
             try:
                 answer = await self._iq("set", translate.mam_query(
-                    queryid, with_jid=with_jid, after=after, ids=ids))
+                    queryid, with_jid=with_jid, after=after, ids=ids,
+                    start=None if after else start), to=to)
             finally:
                 self._queries.pop(queryid, None)
             items += page
@@ -394,15 +483,15 @@ class XmppClient(StreamClient):
         self, to: Target, body: str = "", *, custom: Mapping[str, Any] | None = None,
         client_id: str | None = None, timeout: float | None = None,  # noqa: ASYNC109 - contract
     ) -> Ack:
-        if to.group is not None:
-            raise Unsupported(f"{self!r}: groups (MUC, XEP-0045) are not offered by this adapter")
-        assert to.user is not None
         xmpp = self._need_xmpp()
         text = body if custom is None else (body or translate.json_body(custom))
         size = len(text.encode())
         if size > translate.MAX_BODY_BYTES:
             raise TooLarge(f"{self!r}: body of {size} bytes is over the declared maximum "
                            f"{translate.MAX_BODY_BYTES}")
+        if to.group is not None:
+            return await self._send_group(to.group, text, custom, client_id, timeout)
+        assert to.user is not None
         peer = self._adapter.jid(to.user)
         origin = client_id or uuid.uuid4().hex
         limit = timeout if timeout is not None else self._adapter.send_timeout_s
@@ -411,10 +500,16 @@ class XmppClient(StreamClient):
         message_id = translate.message_id(self._jid, origin)
         try:
             async with asyncio.timeout(limit):
+                if origin in self._state.sent:  # did the server store an earlier attempt?
+                    conv = await self._sync(conv_id)
+                    if message_id in conv.seqs:
+                        return self._stored(origin, message_id, conv_id, conv)
                 MessageStanza(xmpp, xml=el).send()
+                self._state.sent[origin] = conv_id
                 ts = await self._barrier(limit)
                 bounce = self._bounces.pop(origin, None)
                 if bounce is not None:
+                    self._state.sent.pop(origin, None)  # refused: not stored
                     raise translate.map_error(*bounce, f"{self!r}: send to {to.user!r}")
                 conv = await self._sync(conv_id)
         except TimeoutError:
@@ -422,6 +517,13 @@ class XmppClient(StreamClient):
         seq = conv.place(message_id)  # one the archive does not hold goes last
         stamp = conv.stamps.get(message_id, ts)
         return Ack(origin, message_id, conv_id, seq, stamp)
+
+    def _stored(self, origin: str, message_id: str, conv_id: str, conv: Conversation, *,
+                key: str | None = None) -> Ack:
+        """The ack of an earlier attempt the archive shows was stored (not sent again)."""
+        key = key or message_id
+        return Ack(origin, message_id, conv_id, conv.seqs[key],
+                   conv.stamps.get(key, time.time()))
 
     async def mark_read(self, conversation: str, up_to_seq: int) -> None:
         raise Unsupported(f"{self!r}: read receipts: "
@@ -431,6 +533,9 @@ class XmppClient(StreamClient):
         self, conversation: str, *, before: int | None = None, after: int | None = None,
         limit: int = 50,
     ) -> HistoryPage:
+        group = muc.group_of(conversation)
+        if group is not None:
+            return await self._group_history(group, before=before, after=after, limit=limit)
         members = translate.pair_members(conversation)
         if self._jid not in members:
             raise Forbidden(f"{self!r}: {conversation!r} is not a conversation of this user")
@@ -447,34 +552,293 @@ class XmppClient(StreamClient):
         return translate.history_page(conversation, messages, before=before, after=after,
                                       limit=limit)
 
-    # -- what this adapter does not offer (declared absent in its capabilities) -----------
+    # -- groups: XEP-0045 rooms (see harness.xmpp.adapter.muc) -----------------------------
 
-    def _no_groups(self) -> Unsupported:
-        return Unsupported(f"{self!r}: groups (MUC, XEP-0045) are not offered by this adapter")
+    def _room(self, group: str) -> str:
+        return group if "@" in group else f"{group}@{self._adapter.muc_domain}"
+
+    def _on_presence(self, stanza: StanzaBase) -> None:
+        occ = muc.parse_presence(stanza.xml)
+        if occ is None:
+            return
+        if occ.room in self._joins or occ.room in self._occupants:
+            self._inbox.put_nowait(lambda: self._presence(occ))
+
+    async def _presence(self, occ: muc.Occupancy) -> None:
+        """One room presence, in arrival order: an entry completing, or a change to report."""
+        room = occ.room
+        join = self._joins.get(room)
+        if occ.error is not None:
+            if join is not None and not join.done():
+                join.set_exception(translate.map_error(
+                    *occ.error, f"{self!r}: entering {room} (XEP-0045 §7.2)"))
+            return
+        view = self._occupants.get(room)
+        if view is None:
+            return  # a room we are not in (any more): an entry that timed out, say
+        before = view.get(occ.nick)
+        if occ.available:
+            view[occ.nick] = occ
+        else:
+            view.pop(occ.nick, None)
+        if occ.own and occ.available and join is not None and not join.done():
+            try:  # entered: what the room archived since we last read it, before anything live
+                await self._catch_up_room(room)
+            except IMError as exc:
+                join.set_exception(exc)
+            else:
+                join.set_result(None)
+            return
+        self._changed(room, before, occ)
+
+    def _changed(self, room: str, before: muc.Occupancy | None, occ: muc.Occupancy) -> None:
+        """The contract's events of a change of an occupant's presence."""
+        group = translate.local(room)
+        user = translate.local(occ.jid) if occ.jid else occ.nick
+        by = translate.local(occ.actor) if occ.actor else ""
+        if not occ.available:
+            if not occ.codes & {muc.AFFILIATION_GONE, muc.KICKED, muc.BANNED}:
+                return  # an occupant went offline: still a member
+            if occ.own:
+                self._occupants.pop(room, None)
+                self._state.rooms.pop(room, None)
+                change = "left" if room in self._leaving else "removed"
+                self._leaving.discard(room)
+            else:
+                change = "removed" if by and by != user else "left"
+            self._emit(MembershipChanged(group, user, change, by=by or user))  # type: ignore[arg-type]
+            return
+        if before is None:
+            return  # an occupant came in: no membership changed
+        if before.affiliation != occ.affiliation and occ.affiliation in muc.GROUP_ROLES:
+            self._emit(MembershipChanged(group, user, "role", by=by, role=occ.affiliation))
+
+    async def _enter(self, room: str) -> None:
+        """Enter a room (creating it when it does not exist) and catch up on its archive."""
+        xmpp = self._need_xmpp()
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._joins[room] = done
+        self._occupants.setdefault(room, {})
+        try:
+            Presence(xmpp, xml=muc.join_presence(room, self._nick)).send()
+            async with asyncio.timeout(self._adapter.settings.send_timeout_s * 2):
+                await done
+        except TimeoutError:
+            raise IMTimeout(f"{self!r}: {room} did not answer the entry") from None
+        except BaseException:
+            self._occupants.pop(room, None)
+            raise
+        finally:
+            self._joins.pop(room, None)
+
+    async def _rejoin(self, room: str) -> None:
+        """Enter a room of ours again; a refusal means we were removed while away."""
+        try:
+            await self._enter(room)
+        except (Forbidden, NotFound):
+            if self._state.rooms.pop(room, None) is not None:
+                self._emit(MembershipChanged(translate.local(room), self.user_id, "removed",
+                                             by=""))
+
+    async def _on_invite(self, item: Incoming) -> None:
+        """The room's invitation (sent as we were added): a member from the time it was sent."""
+        assert item.invite is not None
+        room, inviter = item.invite
+        if room in self._state.rooms:
+            return  # a member already: an archive read again repeats old invitations
+        stamp = item.stamp
+        if stamp is None and item.stanza_id:  # live: our archive has the server's time of it
+            with contextlib.suppress(IMError):
+                for _, archived in await self._mam(ids=[item.stanza_id]):
+                    stamp = archived.stamp
+        self._state.rooms[room] = stamp if stamp is not None else time.time()
+        self._emit(MembershipChanged(translate.local(room), self.user_id, "added",
+                                     by=translate.local(inviter)))
+        if self._present:  # else the login enters it, after its initial presence
+            task = asyncio.ensure_future(self._rejoin(room))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _catch_up_room(self, room: str) -> None:
+        """What the room archived after our last reading (or since we were added)."""
+        where = self._state.rooms.get(room)
+        first = not isinstance(where, str)  # just added: these are not missed messages
+        items = await self._mam(to=room, after=where if isinstance(where, str) else None,
+                                start=where if isinstance(where, float) else None)
+        for archive_id, item in items:
+            self._caught.add(archive_id)
+            await self._deliver_group(item, offline=not first, caught=True)
+
+    async def _deliver_group(self, item: Incoming, *, offline: bool,
+                             caught: bool = False) -> None:
+        """One groupchat message, numbered in the room archive's order (the same for all)."""
+        room = item.sender
+        if item.body is None or item.error is not None or item.nick is None:
+            return  # a subject, a status message: nothing the contract names
+        key = item.stanza_id or f"{item.nick}/{item.origin_id}"
+        if not caught and key in self._caught:
+            return  # our catch-up's query already gave it (queued behind the query)
+        group = translate.local(room)
+        conv = self._state.conversation(muc.group_conversation(group))
+        if key not in conv.seqs:
+            with contextlib.suppress(IMError):  # unanswered: it goes last, stamped on arrival
+                await self._sync_room(room)
+        seq = conv.place(key)
+        if item.nick != self._nick:  # else the reflection of our own send: numbered only
+            stamp = conv.stamps.get(key, item.stamp)
+            self._emit(MessageReceived(self._group_message(group, key, item, seq, stamp),
+                                       offline=offline))
+        if item.stanza_id and room in self._state.rooms:  # handled: read on after it
+            self._state.rooms[room] = item.stanza_id
+
+    def _group_message(self, group: str, key: str, item: Incoming, seq: int,
+                       stamp: float | None) -> Message:
+        return Message(
+            message_id=muc.group_message_id(group, key),
+            conversation=muc.group_conversation(group), seq=seq, sender=item.nick or "",
+            client_id=item.origin_id, kind="custom" if item.custom is not None else "text",
+            body=item.body or "", server_ts=stamp if stamp is not None else time.time(),
+            group=group, custom=item.custom,
+        )
+
+    async def _sync_room(self, room: str) -> Conversation:
+        """Number the room's messages in its archive's order (read on from the last read)."""
+        return await self._coalesced(muc.group_conversation(translate.local(room)),
+                                     lambda: self._sync_room_once(room))
+
+    async def _sync_room_once(self, room: str) -> Conversation:
+        conv = self._state.conversation(muc.group_conversation(translate.local(room)))
+        for archive_id, item in await self._mam(to=room, after=conv.archive_cursor):
+            conv.archive_cursor = archive_id
+            if item.body is None or item.error is not None:
+                continue
+            conv.place(archive_id)
+            conv.origins.setdefault(f"{item.nick}/{item.origin_id}", archive_id)
+            if item.stamp is not None:
+                conv.stamps.setdefault(archive_id, item.stamp)
+        return conv
+
+    async def _send_group(self, group: str, text: str, custom: Mapping[str, Any] | None,
+                          client_id: str | None, timeout: float | None) -> Ack:  # noqa: ASYNC109
+        """A groupchat message; the room's reflection of it is the ack (XEP-0045 §7.4)."""
+        xmpp = self._need_xmpp()
+        room = self._room(group)
+        origin = client_id or uuid.uuid4().hex
+        limit = timeout if timeout is not None else self._adapter.send_timeout_s
+        group_id, conv_id = translate.local(room), muc.group_conversation(translate.local(room))
+        echo: asyncio.Future[Incoming] = asyncio.get_running_loop().create_future()
+        self._echoes[origin] = echo
+        try:
+            async with asyncio.timeout(limit):
+                if room not in self._occupants:  # one posts from inside the room (§7.2)
+                    await self._enter(room)
+                if origin in self._state.sent:  # did the room store an earlier attempt?
+                    conv = await self._sync_room(room)
+                    stored = conv.origins.get(f"{self._nick}/{origin}")
+                    if stored is not None:
+                        return self._stored(origin, muc.group_message_id(group_id, stored),
+                                            conv_id, conv, key=stored)
+                MessageStanza(xmpp, xml=muc.groupchat(room, text, custom, origin)).send()
+                self._state.sent[origin] = conv_id
+                reflected = await echo
+                conv = await self._sync_room(room)
+        except TimeoutError:
+            raise IMTimeout(f"{self!r}: send {origin!r} to {group!r} not reflected in "
+                            f"{limit}s") from None
+        except (ConnectionLost, IMTimeout):
+            raise  # the outcome is unknown: a resend reads the archive first
+        except IMError:
+            self._state.sent.pop(origin, None)  # refused: not stored
+            raise
+        finally:
+            self._echoes.pop(origin, None)
+        key = reflected.stanza_id or f"{self._nick}/{origin}"
+        seq = conv.place(key)
+        stamp = conv.stamps.get(key, time.time())
+        return Ack(origin, muc.group_message_id(group_id, key), conv_id, seq, stamp)
 
     async def create_group(self, name: str, members: Sequence[str] = ()) -> GroupInfo:
-        raise self._no_groups()
+        """A new room, configured (members-only, moderated, non-anonymous), members added."""
+        group = f"g-{uuid.uuid4().hex[:12]}"
+        room = self._room(group)
+        self._state.rooms[room] = 0.0  # a new room: its whole archive is ours
+        try:
+            await self._enter(room)
+            await self._iq("set", muc.config_form(name), to=room)
+        except BaseException:
+            self._state.rooms.pop(room, None)
+            raise
+        for user in members:
+            await self.add_member(group, user)
+        return await self.group_info(group)
 
     async def group_info(self, group: str) -> GroupInfo:
-        raise self._no_groups()
+        """The room's affiliation lists (members may read them in a non-anonymous
+        members-only room) and its name."""
+        room = self._room(group)
+        answers = await asyncio.gather(
+            *(self._iq("get", muc.admin_item(affiliation=a), to=room) for a in muc.GROUP_ROLES),
+            self._iq("get", ET.Element(f"{{{NS_DISCO_INFO}}}query"), to=room))
+        members = {translate.local(jid): affiliation
+                   for answer in answers[:-1] for jid, affiliation in muc.affiliations_of(answer)}
+        return GroupInfo(group, muc.room_name_of(answers[-1]) or group, members)
 
     async def add_member(self, group: str, user: str) -> None:
-        raise self._no_groups()
+        """Affiliation member (admins and owners only), then the room's invitation tells
+        the user (a member's client enters the room when invited)."""
+        room = self._room(group)
+        jid = self._adapter.jid(user)
+        await self._iq("set", muc.admin_item(affiliation="member", jid=jid), to=room)
+        MessageStanza(self._need_xmpp(), xml=muc.invite(room, jid)).send()
 
     async def remove_member(self, group: str, user: str) -> None:
-        raise self._no_groups()
+        """Affiliation none: in a members-only room the server also ends the user's visit."""
+        await self._iq("set", muc.admin_item(affiliation="none", jid=self._adapter.jid(user)),
+                       to=self._room(group))
 
     async def leave(self, group: str) -> None:
-        raise self._no_groups()
+        """Give up one's affiliation: a member cancels its registration with the room; an
+        owner drops its own affiliation, which the server refuses to its last owner."""
+        room = self._room(group)
+        own = self._occupants.get(room, {}).get(self._nick)
+        self._leaving.add(room)
+        try:
+            if own is not None and own.affiliation in ("owner", "admin"):
+                await self._iq("set", muc.admin_item(affiliation="none", jid=self._jid),
+                               to=room)
+            else:
+                await self._iq("set", muc.unregister(), to=room)
+        except IMError as exc:
+            self._leaving.discard(room)
+            if exc.details.get("condition") == "conflict":
+                raise Forbidden(f"{self!r}: the last owner cannot leave {group!r} "
+                                f"(XEP-0045 §10.6: a room keeps an owner)") from None
+            raise
 
     async def set_role(self, group: str, user: str, role: str) -> None:
-        raise self._no_groups()
+        """The contract's role is the room affiliation of the same name."""
+        if role not in muc.GROUP_ROLES:
+            raise BadRequest(f"{self!r}: role {role!r} is not one of {list(muc.GROUP_ROLES)}")
+        await self._iq("set", muc.admin_item(affiliation=role, jid=self._adapter.jid(user)),
+                       to=self._room(group))
 
     async def mute(self, group: str, user: str, muted: bool = True) -> None:
-        raise self._no_groups()
+        raise Unsupported(f"{self!r}: mute: {translate.ABSENT_BECAUSE[Capability.MUTE]}")
 
     async def mute_all(self, group: str, muted: bool = True) -> None:
-        raise self._no_groups()
+        raise Unsupported(f"{self!r}: mute all: {translate.ABSENT_BECAUSE[Capability.MUTE]}")
+
+    async def _group_history(self, group: str, *, before: int | None, after: int | None,
+                             limit: int) -> HistoryPage:
+        """The room's archive from its start, numbered as live (a non-member is refused)."""
+        messages: list[Message] = []
+        for archive_id, item in await self._mam(to=self._room(group)):
+            if item.body is None or item.error is not None or item.nick is None:
+                continue
+            messages.append(self._group_message(group, archive_id, item, len(messages) + 1,
+                                                item.stamp or 0.0))
+        return translate.history_page(muc.group_conversation(group), messages, before=before,
+                                      after=after, limit=limit)
 
     async def recall(self, conversation: str, message_id: str) -> None:
         raise Unsupported(f"{self!r}: recall needs XEP-0424 message retraction, which "

@@ -12,6 +12,9 @@ class XmppOptions(BackoffOptions):
 
     domain: str = Field("localhost", description="the XMPP domain of the users, the part of "
                         "JIDs after '@'")
+    muc_domain: str | None = Field(
+        None, description="the multi-user chat service of the groups (XEP-0045); unset: "
+        "conference.<domain>")
     send_timeout_s: PositiveSeconds | None = Field(
         None, description="send timeout in seconds; unset: the endpoint's send_timeout_s")
     keepalive_s: Seconds = Field(

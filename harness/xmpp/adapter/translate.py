@@ -38,23 +38,35 @@ NS_RSM = "http://jabber.org/protocol/rsm"
 NS_DATA = "jabber:x:data"
 NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 NS_CUSTOM = "urn:im-harness:custom:0"  # a custom message's JSON payload, beside the body
+NS_MUC_USER = "http://jabber.org/protocol/muc#user"  # XEP-0045
 
-# What the adapter offers on Prosody 0.12 and 13 alike (both have mod_mam, mod_offline and
-# archive chat markers). Not offered, and skipped with the XEP named in the reason:
+# What the adapter offers on Prosody 0.12 and 13 alike (both have mod_mam, mod_offline,
+# mod_muc with muc_mam, and archive chat markers). Groups are XEP-0045 rooms (see `muc`),
+# their roles the room's affiliations. Not offered, and skipped with the XEP named in the
+# reason (ABSENT_BECAUSE):
+# - mute: the contract's capability is mute one member AND mute all; XEP-0045 has voice per
+#   occupant (§8.4 revoke, §8.3 grant) but no room-wide silence for members, so the pair is
+#   absent (offering half of it would fail the half the capability also promises);
 # - recall: message retraction (XEP-0424) and moderation (XEP-0425) are not in either release
 #   (community modules only), so a "recalled" message would be the adapter's fiction;
 # - idempotent_send: Prosody keeps origin-id (XEP-0359) but does not deduplicate on it;
 # - push: XEP-0357 push needs an app server, not wired to the harness's webhook;
 # - tier_admin: XMPP has no tiers.
-# Groups (MUC, XEP-0045), roles and mute are not implemented by this adapter yet.
 CAPABILITIES = frozenset({
     Capability.CHAT, Capability.CUSTOM, Capability.OFFLINE, Capability.HISTORY,
+    Capability.GROUPS, Capability.ROLES,
 })
 ABSENT_BECAUSE: Mapping[Capability, str] = {
     Capability.RECEIPTS: "Prosody relays and archives XEP-0333 chat markers but keeps no read "
     "cursor, so a marker that moves back reaches the sender as sent",
+    Capability.GROUP_RECEIPTS: "XEP-0333 markers in a room are relayed, not kept as cursors",
+    Capability.MUTE: "the capability includes mute-all, and XEP-0045 has no room-wide voice "
+    "revocation: voice is one occupant's role (§8.4), a moderated room silences only "
+    "unaffiliated visitors",
     Capability.RECALL: "XEP-0424 message retraction / XEP-0425 moderation are not in Prosody",
-    Capability.IDEMPOTENT_SEND: "Prosody does not deduplicate on XEP-0359 origin-id",
+    Capability.IDEMPOTENT_SEND: "Prosody does not deduplicate on XEP-0359 origin-id (the "
+    "adapter reads its archive before sending a client id again, so one client's resends "
+    "are stored once; another client's, or a fresh adapter's, are stored twice)",
     Capability.PUSH: "XEP-0357 push is not wired to a webhook",
     Capability.TIER_ADMIN: "XMPP has no tiers",
 }
@@ -156,6 +168,14 @@ def parse_stamp(stamp: str | None) -> float | None:
         return None
 
 
+def format_stamp(seconds: float) -> str:
+    """An XEP-0082 timestamp of seconds since the epoch (microseconds where it has them)."""
+    whole = int(seconds)
+    text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+    micros = round((seconds - whole) * 1e6)
+    return f"{text}.{micros:06d}Z" if micros else f"{text}Z"
+
+
 @dataclass(frozen=True)
 class Incoming:
     """One received `<message>`, as the contract reads it."""
@@ -169,18 +189,33 @@ class Incoming:
     stanza_id: str | None = None  # XEP-0359 id the receiving archive gave it
     stamp: float | None = None  # the archive's time (MAM results carry it)
     error: tuple[str, str] | None = None  # an error bounce: (condition, text)
+    nick: str | None = None  # a groupchat message's sender in the room (its resource)
+    invite: tuple[str, str] | None = None  # XEP-0045 invitation: (room, inviter), bare JIDs
 
 
 def parse_message(el: ET.Element, own: str, *, stamp: float | None = None) -> Incoming:
-    """A `<message>` element a client of `own` (bare JID) received."""
-    sender = bare(el.get("from") or own)
+    """A `<message>` element a client of `own` (bare JID) received.
+
+    A groupchat message comes from the room (`sender`) as `nick`; its stanza-id is the
+    room archive's, the same for every occupant.
+    """
+    full = el.get("from") or own
+    sender = bare(full)
     recipient = bare(el.get("to") or own)
+    groupchat = el.get("type") == "groupchat"
+    nick = full.split("/", 1)[1] if groupchat and "/" in full else None
     origin = el.find(f"{{{NS_SID}}}origin-id")
     origin_id = origin.get("id", "") if origin is not None else (el.get("id") or "")
     stanza_id = None
+    archive = sender if groupchat else bare(own)
     for sid in el.findall(f"{{{NS_SID}}}stanza-id"):
-        if bare(sid.get("by") or "") == bare(own):
+        if bare(sid.get("by") or "") == archive:
             stanza_id = sid.get("id")
+    invite = None
+    x = el.find(f"{{{NS_MUC_USER}}}x")
+    invited = x.find(f"{{{NS_MUC_USER}}}invite") if x is not None else None
+    if invited is not None and invited.get("from") and el.get("type") != "error":
+        invite = (sender, bare(invited.get("from") or ""))  # relayed by the room (not ours)
     body_el = el.find(f"{{{NS_CLIENT}}}body")
     custom = None
     custom_el = el.find(f"{{{NS_CUSTOM}}}custom")
@@ -199,6 +234,7 @@ def parse_message(el: ET.Element, own: str, *, stamp: float | None = None) -> In
         body=body_el.text or "" if body_el is not None else None, custom=custom,
         displayed=shown.get("id") if shown is not None else None, stanza_id=stanza_id,
         stamp=stamp, error=error_of(el) if el.get("type") == "error" else None,
+        nick=nick, invite=invite,
     )
 
 
@@ -233,9 +269,9 @@ def chat_message(to: str, body: str, custom: Mapping[str, Any] | None,
 
 
 def mam_query(queryid: str, *, with_jid: str | None = None, after: str | None = None,
-              ids: Sequence[str] = (), before: str | None = None, max_items: int = 250
-              ) -> ET.Element:
-    """A MAM `<query>` (to the user's own archive): by peer, after an id, or by ids."""
+              ids: Sequence[str] = (), before: str | None = None, max_items: int = 250,
+              start: float | None = None) -> ET.Element:
+    """A MAM `<query>` (a user's or a room's archive): by peer, after an id or a time, by ids."""
     query = ET.Element(f"{{{NS_MAM}}}query", {"queryid": queryid})
     form = ET.SubElement(query, f"{{{NS_DATA}}}x", {"type": "submit"})
     fields: list[tuple[str, list[str], str | None]] = [("FORM_TYPE", [NS_MAM], "hidden")]
@@ -243,6 +279,8 @@ def mam_query(queryid: str, *, with_jid: str | None = None, after: str | None = 
         fields.append(("with", [with_jid], None))
     if ids:
         fields.append(("ids", list(ids), None))
+    if start is not None:
+        fields.append(("start", [format_stamp(start)], None))
     for var, values, kind in fields:
         f = ET.SubElement(form, f"{{{NS_DATA}}}field", {"var": var, **({"type": kind} if kind
                                                                        else {})})
@@ -274,6 +312,7 @@ class Conversation:
     by_seq: list[str] = field(default_factory=list)
     stamps: dict[str, float] = field(default_factory=dict)  # message id -> archive time
     archive_cursor: str | None = None  # the last archive item with the peer numbered
+    origins: dict[str, str] = field(default_factory=dict)  # room: "nick/origin-id" -> id
 
     def place(self, message_id: str) -> int:
         """The seq of a message id: the one it got first, else the next number."""
@@ -291,6 +330,15 @@ class UserState:
     resource: str = field(default_factory=lambda: f"imh-{uuid.uuid4().hex[:8]}")
     cursor: str | None = None  # the last archive id this user processed
     conversations: dict[str, Conversation] = field(default_factory=dict)
+    # Rooms (bare JIDs) the user is a member of, learned from invitations and its own
+    # creations, each with where its reading of the room's archive got to: the last archive
+    # id processed, or the time it was added (the archive is read from there on first entry).
+    rooms: dict[str, str | float] = field(default_factory=dict)
+    # The client ids (origin-ids) this user sent, with their conversation. Prosody stores a
+    # second copy of a resent message (it keeps XEP-0359 ids but does not deduplicate on
+    # them), so a send with one of these reads the archive first: an attempt stored there
+    # (its ack lost, or acked) is answered with that message's ack, not sent again.
+    sent: dict[str, str] = field(default_factory=dict)
 
     def conversation(self, conv: str) -> Conversation:
         return self.conversations.setdefault(conv, Conversation())
