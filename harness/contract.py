@@ -25,7 +25,8 @@ class Capability(enum.StrEnum):
     CUSTOM = "custom"  # 1:1 / group custom (structured) messages
     GROUPS = "groups"
     ROLES = "roles"  # owner / admin / member
-    MUTE = "mute"  # mute a member, mute all
+    MUTE = "mute"  # mute one member of a group (and release)
+    MUTE_ALL = "mute_all"  # mute every member but the owner and admins (and release)
     RECALL = "recall"
     RECEIPTS = "receipts"  # 1:1 read receipts
     GROUP_RECEIPTS = "group_receipts"

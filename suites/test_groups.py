@@ -177,7 +177,7 @@ async def test_muted_member_cannot_post(endpoint, im_user, im_group, oracle, uni
     oracle.assert_ok()
 
 
-@pytest.mark.capability("mute", "roles")
+@pytest.mark.capability("mute_all", "roles")
 async def test_mute_all_leaves_only_owner_and_admins_posting(
     endpoint, im_user, im_group, oracle, units
 ):

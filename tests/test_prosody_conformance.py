@@ -26,5 +26,5 @@ def test_the_xmpp_adapter_conforms() -> None:
                    "lifecycle.drop", "lifecycle.close", "history.paging",
                    "capability.offline", "capability.history", "capability.recall",
                    "capability.receipts", "capability.groups", "capability.roles",
-                   "capability.mute"):
+                   "capability.mute", "capability.mute_all"):
         assert got[clause].outcome is Outcome.PASS, got[clause]

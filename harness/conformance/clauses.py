@@ -363,6 +363,14 @@ async def _mute(ctx: Context) -> str:
                        Forbidden)
     await step("mute(bob, False)", alice.c.mute(gid, bob.id, False))
     await step("an unmuted member's group send", bob.c.send(to, "m", client_id=_cid()))
+    return "mute refuses (Forbidden) and releases"
+
+
+async def _mute_all(ctx: Context) -> str:
+    ctx.need(Capability.GROUPS)
+    alice, bob = await _pair(ctx)
+    group = await _group(ctx, alice, bob)
+    gid, to = group.group_id, Target.to_group(group.group_id)
     await step("mute_all()", alice.c.mute_all(gid, True))
     await expect_error("a member's group send while muted-all",
                        bob.c.send(to, "m", client_id=_cid()), Forbidden)
@@ -370,7 +378,7 @@ async def _mute(ctx: Context) -> str:
     await step("mute_all(False)", alice.c.mute_all(gid, False))
     await step("a member's group send after mute_all(False)",
                bob.c.send(to, "m", client_id=_cid()))
-    return "mute and mute_all refuse (Forbidden) and release"
+    return "mute_all refuses (Forbidden) members, not the owner, and releases"
 
 
 async def _recall(ctx: Context) -> str:
@@ -540,6 +548,13 @@ async def _try_mute(ctx: Context) -> Awaitable[Any]:
     return alice.c.mute(group.group_id, bob.id, True)
 
 
+async def _try_mute_all(ctx: Context) -> Awaitable[Any]:
+    _needs_for_probe(ctx, Capability.GROUPS)
+    alice, bob = await _pair(ctx)
+    group = await _group(ctx, alice, bob)
+    return alice.c.mute_all(group.group_id, True)
+
+
 async def _try_recall(ctx: Context) -> Awaitable[Any]:
     _needs_for_probe(ctx, Capability.CHAT)
     alice, bob = await _pair(ctx)
@@ -591,6 +606,7 @@ CAPABILITY_CHECKS: dict[Capability, tuple[Behaviour, Probe | str]] = {
     Capability.GROUPS: (_groups, _try_groups),
     Capability.ROLES: (_roles, _try_roles),
     Capability.MUTE: (_mute, _try_mute),
+    Capability.MUTE_ALL: (_mute_all, _try_mute_all),
     Capability.RECALL: (_recall, _try_recall),
     Capability.RECEIPTS: (_receipts, _try_receipts),
     Capability.GROUP_RECEIPTS: (_group_receipts, _try_group_receipts),

@@ -42,6 +42,7 @@ from harness.errors import (
 
 CAPABILITIES = frozenset({
     Capability.CHAT, Capability.CUSTOM, Capability.GROUPS, Capability.ROLES, Capability.MUTE,
+    Capability.MUTE_ALL,
     Capability.RECALL, Capability.RECEIPTS, Capability.GROUP_RECEIPTS, Capability.OFFLINE,
     Capability.HISTORY, Capability.IDEMPOTENT_SEND,
 })  # no PUSH: no pusher is wired to a webhook; no TIER_ADMIN: Matrix has no tiers

@@ -62,6 +62,8 @@ def capabilities_from(features: Sequence[str], protocol: str) -> frozenset[Capab
         except ValueError:
             continue  # a service feature the contract has no name for
     caps.discard(Capability.TIER_ADMIN)  # the harness adds it when it holds an admin client
+    if Capability.MUTE in caps:
+        caps.add(Capability.MUTE_ALL)  # the service's one "mute" feature gates both operations
     if protocol != "v2":
         caps -= _V2_ONLY
     return frozenset(caps)
