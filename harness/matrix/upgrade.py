@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import hashlib
 import hmac
-import sqlite3
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -330,12 +329,9 @@ async def _wait_body(client: MatrixClient, room: str, event_id: str) -> bool:
 
 def database_versions(server: SynapseServer) -> tuple[int, int | None]:
     """(schema version, compat version) written in the server's database."""
-    assert server.data_dir is not None
-    db = server.data_dir / "homeserver.db"
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=units(5)) as conn:
-        version = int(conn.execute("SELECT version FROM schema_version").fetchone()[0])
-        row = conn.execute("SELECT compat_version FROM schema_compat_version").fetchone()
-    return version, (int(row[0]) if row else None)
+    version = int(server.query("SELECT version FROM schema_version")[0][0])
+    rows = server.query("SELECT compat_version FROM schema_compat_version")
+    return version, (int(rows[0][0]) if rows and rows[0][0] else None)
 
 
 def code_schema_version(server: SynapseServer) -> int:
