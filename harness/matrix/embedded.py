@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from harness.contract import EndpointSettings
 from harness.errors import ConfigError, HarnessError, UpgradeRefused
@@ -55,7 +56,7 @@ class SynapseOptions(BaseModel):
                 find_bindir()  # a missing PostgreSQL is a config problem, named before any work
             except ConfigError as exc:
                 why = str(exc).replace('database = "postgres" needs', "it needs")
-                raise ValueError(why) from None
+                raise PydanticCustomError("postgres_missing", why) from None
         return value
 
 
