@@ -370,9 +370,15 @@ def run_upgrade(old: str, new: str, *, rollback: bool = True,
         seeded = asyncio.run(seed(embedded.server))
         report.timings["seed"] = time.monotonic() - t0
         t0 = time.monotonic()
+        before = _database_identity(embedded.server)
         embedded.upgrade(_request("new", new, database))
         report.timings["upgrade"] = time.monotonic() - t0
         second = embedded.server
+        if database == "postgres":
+            after = _database_identity(second)
+            report.check(f"on {new}: the same PostgreSQL cluster and database serve it",
+                         after == before, f"{after}" if after == before
+                         else f"before {before}, after {after}")
         pending, waited = asyncio.run(wait_background_updates(second, seeded.admin_token))
         report.timings["background updates"] = waited
         schema, compat = database_versions(second)
@@ -387,6 +393,16 @@ def run_upgrade(old: str, new: str, *, rollback: bool = True,
     finally:
         embedded.stop()
     return report
+
+
+def _database_identity(server: SynapseServer) -> str:
+    """Which database a server uses: the cluster (initdb's system identifier) and database oid."""
+    if server.cluster is None:
+        return f"sqlite {server.data_dir}"
+    system, oid = server.query(
+        "SELECT (SELECT system_identifier FROM pg_control_system()), oid FROM pg_database "
+        "WHERE datname = current_database()")[0]
+    return f"cluster {system} in {server.cluster.data}, database oid {oid}"
 
 
 def _try_rollback(embedded: SynapseEmbedded, old: str, seeded: Seeded,
