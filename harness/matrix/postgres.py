@@ -7,8 +7,8 @@ connections that reach the socket. The server runs through `harness.procs.spawn`
 with the harness (also on kill -9, through the reaper).
 
 Tuned for a test cluster that is thrown away after the run, never for data anyone keeps:
-`fsync=off`, `synchronous_commit=off`, `full_page_writes=off` (a crash of the machine may lose
-or corrupt it; a crash of the server process does not).
+`fsync=off`, `synchronous_commit=off`, `full_page_writes=off`, and `initdb --no-sync` (a crash
+of the machine may lose or corrupt it; a crash of the server process does not).
 
 PostgreSQL refuses to run as root; when the harness runs as root (euid 0), initdb and postgres
 run as the unprivileged `postgres` system user (`run_as()`), which owns `top`. Otherwise they
@@ -188,7 +188,7 @@ class PostgresCluster:
                 parent.chmod(parent.stat().st_mode | 0o011)
         proc = subprocess.run(
             [str(bindir / "initdb"), "-D", str(self.data), "-U", ROLE, "--auth=trust",
-             "--encoding=UTF8", "--locale=C", "--no-instructions"],
+             "--encoding=UTF8", "--locale=C", "--no-instructions", "--no-sync"],
             capture_output=True, text=True, cwd=self.top, preexec_fn=drop, timeout=units(120),
             check=False,
         )
