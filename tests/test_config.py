@@ -261,7 +261,7 @@ def test_urlless_matrix_endpoint_is_embedded_synapse() -> None:
 def test_embedded_matrix_needs_a_synapse_version_and_a_known_profile() -> None:
     assert error_of({"endpoints": {"old": {"adapter": "matrix"}}}) == (
         "im-harness.toml: endpoints.old.server.version is required by the 'matrix' server; "
-        "known options: version, rate_profile"
+        "known options: version, rate_profile, database"
     )
     message = error_of({"endpoints": {"new": {"adapter": "matrix", "server": {
         "version": "1.163.2", "rate_profile": "fast"}}}})

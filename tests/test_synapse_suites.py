@@ -16,6 +16,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from synapse_example import sqlite_example
 
 from harness.errors import HarnessError
 from harness.matrix.launcher import install_synapse
@@ -73,7 +74,9 @@ def test_suites_pass_on_synapse_with_declared_skips_only(tmp_path: Path) -> None
     junit = tmp_path / "suites.xml"
     start = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "suites", "--im-config", "examples/synapse.toml",
+        # On SQLite, the launcher's default, as before examples/synapse.toml moved to PostgreSQL
+        # (tests/test_synapse_upgrade.py's journey runs the example itself).
+        [sys.executable, "-m", "pytest", "suites", "--im-config", str(sqlite_example(tmp_path)),
          "-q", "-p", "no:cacheprovider", f"--junitxml={junit}"],
         cwd=ROOT, capture_output=True, text=True, timeout=units(600), check=False,
     )

@@ -18,6 +18,7 @@ import pytest
 from harness import procs
 from harness.errors import HarnessError
 from harness.matrix.launcher import SynapseServer, install_synapse
+from harness.matrix.postgres import find_bindir
 from harness.matrix.upgrade import code_schema_version, database_versions, run_upgrade
 from harness.timing import units
 
@@ -61,6 +62,30 @@ def test_upgrade_keeps_everything_and_rollback_follows_the_compat_rule() -> None
     assert not procs.live_pids(), "a Synapse process outlived the run"
 
 
+def test_upgrade_on_postgres_keeps_the_cluster_and_everything_in_it() -> None:
+    """The same seed/verify on a PostgreSQL-backed pair (the rollback drill is the journey's)."""
+    try:
+        find_bindir()
+        for version in (OLD, NEW):
+            install_synapse(version, postgres=True)
+    except HarnessError as exc:
+        pytest.skip(f"Synapse on PostgreSQL cannot run here: {str(exc).splitlines()[0]}")
+    report = run_upgrade(OLD, NEW, rollback=False, database="postgres")
+    text = report.render()
+    assert report.ok, text
+    names = [c.name for c in report.checks]
+    for expected in (
+        f"on {NEW}: the same PostgreSQL cluster and database serve it",
+        f"on {NEW}: history of the direct room unchanged",
+        f"on {NEW}: history of the group unchanged",
+        f"on {NEW}: read receipts in the group",
+        f"on {NEW}: carol's since-token resumes with exactly what was sent after it",
+        f"on {NEW}: new writes work and are delivered",
+    ):
+        assert expected in names, f"check {expected!r} did not run:\n{text}"
+    assert not procs.live_pids(), "a Synapse or PostgreSQL process outlived the run"
+
+
 def test_old_refuses_a_database_whose_compat_version_it_does_not_know() -> None:
     server = SynapseServer(OLD).start()
     try:
@@ -86,6 +111,8 @@ def test_old_refuses_a_database_whose_compat_version_it_does_not_know() -> None:
         (["--old", "9.9.9"], "error: --old '9.9.9' is not a known Synapse release; known: "),
         (["--new", OLD], f"error: --old and --new are both '{OLD}'; pick two releases"),
         (["--bogus"], "error: unrecognized arguments: --bogus; usage: "),
+        (["--database", "mongo"], "error: --database 'mongo' is unknown; use one of sqlite, "
+                                  "postgres\n"),
     ],
 )
 def test_cli_bad_flags_are_one_line_and_exit_2(args: list[str], message: str) -> None:
@@ -109,7 +136,8 @@ def test_the_journey_suite_passes_on_synapse(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout[-3000:]
     record = json.loads((results / "im-journey.json").read_text())
-    assert record["server"] == f"Synapse {OLD} -> Synapse {NEW}"
+    # examples/synapse.toml runs both releases on PostgreSQL: the upgrade keeps the database.
+    assert record["server"] == f"Synapse {OLD} on PostgreSQL -> Synapse {NEW} on PostgreSQL"
     status = {s["name"]: s["status"] for s in record["steps"]}
     assert "failed" not in status.values(), record["steps"]
     for ran in ("live continuity: no acknowledged message lost or duplicated",
@@ -120,7 +148,8 @@ def test_the_journey_suite_passes_on_synapse(tmp_path: Path) -> None:
         assert status[ran] == "passed", (ran, record["steps"])
     # Matrix tokens have no transition window; Synapse has no tiers to activate.
     assert status["old credentials refused with Unauthorized after the window"] == "skipped"
-    assert record["rollback"] == f"accepted: Synapse {NEW} -> Synapse {OLD} on the upgraded data"
+    assert record["rollback"] == (f"accepted: Synapse {NEW} on PostgreSQL -> Synapse {OLD} on "
+                                  "PostgreSQL on the upgraded data")
     assert record["gaps"], record
     live = [g for g in record["gaps"].values() if "acks" in g]  # the live senders' gaps
     assert live, record["gaps"]

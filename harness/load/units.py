@@ -10,9 +10,9 @@ import asyncio
 import contextlib
 import itertools
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
-from harness.contract import IMClient, Target
+from harness.contract import Credentials, IMClient, Target
 from harness.errors import IMError
 from harness.load.driver import LoadRun, ms
 from harness.load.scenarios import packaged_budgets, scenario
@@ -54,10 +54,10 @@ async def group(run: LoadRun, params: Params, index: int) -> None:
 
     async def make() -> tuple[str, IMClient, str, list[str]]:
         creds = await asyncio.gather(*(run.provision("group") for _ in range(size)))
-        clients: list[IMClient] = []
+        # All members log in at once: one after another, a group's setup on a real homeserver
+        # under load took longer than a short run (each connect is a login and a first /sync).
+        clients = await _connect_all(run, creds)
         try:
-            for c in creds:
-                clients.append(await run.connect(c))
             members = [c.user_id for c in creds[1:]]
             info = await clients[0].create_group(f"load-{index}", members)
         except IMError:
@@ -72,6 +72,17 @@ async def group(run: LoadRun, params: Params, index: int) -> None:
     target = Target.to_group(group_id)
     await run.schedule(params["rate"],
                        lambda intended, n: run.send(owner, client, target, members, intended, n))
+
+
+async def _connect_all(run: LoadRun, creds: Sequence[Credentials]) -> list[IMClient]:
+    """Connect every user concurrently; on a failure close the others and raise the first."""
+    outcomes = await asyncio.gather(*(run.connect(c) for c in creds), return_exceptions=True)
+    clients = [o for o in outcomes if not isinstance(o, BaseException)]
+    failed = [o for o in outcomes if isinstance(o, BaseException)]
+    if failed:
+        await asyncio.gather(*(run.close_client(c) for c in clients))
+        raise failed[0]
+    return clients
 
 
 @scenario("churn", defaults={"rate": 1.0, "hold_s": 0.5}, budgets=packaged_budgets("churn.toml"),

@@ -6,16 +6,17 @@ key, secrets and port, then waits until Synapse's background updates have finish
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import replace
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from harness.contract import EndpointSettings
-from harness.errors import HarnessError, UpgradeRefused
-from harness.matrix.launcher import KNOWN_VERSIONS, PROFILES, SynapseServer
+from harness.errors import ConfigError, HarnessError, UpgradeRefused
+from harness.matrix.launcher import KNOWN_VERSIONS, PROFILES, Database, SynapseServer
+from harness.matrix.postgres import find_bindir
 from harness.servers import ServerRequest
 from harness.timing import units
 
@@ -32,6 +33,11 @@ class SynapseOptions(BaseModel):
         default="relaxed",
         description="'relaxed' for tests, 'default' for Synapse's own 0.2 msg/s, burst 10",
     )
+    database: Database = Field(
+        default="sqlite",
+        description="'sqlite' (one file, one writer) or 'postgres' (a throwaway cluster of "
+        "its own in the server's data dir; needs PostgreSQL installed)",
+    )
 
     @field_validator("version")
     @classmethod
@@ -40,6 +46,17 @@ class SynapseOptions(BaseModel):
             raise ValueError(
                 f"{value!r} has no pinned dependency date; use one of {', '.join(KNOWN_VERSIONS)}"
             )
+        return value
+
+    @field_validator("database")
+    @classmethod
+    def _database(cls, value: Database) -> Database:
+        if value == "postgres":
+            try:
+                find_bindir()  # a missing PostgreSQL is a config problem, named before any work
+            except ConfigError as exc:
+                why = str(exc).replace('database = "postgres" needs', "it needs")
+                raise PydanticCustomError("postgres_missing", why) from None
         return value
 
 
@@ -52,10 +69,7 @@ def _options(request: ServerRequest) -> SynapseOptions:
 
 def pending_background_updates(server: SynapseServer) -> int:
     """Rows left in the `background_updates` table (0: every update has finished)."""
-    assert server.data_dir is not None
-    db = server.data_dir / "homeserver.db"
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=units(5)) as conn:
-        return int(conn.execute("SELECT count(*) FROM background_updates").fetchone()[0])
+    return int(server.query("SELECT count(*) FROM background_updates")[0][0])
 
 
 def wait_background_updates(server: SynapseServer) -> tuple[int, float]:
@@ -83,7 +97,8 @@ class SynapseEmbedded:
     def __init__(self, request: ServerRequest, options: SynapseOptions) -> None:
         assert options.rate_profile in PROFILES
         self.request = request
-        self.server = SynapseServer(options.version, profile=options.rate_profile)
+        self.server = SynapseServer(options.version, profile=options.rate_profile,
+                                    database=options.database)
         self._settings: EndpointSettings | None = None
 
     def __repr__(self) -> str:
@@ -94,7 +109,8 @@ class SynapseEmbedded:
         return cls(request, _options(request))
 
     def describe(self) -> str:
-        return f"Synapse {self.server.version}"
+        on = " on PostgreSQL" if self.server.database == "postgres" else ""
+        return f"Synapse {self.server.version}{on}"
 
     @property
     def pid(self) -> int | None:

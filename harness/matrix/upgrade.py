@@ -1,6 +1,7 @@
 """In-place upgrade of a Synapse homeserver: seed on old, start new on the same data, verify.
 
-    python -m harness.matrix.upgrade --old 1.141.0 --new 1.163.2 [--no-rollback]
+    python -m harness.matrix.upgrade --old 1.141.0 --new 1.163.2 [--database postgres]
+        [--no-rollback]
 
 Seeds users, a direct room and a group, messages, a redaction, read receipts, a saved login
 token and a client's since-token on `old`; upgrades it in place (`SynapseEmbedded.upgrade`:
@@ -16,7 +17,6 @@ import argparse
 import asyncio
 import hashlib
 import hmac
-import sqlite3
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -28,9 +28,10 @@ import aiohttp
 
 from harness.adapters.matrix import MatrixAdapter, MatrixClient
 from harness.contract import Credentials, Target
-from harness.errors import HarnessError, UpgradeRefused
+from harness.errors import ConfigError, HarnessError, UpgradeRefused
 from harness.matrix.embedded import SynapseEmbedded, SynapseOptions, pending_background_updates
-from harness.matrix.launcher import KNOWN_VERSIONS, SynapseServer
+from harness.matrix.launcher import DATABASES, KNOWN_VERSIONS, Database, SynapseServer
+from harness.matrix.postgres import find_bindir
 from harness.servers import ServerRequest
 from harness.timing import units
 
@@ -330,12 +331,9 @@ async def _wait_body(client: MatrixClient, room: str, event_id: str) -> bool:
 
 def database_versions(server: SynapseServer) -> tuple[int, int | None]:
     """(schema version, compat version) written in the server's database."""
-    assert server.data_dir is not None
-    db = server.data_dir / "homeserver.db"
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=units(5)) as conn:
-        version = int(conn.execute("SELECT version FROM schema_version").fetchone()[0])
-        row = conn.execute("SELECT compat_version FROM schema_compat_version").fetchone()
-    return version, (int(row[0]) if row else None)
+    version = int(server.query("SELECT version FROM schema_version")[0][0])
+    rows = server.query("SELECT compat_version FROM schema_compat_version")
+    return version, (int(rows[0][0]) if rows and rows[0][0] else None)
 
 
 def code_schema_version(server: SynapseServer) -> int:
@@ -350,18 +348,20 @@ def code_schema_version(server: SynapseServer) -> int:
     return int(out.stdout.strip())
 
 
-def _request(name: str, version: str) -> ServerRequest:
+def _request(name: str, version: str, database: Database = "sqlite") -> ServerRequest:
     return ServerRequest(endpoint=name, adapter="matrix",
-                         server_options=SynapseOptions(version=version))
+                         server_options=SynapseOptions(version=version, database=database))
 
 
-def run_upgrade(old: str, new: str, *, rollback: bool = True) -> UpgradeReport:
+def run_upgrade(old: str, new: str, *, rollback: bool = True,
+                database: Database = "sqlite") -> UpgradeReport:
     """Seed on `old`, upgrade in place to `new`, verify, try the rollback; no process is left.
 
-    The upgrade and the rollback are `SynapseEmbedded.upgrade(to)`, the server interface's.
+    The upgrade and the rollback are `SynapseEmbedded.upgrade(to)`, the server interface's; on
+    `database="postgres"` every release uses the one cluster and database the first made.
     """
     report = UpgradeReport(old, new)
-    embedded = SynapseEmbedded.for_request(_request("old", old))
+    embedded = SynapseEmbedded.for_request(_request("old", old, database))
     try:
         t0 = time.monotonic()
         embedded.start()
@@ -370,9 +370,15 @@ def run_upgrade(old: str, new: str, *, rollback: bool = True) -> UpgradeReport:
         seeded = asyncio.run(seed(embedded.server))
         report.timings["seed"] = time.monotonic() - t0
         t0 = time.monotonic()
-        embedded.upgrade(_request("new", new))
+        before = _database_identity(embedded.server)
+        embedded.upgrade(_request("new", new, database))
         report.timings["upgrade"] = time.monotonic() - t0
         second = embedded.server
+        if database == "postgres":
+            after = _database_identity(second)
+            report.check(f"on {new}: the same PostgreSQL cluster and database serve it",
+                         after == before, f"{after}" if after == before
+                         else f"before {before}, after {after}")
         pending, waited = asyncio.run(wait_background_updates(second, seeded.admin_token))
         report.timings["background updates"] = waited
         schema, compat = database_versions(second)
@@ -383,19 +389,29 @@ def run_upgrade(old: str, new: str, *, rollback: bool = True) -> UpgradeReport:
         asyncio.run(verify(second, seeded, report))
         report.timings["verify"] = time.monotonic() - t0
         if rollback:
-            report.rollback = _try_rollback(embedded, old, seeded, report)
+            report.rollback = _try_rollback(embedded, old, seeded, report, database)
     finally:
         embedded.stop()
     return report
 
 
+def _database_identity(server: SynapseServer) -> str:
+    """Which database a server uses: the cluster (initdb's system identifier) and database oid."""
+    if server.cluster is None:
+        return f"sqlite {server.data_dir}"
+    system, oid = server.query(
+        "SELECT (SELECT system_identifier FROM pg_control_system()), oid FROM pg_database "
+        "WHERE datname = current_database()")[0]
+    return f"cluster {system} in {server.cluster.data}, database oid {oid}"
+
+
 def _try_rollback(embedded: SynapseEmbedded, old: str, seeded: Seeded,
-                  report: UpgradeReport) -> str:
+                  report: UpgradeReport, database: Database) -> str:
     """Start the old release on the upgraded data; what Synapse does, as one line."""
     schema, compat = database_versions(embedded.server)
     knows = code_schema_version(SynapseServer(old))
     try:
-        embedded.upgrade(_request("old", old))
+        embedded.upgrade(_request("old", old, database))
     except UpgradeRefused as exc:
         return f"refused: {old} does not start ({exc})"
     asyncio.run(verify(embedded.server, seeded, report, writes=False))
@@ -409,6 +425,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                      description="Synapse in-place upgrade regression (seed old, upgrade, verify)")
     parser.add_argument("--old", default="1.141.0", help="the release to seed (default 1.141.0)")
     parser.add_argument("--new", default="1.163.2", help="the release to upgrade to")
+    parser.add_argument("--database", default="sqlite",
+                        help="sqlite (default) or postgres (a throwaway cluster of its own)")
     parser.add_argument("--no-rollback", action="store_true", help="skip the rollback attempt")
     try:
         args = parser.parse_args(argv)
@@ -420,11 +438,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {flag} {value!r} is not a known Synapse release; known: "
                   f"{', '.join(KNOWN_VERSIONS)}", file=sys.stderr)
             return 2
+    if args.database not in DATABASES:
+        print(f"error: --database {args.database!r} is unknown; use one of "
+              f"{', '.join(DATABASES)}", file=sys.stderr)
+        return 2
     if args.old == args.new:
         print(f"error: --old and --new are both {args.old!r}; pick two releases", file=sys.stderr)
         return 2
+    if args.database == "postgres":
+        try:
+            find_bindir()  # before any work: a missing PostgreSQL is bad input
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     try:
-        report = run_upgrade(args.old, args.new, rollback=not args.no_rollback)
+        report = run_upgrade(args.old, args.new, rollback=not args.no_rollback,
+                             database=args.database)
     except HarnessError as exc:
         print(f"Synapse in-place upgrade {args.old} -> {args.new}: FAILED\n  {exc}")
         return 1
