@@ -116,13 +116,34 @@ def test_endpoint_down_at_start_exits_2(tmp_path: Path) -> None:
 
 
 def test_processes_2_merges_both_workers(tmp_path: Path) -> None:
-    done = _run(tmp_path, "--scenario", "group", "--processes", "2", users=2)
+    from harness.load.__main__ import processes_args
+
+    done = _run(tmp_path, "--scenario", "group", *processes_args(2), users=2)
     assert done.returncode == 0, done.stderr[-3000:]
     s = _summary(tmp_path)
     assert s["processes"] == 2
     # one group unit per worker: 4 receivers each, every send delivered to all of them
     assert s["counts"]["deliveries"] == 4 * s["counts"]["acks"] > 0
     assert s["samples"]["delivery"] == s["counts"]["deliveries"]
+
+
+MASTER_BIND = """
+import harness.load.user
+from locust import events
+from locust.argument_parser import get_parser
+parser = get_parser()
+events.init_command_line_parser.fire(parser=parser)
+print(parser.parse_args([]).master_bind_host, parser.parse_args(
+    ["--master-bind-host", "::1"]).master_bind_host)
+"""
+
+
+def test_a_master_binds_loopback_unless_told_otherwise(tmp_path: Path) -> None:
+    # locust's own default is "*": every interface of the machine
+    done = subprocess.run([sys.executable, "-c", MASTER_BIND], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=units(60), check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["127.0.0.1", "::1"]
 
 
 def test_master_and_worker_on_loopback(tmp_path: Path) -> None:

@@ -33,6 +33,15 @@ def default_locustfile() -> Path:
     return Path(str(files("harness.loadtests").joinpath("locustfile.py")))
 
 
+def processes_args(processes: int) -> list[str]:
+    """locust's `--processes N`, its master on loopback at a port free now (never `*:5557`)."""
+    from harness.managed import free_port
+
+    port = str(free_port())
+    return ["--processes", str(processes), "--master-bind-host", "127.0.0.1",
+            "--master-bind-port", port, "--master-port", port]
+
+
 def locustfile_problem(locustfile: str | Path, scenarios: list[str], *, endpoint: str = "new",
                        config: str | None = None, timeout_s: float = 120.0) -> str | None:
     """What a team's locustfile makes of these scenarios, asked before any run starts.
@@ -215,7 +224,7 @@ def ramp(args: argparse.Namespace) -> int:
            "--csv", str(stem), "--html", f"{stem}.html", "--only-summary",
            *[a for a in args.extra if a != "--"]]
     if args.processes:
-        cmd += ["--processes", str(args.processes)]
+        cmd += processes_args(args.processes)
     print(f"== ramp: {' '.join(cmd[2:])}", file=sys.stderr, flush=True)
     return subprocess.run(cmd, check=False).returncode
 

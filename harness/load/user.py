@@ -122,6 +122,9 @@ def _usage_error(message: str) -> NoReturn:
 
 @events.init_command_line_parser.add_listener
 def _options(parser: Any) -> None:
+    # A master listens on loopback unless the team names another address (--master-bind-host):
+    # locust's own default is every interface.
+    parser.set_defaults(master_bind_host="127.0.0.1")
     group = parser.add_argument_group("im-harness")
     group.add_argument("--scenario", default="chat",
                        help=f"scenario[:weight],... from {', '.join(scenarios)}")

@@ -307,7 +307,7 @@ def run_load(plan: Plan, scenario: str, ui: UI, endpoint: str | None = None, *, 
 
     Its files are `<folder>/<scenario>-<endpoint>[-<tag>]*` (folder: reports/load).
     """
-    from harness.load.__main__ import default_locustfile
+    from harness.load.__main__ import default_locustfile, processes_args
 
     name = endpoint or plan.endpoints[1]
     users = users or plan.users
@@ -329,7 +329,7 @@ def run_load(plan: Plan, scenario: str, ui: UI, endpoint: str | None = None, *, 
     if plan.budgets_dir:
         cmd += ["--budgets", str(Path(plan.budgets_dir) / f"{scenario}.toml")]
     if plan.processes:
-        cmd += ["--processes", str(plan.processes)]
+        cmd += processes_args(plan.processes)
     cmd += plan.locust_args
     limit = _seconds(plan.run_time)
     started = time.monotonic()
