@@ -51,7 +51,7 @@ SUITE_SURFACE = {"harness.contract", "harness.errors", "harness.timing", "harnes
 # the time unit, the process and server registries, and the adapters' shared base.
 PLUGIN_SURFACE = {
     "harness", "harness.contract", "harness.errors", "harness.timing", "harness.procs",
-    "harness.servers", "harness.registry", "harness.backoff", "harness.adapters",
+    "harness.managed", "harness.servers", "harness.registry", "harness.backoff", "harness.adapters",
     "harness.adapters.base",
 }
 

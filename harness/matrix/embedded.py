@@ -15,6 +15,7 @@ from pydantic_core import PydanticCustomError
 
 from harness.contract import EndpointSettings
 from harness.errors import ConfigError, HarnessError, UpgradeRefused
+from harness.managed import ManagedEndpoint
 from harness.matrix.launcher import KNOWN_VERSIONS, PROFILES, Database, SynapseServer
 from harness.matrix.postgres import find_bindir
 from harness.servers import ServerRequest
@@ -86,13 +87,14 @@ def wait_background_updates(server: SynapseServer) -> tuple[int, float]:
     return first, time.monotonic() - start
 
 
-class SynapseEmbedded:
+class SynapseEmbedded(ManagedEndpoint):
     """One Synapse homeserver on loopback, installed into the harness cache on first use."""
 
     Options: ClassVar[type[BaseModel]] = SynapseOptions
     defects: ClassVar[tuple[str, ...]] = ()
     default_tier: ClassVar[str] = ""
     tiers: ClassVar[tuple[str, ...]] = ()
+    server: SynapseServer
 
     def __init__(self, request: ServerRequest, options: SynapseOptions) -> None:
         assert options.rate_profile in PROFILES
@@ -112,16 +114,6 @@ class SynapseEmbedded:
         on = " on PostgreSQL" if self.server.database == "postgres" else ""
         return f"Synapse {self.server.version}{on}"
 
-    @property
-    def pid(self) -> int | None:
-        return self.server.pid
-
-    @property
-    def settings(self) -> EndpointSettings:
-        if self._settings is None:
-            raise HarnessError(f"{self!r} is not started; call start() first")
-        return self._settings
-
     def _learn_settings(self) -> EndpointSettings:
         base = self.server.endpoint_settings(
             self.request.endpoint, options=self.request.adapter_options
@@ -134,24 +126,6 @@ class SynapseEmbedded:
             **timeouts,
         )
         return self._settings
-
-    def start(self) -> EndpointSettings:
-        try:
-            self.server.start()
-        except BaseException:
-            self.server.cleanup()
-            raise
-        return self._learn_settings()
-
-    def stop(self) -> None:
-        self.server.cleanup()
-
-    def kill(self) -> None:
-        self.server.kill()
-
-    def restart(self, *, kill: bool = False) -> EndpointSettings:
-        self.server.restart(kill=kill)
-        return self._learn_settings()
 
     def upgrade(self, to: ServerRequest) -> EndpointSettings:
         """Stop this release, start `to`'s on the same data; `UpgradeRefused` with Synapse's line.

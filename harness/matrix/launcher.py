@@ -13,18 +13,15 @@ interpreter exit.
 from __future__ import annotations
 
 import base64
-import collections
 import fcntl
 import json
 import os
 import secrets
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -35,6 +32,7 @@ from typing import Any, Literal
 from harness import procs
 from harness.contract import EndpointSettings
 from harness.errors import ConfigError, HarnessError
+from harness.managed import ManagedServer, free_port
 from harness.matrix.postgres import PostgresCluster, find_bindir
 from harness.timing import units
 
@@ -160,20 +158,13 @@ def _run(cmd: list[str], version: str) -> None:
         )
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (Synapse cannot listen on port 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _signing_key() -> str:
     seed = base64.b64encode(os.urandom(32)).decode().rstrip("=")
     return f"ed25519 a_{secrets.token_hex(2)} {seed}\n"
 
 
 @dataclass
-class SynapseServer:
+class SynapseServer(ManagedServer):
     """One Synapse homeserver on loopback; `with SynapseServer("1.141.0") as hs: hs.base_url`."""
 
     version: str = "1.141.0"
@@ -219,10 +210,6 @@ class SynapseServer:
         if self.port is None:
             raise HarnessError("SynapseServer is not started; call start() first")
         return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc and self._proc.running else None
 
     @property
     def rate_profile(self) -> RateProfile:
@@ -347,44 +334,23 @@ class SynapseServer:
         return self
 
     def _wait_ready(self) -> None:
-        assert self._proc is not None
         # On PostgreSQL a first start creates Synapse's schema statement by statement: about
         # 1.5x SQLite's start on this project's 2-core machine, hence the larger bound there.
         default = units(60) if self.database == "postgres" else units(30)
         limit = self.start_timeout if self.start_timeout is not None else default
-        deadline = time.monotonic() + limit
         url = f"{self.base_url}/_matrix/client/versions"
-        while True:
-            if not self._proc.running:
-                code = self._proc.returncode
-                self._proc.forget()
-                self._proc = None
-                raise HarnessError(
-                    f"Synapse {self.version} exited with code {code} before answering on "
-                    f"port {self.port} (port busy or bad config?); last log lines:\n"
-                    f"{self.log_tail()}"
-                )
+
+        def answers() -> bool:
             try:
                 with urllib.request.urlopen(url, timeout=1) as resp:
-                    if resp.status == 200:
-                        return
+                    return bool(resp.status == 200)
             except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() >= deadline:
-                self.stop()
-                raise HarnessError(
-                    f"Synapse {self.version} did not answer {url} within {limit:.0f}s; "
-                    f"raise IM_HARNESS_TIME_SCALE on a slow machine; last log lines:\n"
-                    f"{self.log_tail()}"
-                )
-            time.sleep(0.1)
+                return False
 
-    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
-        """The last lines of the server's log (empty when there is none)."""
-        if self.data_dir is None or not self.log_path.exists():
-            return ""
-        with open(self.log_path, errors="replace") as fh:
-            return "".join(collections.deque(fh, maxlen=lines)).rstrip()
+        self.wait_ready(answers, limit=limit, where=url, interval=0.1)
+
+    def title(self) -> str:
+        return f"Synapse {self.version}"
 
     def stop(self) -> None:
         """SIGTERM, wait, then SIGKILL; the data directory stays for `restart()`.
@@ -392,37 +358,14 @@ class SynapseServer:
         A PostgreSQL cluster keeps running (as a deployment's database would across a Synapse
         restart or upgrade) until `cleanup()`.
         """
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            proc.stop()
-
-    def kill(self) -> None:
-        """SIGKILL (a crash); the database stays."""
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            proc.kill()
-
-    def restart(self, *, kill: bool = False) -> None:
-        """Stop (or kill) and start again on the same port and database."""
-        if kill:
-            self.kill()
-        else:
-            self.stop()
-        self.start()
+        super().stop()
 
     def cleanup(self) -> None:
         """Stop Synapse and its database; remove the data directory when this server made it."""
         self.stop()
         if self._cluster is not None:
             self._cluster.stop()
-        if self._own_dir and self.data_dir is not None:
-            shutil.rmtree(self.data_dir, ignore_errors=True)
-
-    def __enter__(self) -> SynapseServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.cleanup()
+        super().cleanup()
 
     def on_same_data(self, version: str) -> SynapseServer:
         """A stopped server of `version` on this one's data, port and secrets (in-place upgrade).
