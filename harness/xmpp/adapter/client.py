@@ -620,14 +620,27 @@ class XmppClient(StreamClient):
             self._emit(MuteChanged(group, user, muted=occ.role == muc.MUTED, by=by))
 
     async def _enter(self, room: str) -> None:
-        """Enter a room (creating it when it does not exist) and catch up on its archive."""
+        """Enter a room (creating it when it does not exist) and catch up on its archive.
+
+        One entry at a time: a caller that comes while one is under way (the invitation's,
+        say, as an operation enters the room first) waits for that one's answer.
+        """
         xmpp = self._need_xmpp()
+        limit = self._adapter.settings.send_timeout_s * 2
+        running = self._joins.get(room)
+        if running is not None:
+            try:
+                async with asyncio.timeout(limit):
+                    await asyncio.shield(running)
+            except TimeoutError:
+                raise IMTimeout(f"{self!r}: {room} did not answer the entry") from None
+            return
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._joins[room] = done
         self._occupants.setdefault(room, {})
         try:
             Presence(xmpp, xml=muc.join_presence(room, self._nick)).send()
-            async with asyncio.timeout(self._adapter.settings.send_timeout_s * 2):
+            async with asyncio.timeout(limit):
                 await done
         except TimeoutError:
             raise IMTimeout(f"{self!r}: {room} did not answer the entry") from None
