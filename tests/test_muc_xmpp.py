@@ -82,10 +82,29 @@ def test_the_room_is_configured_members_only_and_moderated() -> None:
     assert values["muc#roomconfig_roomname"] == "team"
 
 
-def test_groups_are_offered_and_mute_is_absent_naming_xep_0045() -> None:
-    assert {Capability.GROUPS, Capability.ROLES} <= translate.CAPABILITIES
-    assert "XEP-0045" in translate.ABSENT_BECAUSE[Capability.MUTE]
-    assert "§8.4" in translate.ABSENT_BECAUSE[Capability.MUTE]
+def test_mute_is_offered_and_mute_all_is_absent_naming_xep_0045() -> None:
+    assert {Capability.GROUPS, Capability.ROLES, Capability.MUTE} <= translate.CAPABILITIES
+    assert Capability.MUTE_ALL not in translate.CAPABILITIES
+    assert Capability.MUTE not in translate.ABSENT_BECAUSE
+    assert "XEP-0045" in translate.ABSENT_BECAUSE[Capability.MUTE_ALL]
+    assert "has voice again" in translate.VOICE_LASTS_WHILE_PRESENT
+
+
+def test_voice_is_the_occupants_role_by_its_nick() -> None:
+    """§8.4 revoke / §8.3 grant: a role change names the nick (Prosody needs it to find the
+    occupant), never an affiliation (that would change membership instead)."""
+    for muted, role in ((True, "visitor"), (False, "participant")):
+        item = muc.voice_item("bob", muted=muted).find(f"{{{muc.NS_MUC_ADMIN}}}item")
+        assert item is not None
+        assert item.attrib == {"nick": "bob", "role": role}
+
+
+def test_a_role_change_presence_carries_the_role_and_its_actor() -> None:
+    occ = muc.parse_presence(_presence(
+        "bob", '<item affiliation="member" role="visitor" jid="bob@localhost/r">'
+        '<actor nick="alice"/></item>', 110))
+    assert occ is not None
+    assert (occ.role, occ.actor, occ.own, occ.jid) == ("visitor", "alice", True, OWN)
 
 
 def test_a_mam_start_is_an_xep_0082_time() -> None:

@@ -28,3 +28,6 @@ def test_the_xmpp_adapter_conforms() -> None:
                    "capability.receipts", "capability.groups", "capability.roles",
                    "capability.mute", "capability.mute_all"):
         assert got[clause].outcome is Outcome.PASS, got[clause]
+    # Mute is offered (voice, XEP-0045 §8.4) and checked as declared; mute-all refuses.
+    assert got["capability.mute"].reason.startswith("declared;"), got["capability.mute"]
+    assert got["capability.mute_all"].reason.startswith("not declared;"), got["capability.mute_all"]

@@ -1,8 +1,8 @@
 """The xmpp adapter's groups and resends on a real Prosody 13 (XEP-0045 rooms, XEP-0313).
 
 Each check is run twice: on what the adapter does, and on the defect it guards against (a
-room configured open to non-members; a blind resend on a server that keeps both copies), to
-show the check fails there.
+room configured open to non-members; a muted member whose voice came back; a blind resend on
+a server that keeps both copies), to show the check fails there.
 """
 
 from __future__ import annotations
@@ -14,8 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from harness.contract import EndpointSettings, IMClient, MessageReceived, Reconnected, Target
-from harness.errors import Forbidden, IMTimeout
+from harness.contract import (
+    EndpointSettings,
+    IMClient,
+    MessageReceived,
+    MuteChanged,
+    Reconnected,
+    Target,
+)
+from harness.errors import Forbidden, IMTimeout, NotFound
 from harness.faults.link import FaultLink
 from harness.servers import ServerRequest
 from harness.timing import units
@@ -97,6 +104,65 @@ async def test_the_non_member_check_fails_on_a_room_open_to_all(adapter: XmppAda
     await owner._iq("set", form, to=owner._room(group.group_id))  # type: ignore[attr-defined]
     assert await _intruder_refused(adapter, owner, group.group_id) == (
         "a non-member's group send was accepted")
+
+
+async def _mute_changed(client: IMClient, group: str, user: str, *, muted: bool) -> None:
+    async with asyncio.timeout(units(5)):
+        async for event in client.events():
+            if (isinstance(event, MuteChanged) and event.group == group
+                    and event.user == user and event.muted is muted):
+                return
+
+
+async def _muted_refused(adapter: XmppAdapter, *, rejoin: bool) -> str | None:
+    """What went wrong with the suite's mute check (None: all as the contract says); rejoin:
+    the muted member's client enters the room again (a reconnect) before it posts."""
+    owner, bob, carol = [await _client(adapter) for _ in range(3)]
+    gid = (await owner.create_group("voice", [bob.user_id, carol.user_id])).group_id
+    try:
+        await carol.mute(gid, bob.user_id)
+    except Forbidden:
+        pass
+    else:
+        return "a plain member's mute was accepted"
+    await owner.mute(gid, bob.user_id)
+    await _mute_changed(bob, gid, bob.user_id, muted=True)
+    assert bob.user_id in (await owner.group_info(gid)).muted
+    if rejoin:
+        await bob.reconnect()
+    try:
+        await bob.send(Target.to_group(gid), "while muted")
+    except Forbidden:
+        pass
+    else:
+        return "a muted member's group send was accepted"
+    await owner.mute(gid, bob.user_id, muted=False)
+    await _mute_changed(bob, gid, bob.user_id, muted=False)
+    await bob.send(Target.to_group(gid), "unmuted again")
+    got = await _bodies(carol, gid, "unmuted again")
+    return None if got == ["unmuted again"] else f"a member received {got}"
+
+
+async def test_a_muted_member_is_refused_until_its_voice_is_given_back(
+        adapter: XmppAdapter) -> None:
+    assert await _muted_refused(adapter, rejoin=False) is None
+
+
+async def test_the_mute_check_fails_when_the_muted_member_has_voice_again(
+        adapter: XmppAdapter) -> None:
+    """Voice is the occupant's role: Prosody gives a member that enters the room again its
+    default role (participant), so the check sees the muted member's send accepted."""
+    assert await _muted_refused(adapter, rejoin=True) == (
+        "a muted member's group send was accepted")
+
+
+async def test_a_member_who_is_not_in_the_room_cannot_be_muted(adapter: XmppAdapter) -> None:
+    """Prosody has no occupant to set a role on: item-not-found, with the reason."""
+    owner = await _client(adapter)
+    away = await adapter.provision_user()  # a member that never connects
+    gid = (await owner.create_group("voice", [away.user_id])).group_id
+    with pytest.raises(NotFound, match="occupant's role"):
+        await owner.mute(gid, away.user_id)
 
 
 async def _resend_after_lost_ack(prosody: EndpointSettings, *, blind: bool) -> list[str]:

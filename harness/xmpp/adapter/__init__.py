@@ -34,9 +34,13 @@ How the contract maps onto XMPP:
 - resends: Prosody does not deduplicate on origin-id, so a send with a client id this user
   sent before first reads the archive; an attempt stored there (its ack lost to a restart, or
   acked) is answered with its ack and not sent again (see `UserState.sent`).
+- mute = voice (XEP-0045 §8.4 revoke, §8.3 grant): a moderator sets the occupant's role to
+  visitor, and back to participant; the server refuses a visitor's groupchat message
+  (forbidden) and a plain member's role change (not-allowed). A role is the occupant's, so it
+  lasts while the member is in the room (`translate.VOICE_LASTS_WHILE_PRESENT`).
 - what Prosody 0.12 and 13 do not offer is absent from the capabilities, named in
-  `translate.ABSENT_BECAUSE` (recall: XEP-0424/0425; mute: the contract's mute includes
-  mute-all, which XEP-0045 has no room-wide form of).
+  `translate.ABSENT_BECAUSE` (recall: XEP-0424/0425; mute-all: XEP-0045 has no room-wide
+  voice switch for members).
 
 The package along its seams: `translate` (stanzas <-> contract, no I/O), `muc` (the room
 stanzas, no I/O), `speedups` (slixmpp's login costs), `client` (one

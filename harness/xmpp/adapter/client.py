@@ -38,6 +38,7 @@ from harness.contract import (
     MembershipChanged,
     Message,
     MessageReceived,
+    MuteChanged,
     Target,
 )
 from harness.errors import (
@@ -51,6 +52,7 @@ from harness.errors import (
     Unauthorized,
     Unsupported,
 )
+from harness.timing import WaitTimeout, until
 from harness.xmpp.adapter import muc, speedups, translate
 from harness.xmpp.adapter.translate import Conversation, Incoming, UserState
 
@@ -612,16 +614,33 @@ class XmppClient(StreamClient):
             return  # an occupant came in: no membership changed
         if before.affiliation != occ.affiliation and occ.affiliation in muc.GROUP_ROLES:
             self._emit(MembershipChanged(group, user, "role", by=by, role=occ.affiliation))
+        if muc.MUTED in (before.role, occ.role) and before.role != occ.role:
+            # voice revoked (§8.4) or given back (§8.3, or with an admin's role): as the room
+            # tells every occupant, the muted one in its own presence (status 110)
+            self._emit(MuteChanged(group, user, muted=occ.role == muc.MUTED, by=by))
 
     async def _enter(self, room: str) -> None:
-        """Enter a room (creating it when it does not exist) and catch up on its archive."""
+        """Enter a room (creating it when it does not exist) and catch up on its archive.
+
+        One entry at a time: a caller that comes while one is under way (the invitation's,
+        say, as an operation enters the room first) waits for that one's answer.
+        """
         xmpp = self._need_xmpp()
+        limit = self._adapter.settings.send_timeout_s * 2
+        running = self._joins.get(room)
+        if running is not None:
+            try:
+                async with asyncio.timeout(limit):
+                    await asyncio.shield(running)
+            except TimeoutError:
+                raise IMTimeout(f"{self!r}: {room} did not answer the entry") from None
+            return
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._joins[room] = done
         self._occupants.setdefault(room, {})
         try:
             Presence(xmpp, xml=muc.join_presence(room, self._nick)).send()
-            async with asyncio.timeout(self._adapter.settings.send_timeout_s * 2):
+            async with asyncio.timeout(limit):
                 await done
         except TimeoutError:
             raise IMTimeout(f"{self!r}: {room} did not answer the entry") from None
@@ -774,14 +793,16 @@ class XmppClient(StreamClient):
 
     async def group_info(self, group: str) -> GroupInfo:
         """The room's affiliation lists (members may read them in a non-anonymous
-        members-only room) and its name."""
+        members-only room), its name, and the occupants this session sees without voice."""
         room = self._room(group)
         answers = await asyncio.gather(
             *(self._iq("get", muc.admin_item(affiliation=a), to=room) for a in muc.GROUP_ROLES),
             self._iq("get", ET.Element(f"{{{NS_DISCO_INFO}}}query"), to=room))
         members = {translate.local(jid): affiliation
                    for answer in answers[:-1] for jid, affiliation in muc.affiliations_of(answer)}
-        return GroupInfo(group, muc.room_name_of(answers[-1]) or group, members)
+        muted = frozenset(translate.local(o.jid) for o in self._occupants.get(room, {}).values()
+                          if o.jid and o.role == muc.MUTED)  # as the room's presences say
+        return GroupInfo(group, muc.room_name_of(answers[-1]) or group, members, muted=muted)
 
     async def add_member(self, group: str, user: str) -> None:
         """Affiliation member (admins and owners only), then the room's invitation tells
@@ -823,10 +844,37 @@ class XmppClient(StreamClient):
                        to=self._room(group))
 
     async def mute(self, group: str, user: str, muted: bool = True) -> None:
-        raise Unsupported(f"{self!r}: mute: {translate.ABSENT_BECAUSE[Capability.MUTE]}")
+        """Revoke (XEP-0045 §8.4) or grant (§8.3) the member's voice: its role in the room
+        becomes `visitor`, or `participant` again. The server decides who may (a moderator:
+        the owner or an admin, in the room) and refuses a visitor's groupchat messages.
+
+        What voice does not carry: translate.VOICE_LASTS_WHILE_PRESENT. The member's own
+        presence in the room is waited for (up to the send timeout: a member just added
+        enters when its invitation arrives); if it does not come, the server is asked anyway
+        and its item-not-found is NotFound.
+        """
+        room, jid = self._room(group), self._adapter.jid(user)
+        limit = self._adapter.send_timeout_s
+        if room not in self._occupants:
+            await self._enter(room)  # a role is changed from inside the room (§8.4)
+
+        def nick() -> str | None:
+            view = self._occupants.get(room, {})
+            return next((o.nick for o in view.values() if o.jid == jid), None)
+
+        try:
+            found = await until(nick, timeout=limit, what=f"{user!r} in {room}")
+        except WaitTimeout:
+            found = translate.local(jid)  # the nick the adapter's clients take
+        try:
+            await self._iq("set", muc.voice_item(str(found), muted=muted), to=room)
+        except NotFound as exc:
+            raise NotFound(f"{self!r}: mute {user!r} in {group!r}: {exc.message}; "
+                           f"{translate.VOICE_LASTS_WHILE_PRESENT}", **exc.details) from None
 
     async def mute_all(self, group: str, muted: bool = True) -> None:
-        raise Unsupported(f"{self!r}: mute all: {translate.ABSENT_BECAUSE[Capability.MUTE]}")
+        raise Unsupported(f"{self!r}: mute all: "
+                          f"{translate.ABSENT_BECAUSE[Capability.MUTE_ALL]}")
 
     async def _group_history(self, group: str, *, before: int | None, after: int | None,
                              limit: int) -> HistoryPage:

@@ -4,8 +4,9 @@ A group is a members-only, moderated, non-anonymous, persistent room on the MUC 
 contract's group roles are the room's affiliations (owner = owner, admin = admin, member =
 member); removing a member sets its affiliation to none, which in a members-only room also
 ends its visit. The room is moderated, so voice (XEP-0045 §8.3/§8.4) is a moderator's to
-give and take; the contract's mute is not offered (see translate.ABSENT_BECAUSE). Nothing
-here touches a socket.
+give and take: the contract's mute is the occupant's role `visitor`, released by `participant`
+(mute-all has no XEP-0045 counterpart, see translate.ABSENT_BECAUSE). Nothing here touches a
+socket.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ NS_REGISTER = "jabber:iq:register"
 NS_ROOMCONFIG = f"{NS_MUC}#roomconfig"
 
 GROUP_ROLES = ("owner", "admin", "member")  # the contract's roles, each an affiliation
+# The roles of voice (XEP-0045 §5.1): a visitor may not speak in a moderated room.
+MUTED, VOICED = "visitor", "participant"
 # XEP-0045 status codes of a presence (§15.6): 110 this presence is yours, 201 room created,
 # 307 kicked, 321 removed by an affiliation change, 301 banned.
 SELF, CREATED, KICKED, AFFILIATION_GONE, BANNED = 110, 201, 307, 321, 301
@@ -114,6 +117,11 @@ def admin_item(**attrs: str) -> ET.Element:
     query = ET.Element(f"{{{NS_MUC_ADMIN}}}query")
     ET.SubElement(query, f"{{{NS_MUC_ADMIN}}}item", attrs)
     return query
+
+
+def voice_item(nick: str, *, muted: bool) -> ET.Element:
+    """Revoke (§8.4) or grant (§8.3) an occupant's voice: its role, by its room nick."""
+    return admin_item(nick=nick, role=MUTED if muted else VOICED)
 
 
 def affiliations_of(query: ET.Element) -> list[tuple[str, str]]:

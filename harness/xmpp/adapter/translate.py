@@ -44,9 +44,8 @@ NS_MUC_USER = "http://jabber.org/protocol/muc#user"  # XEP-0045
 # mod_muc with muc_mam, and archive chat markers). Groups are XEP-0045 rooms (see `muc`),
 # their roles the room's affiliations. Not offered, and skipped with the XEP named in the
 # reason (ABSENT_BECAUSE):
-# - mute: the contract's capability is mute one member AND mute all; XEP-0045 has voice per
-#   occupant (§8.4 revoke, §8.3 grant) but no room-wide silence for members, so the pair is
-#   absent (offering half of it would fail the half the capability also promises);
+# - mute_all: XEP-0045 has voice per occupant (§8.4 revoke, §8.3 grant; the contract's mute,
+#   offered) but no room-wide silence for members of a members-only room;
 # - recall: message retraction (XEP-0424) and moderation (XEP-0425) are not in either release
 #   (community modules only), so a "recalled" message would be the adapter's fiction;
 # - idempotent_send: Prosody keeps origin-id (XEP-0359) but does not deduplicate on it;
@@ -54,15 +53,15 @@ NS_MUC_USER = "http://jabber.org/protocol/muc#user"  # XEP-0045
 # - tier_admin: XMPP has no tiers.
 CAPABILITIES = frozenset({
     Capability.CHAT, Capability.CUSTOM, Capability.OFFLINE, Capability.HISTORY,
-    Capability.GROUPS, Capability.ROLES,
+    Capability.GROUPS, Capability.ROLES, Capability.MUTE,
 })
 ABSENT_BECAUSE: Mapping[Capability, str] = {
     Capability.RECEIPTS: "Prosody relays and archives XEP-0333 chat markers but keeps no read "
     "cursor, so a marker that moves back reaches the sender as sent",
     Capability.GROUP_RECEIPTS: "XEP-0333 markers in a room are relayed, not kept as cursors",
-    Capability.MUTE: "the capability includes mute-all, and XEP-0045 has no room-wide voice "
-    "revocation: voice is one occupant's role (§8.4), a moderated room silences only "
-    "unaffiliated visitors",
+    Capability.MUTE_ALL: "XEP-0045 has no room-wide voice switch for the members of a "
+    "members-only room: voice is one occupant's role (§8.4), and a moderated room silences "
+    "only unaffiliated visitors",
     Capability.RECALL: "XEP-0424 message retraction / XEP-0425 moderation are not in Prosody",
     Capability.IDEMPOTENT_SEND: "Prosody does not deduplicate on XEP-0359 origin-id (the "
     "adapter reads its archive before sending a client id again, so one client's resends "
@@ -70,6 +69,13 @@ ABSENT_BECAUSE: Mapping[Capability, str] = {
     Capability.PUSH: "XEP-0357 push is not wired to a webhook",
     Capability.TIER_ADMIN: "XMPP has no tiers",
 }
+# What the offered mute (XEP-0045 voice) does not carry: a role is the occupant's, not the
+# member's (Prosody forgets it when the member's last session leaves the room).
+VOICE_LASTS_WHILE_PRESENT = (
+    "voice is an occupant's role (XEP-0045 §5.1): it is set only on a member in the room "
+    "(one who is not is NotFound), and on Prosody a muted member whose last session leaves "
+    "and enters the room again has voice again (a reconnect does it)"
+)
 # A contract rule the adapter applies itself: XMPP has no 1:1 recall at all, so none applies.
 CLIENT_ENFORCED: frozenset[ServerRule] = frozenset()
 # XMPP clients (Conversations, Dino, Smack's MAM manager) drop a message whose stanza-id /
