@@ -17,14 +17,15 @@ from harness.timing import units
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_the_synapse_example_names_its_budgets_next_to_it() -> None:
-    config = load_config(ROOT / "examples" / "synapse.toml")
+@pytest.mark.parametrize("server", ["synapse", "prosody"])
+def test_a_server_example_names_its_budgets_next_to_it(server: str) -> None:
+    config = load_config(ROOT / "examples" / f"{server}.toml")
     folder = config.budgets_dir()
-    assert folder == str(ROOT / "examples" / "synapse-budgets")
+    assert folder == str(ROOT / "examples" / f"{server}-budgets")
     for scenario in ("chat", "group"):
         budgets = load_budgets(Path(folder) / f"{scenario}.toml")
         assert budgets.scenario == scenario
-        assert budgets.limits["max_error_ratio"] == 0  # a clean Synapse run has no errors
+        assert budgets.limits["max_error_ratio"] == 0  # a clean run on a real server has no errors
 
 
 def test_a_relative_folder_is_read_from_the_config_files_folder(tmp_path: Path,
