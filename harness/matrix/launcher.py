@@ -352,16 +352,12 @@ class SynapseServer(ManagedServer):
     def title(self) -> str:
         return f"Synapse {self.version}"
 
-    def stop(self) -> None:
-        """SIGTERM, wait, then SIGKILL; the data directory stays for `restart()`.
-
-        A PostgreSQL cluster keeps running (as a deployment's database would across a Synapse
-        restart or upgrade) until `cleanup()`.
-        """
-        super().stop()
-
     def cleanup(self) -> None:
-        """Stop Synapse and its database; remove the data directory when this server made it."""
+        """Stop Synapse and its database; remove the data directory when this server made it.
+
+        stop(), kill() and restart() touch Synapse only: a PostgreSQL cluster keeps running (as
+        a deployment's database would across a Synapse restart or upgrade) until here.
+        """
         self.stop()
         if self._cluster is not None:
             self._cluster.stop()
